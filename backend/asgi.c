@@ -1,0 +1,1008 @@
+/* The ASGI bridge. See asgi.h for the model.
+ *
+ * Table of contents:
+ *   constants and the Ready awaitable
+ *   stream type: life cycle
+ *   request head -> scope
+ *   receive()
+ *   send()
+ *   app task completion
+ *   protocol-facing response accessors
+ */
+#include "asgi.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "forwarded.h"
+#include "log.h"
+#include "server.h"
+
+struct asgi_env asgi_env;
+
+static uint64_t active_tasks;
+uint64_t asgi_active_tasks(void) { return active_tasks; }
+
+/* ---------------------------------------------------------------------------
+ * Constants: interned keys and values built once per process.
+ */
+static struct {
+  PyObject *type, *asgi, *http_version, *server, *client, *scheme, *method, *root_path, *path,
+      *raw_path, *query_string, *headers, *state, *extensions, *body, *more_body, *status,
+      *trailers, *add_done_callback, *set_result, *done, *cancelled, *exception, *message;
+  PyObject *v_http, *v_https, *v_http_request, *v_http_disconnect, *v_resp_start, *v_resp_body,
+      *v_resp_trailers, *v_ext_trailers, *v_1_1, *v_2, *v_3, *v_1_0;
+  PyObject *empty_bytes, *asgi_version, *empty_dict;
+  PyObject *host_header;
+} K;
+
+int asgi_init_constants(void) {
+#define INTERN(field, text)                                                                        \
+  if ((K.field = PyUnicode_InternFromString(text)) == NULL) return -1
+  INTERN(type, "type");
+  INTERN(asgi, "asgi");
+  INTERN(http_version, "http_version");
+  INTERN(server, "server");
+  INTERN(client, "client");
+  INTERN(scheme, "scheme");
+  INTERN(method, "method");
+  INTERN(root_path, "root_path");
+  INTERN(path, "path");
+  INTERN(raw_path, "raw_path");
+  INTERN(query_string, "query_string");
+  INTERN(headers, "headers");
+  INTERN(state, "state");
+  INTERN(extensions, "extensions");
+  INTERN(body, "body");
+  INTERN(more_body, "more_body");
+  INTERN(status, "status");
+  INTERN(trailers, "trailers");
+  INTERN(add_done_callback, "add_done_callback");
+  INTERN(set_result, "set_result");
+  INTERN(done, "done");
+  INTERN(cancelled, "cancelled");
+  INTERN(exception, "exception");
+  INTERN(message, "message");
+  INTERN(v_http, "http");
+  INTERN(v_https, "https");
+  INTERN(v_http_request, "http.request");
+  INTERN(v_http_disconnect, "http.disconnect");
+  INTERN(v_resp_start, "http.response.start");
+  INTERN(v_resp_body, "http.response.body");
+  INTERN(v_resp_trailers, "http.response.trailers");
+  INTERN(v_ext_trailers, "http.response.trailers");
+  INTERN(v_1_1, "1.1");
+  INTERN(v_2, "2");
+  INTERN(v_3, "3");
+  INTERN(v_1_0, "1.0");
+#undef INTERN
+  K.empty_bytes = PyBytes_FromStringAndSize("", 0);
+  K.host_header = PyBytes_FromString("host");
+  K.asgi_version = Py_BuildValue("{s:s,s:s}", "version", "3.0", "spec_version", "2.3");
+  K.empty_dict = PyDict_New();
+  if (!K.empty_bytes || !K.host_header || !K.asgi_version || !K.empty_dict) return -1;
+  return 0;
+}
+
+/* An awaitable that is already complete: `await` returns its value (None
+ * when value is NULL) without suspending the task. Through am_send the
+ * coroutine gets the value with no StopIteration raised. */
+typedef struct {
+  PyObject_HEAD PyObject *value;
+} ready_obj;
+
+static PyTypeObject ready_type;
+static PyObject *ready_none; /* shared: it carries no state */
+
+static PyObject *ready_new(PyObject *value /* stolen */) {
+  ready_obj *r = PyObject_New(ready_obj, &ready_type);
+  if (r == NULL) {
+    Py_XDECREF(value);
+    return NULL;
+  }
+  r->value = value;
+  return (PyObject *)r;
+}
+
+static void ready_dealloc(ready_obj *r) {
+  Py_XDECREF(r->value);
+  PyObject_Free(r);
+}
+
+static PyObject *ready_await(PyObject *self) { return Py_NewRef(self); }
+
+static PyObject *ready_iternext(ready_obj *r) {
+  if (r->value != NULL) {
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r->value);
+    if (stop != NULL) {
+      PyErr_SetObject(PyExc_StopIteration, stop);
+      Py_DECREF(stop);
+    }
+  }
+  return NULL; /* no exception set: StopIteration(None) */
+}
+
+static PySendResult ready_am_send(ready_obj *r, PyObject *arg, PyObject **result) {
+  (void)arg;
+  *result = Py_NewRef(r->value ? r->value : Py_None);
+  return PYGEN_RETURN;
+}
+
+static PyAsyncMethods ready_async = {
+    .am_await = ready_await,
+    .am_send = (sendfunc)ready_am_send,
+};
+
+static PyTypeObject ready_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_h3gate.Ready",
+    .tp_basicsize = sizeof(ready_obj),
+    .tp_dealloc = (destructor)ready_dealloc,
+    .tp_as_async = &ready_async,
+    .tp_iter = ready_await,
+    .tp_iternext = (iternextfunc)ready_iternext,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An awaitable whose result is already known.",
+};
+
+/* ---------------------------------------------------------------------------
+ * The stream object.
+ */
+enum { OUT_RING_MIN = 8 };
+
+struct asgi_stream {
+  PyObject_HEAD struct conn *conn; /* NULL once the protocol released us */
+  void *proto_data;
+  int32_t id;
+  const char *http_version;
+
+  /* request head */
+  PyObject *method; /* str */
+  PyObject *raw_path, *query; /* bytes */
+  PyObject *scheme; /* str, from :scheme */
+  PyObject *headers; /* list of (bytes, bytes) */
+  size_t header_bytes;
+  PyObject *xff, *xfp, *fwd, *via; /* last value of each, bytes */
+  bool has_authority;
+  bool te_trailers;
+  bool expect_continue;
+  bool is_head;
+
+  /* request body: receive() side */
+  struct bytebuf in;
+  bool in_done;        /* the client finished the body */
+  bool in_delivered;   /* the app got the last http.request */
+  bool continue_sent;
+  bool disconnected;
+  PyObject *recv_waiter;
+
+  /* response: send() side */
+  int status;
+  PyObject *resp_headers;
+  PyObject *resp_trailers;
+  bool resp_started;     /* http.response.start received */
+  bool resp_wants_trailers;
+  bool resp_body_done;   /* more_body=False received */
+  bool head_sent;        /* the protocol took status and headers */
+  bool resp_complete;    /* the protocol sent everything */
+  PyObject **out;        /* ring of bytes objects */
+  size_t out_cap, out_head, out_count, out_off; /* out_off: bytes used of out[head] */
+  size_t out_bytes;
+  PyObject *send_waiter;
+
+  /* app */
+  PyObject *task;
+  bool app_running;
+  bool app_done;
+  uint64_t started_ms;
+};
+
+static PyTypeObject stream_type;
+
+static void stream_clear_out(struct asgi_stream *s) {
+  while (s->out_count > 0) {
+    Py_DECREF(s->out[s->out_head]);
+    s->out_head = (s->out_head + 1) % s->out_cap;
+    s->out_count--;
+  }
+  s->out_bytes = 0;
+  s->out_off = 0;
+}
+
+static void stream_dealloc(struct asgi_stream *s) {
+  Py_XDECREF(s->method);
+  Py_XDECREF(s->raw_path);
+  Py_XDECREF(s->query);
+  Py_XDECREF(s->scheme);
+  Py_XDECREF(s->headers);
+  Py_XDECREF(s->xff);
+  Py_XDECREF(s->xfp);
+  Py_XDECREF(s->fwd);
+  Py_XDECREF(s->via);
+  Py_XDECREF(s->recv_waiter);
+  Py_XDECREF(s->send_waiter);
+  Py_XDECREF(s->resp_headers);
+  Py_XDECREF(s->resp_trailers);
+  Py_XDECREF(s->task);
+  stream_clear_out(s);
+  PyMem_Free(s->out);
+  bytebuf_free(&s->in);
+  PyObject_Free(s);
+}
+
+struct asgi_stream *asgi_stream_new(struct conn *c, int32_t id, const char *http_version) {
+  struct asgi_stream *s = PyObject_New(struct asgi_stream, &stream_type);
+  if (s == NULL) return NULL;
+  /* PyObject_New leaves the body uninitialised. */
+  memset((char *)s + sizeof(PyObject), 0, sizeof *s - sizeof(PyObject));
+  s->conn = c;
+  s->id = id;
+  s->http_version = http_version;
+  s->headers = PyList_New(0);
+  if (s->headers == NULL) {
+    Py_DECREF(s);
+    return NULL;
+  }
+  return s;
+}
+
+void asgi_stream_release(struct asgi_stream *s) {
+  s->conn = NULL;
+  s->proto_data = NULL;
+  if (!s->resp_complete) asgi_stream_on_disconnect(s);
+  Py_DECREF(s);
+}
+
+int32_t asgi_stream_id(const struct asgi_stream *s) { return s->id; }
+void asgi_stream_set_id(struct asgi_stream *s, int32_t id) { s->id = id; }
+void *asgi_stream_proto_data(const struct asgi_stream *s) { return s->proto_data; }
+void asgi_stream_set_proto_data(struct asgi_stream *s, void *d) { s->proto_data = d; }
+size_t asgi_stream_header_bytes(const struct asgi_stream *s) { return s->header_bytes; }
+bool asgi_stream_wants_continue(const struct asgi_stream *s) { return s->expect_continue; }
+bool asgi_stream_is_head(const struct asgi_stream *s) { return s->is_head; }
+bool asgi_stream_app_finished(const struct asgi_stream *s) { return s->app_done; }
+
+/* ---------------------------------------------------------------------------
+ * Request head.
+ */
+int asgi_stream_set_method(struct asgi_stream *s, const char *m, size_t len) {
+  Py_XDECREF(s->method);
+  s->method = PyUnicode_DecodeLatin1(m, (Py_ssize_t)len, NULL);
+  s->is_head = len == 4 && memcmp(m, "HEAD", 4) == 0;
+  s->header_bytes += len;
+  return s->method ? 0 : -1;
+}
+
+int asgi_stream_set_target(struct asgi_stream *s, const char *t, size_t len) {
+  const char *q = memchr(t, '?', len);
+  size_t path_len = q ? (size_t)(q - t) : len;
+  Py_XDECREF(s->raw_path);
+  Py_XDECREF(s->query);
+  s->raw_path = PyBytes_FromStringAndSize(t, (Py_ssize_t)path_len);
+  s->query = q ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)(len - path_len - 1))
+               : Py_NewRef(K.empty_bytes);
+  s->header_bytes += len;
+  return s->raw_path && s->query ? 0 : -1;
+}
+
+int asgi_stream_set_scheme(struct asgi_stream *s, const char *v, size_t len) {
+  Py_XDECREF(s->scheme);
+  if (len == 5 && memcmp(v, "https", 5) == 0)
+    s->scheme = Py_NewRef(K.v_https);
+  else if (len == 4 && memcmp(v, "http", 4) == 0)
+    s->scheme = Py_NewRef(K.v_http);
+  else
+    s->scheme = PyUnicode_DecodeLatin1(v, (Py_ssize_t)len, NULL);
+  return s->scheme ? 0 : -1;
+}
+
+static int append_header(struct asgi_stream *s, PyObject *name, const char *value, size_t vlen) {
+  PyObject *v = PyBytes_FromStringAndSize(value, (Py_ssize_t)vlen);
+  if (v == NULL) return -1;
+  PyObject *pair = PyTuple_Pack(2, name, v);
+  Py_DECREF(v);
+  if (pair == NULL) return -1;
+  int rc = PyList_Append(s->headers, pair);
+  Py_DECREF(pair);
+  return rc;
+}
+
+int asgi_stream_set_authority(struct asgi_stream *s, const char *v, size_t len) {
+  s->has_authority = true;
+  s->header_bytes += len;
+  return append_header(s, K.host_header, v, len);
+}
+
+static bool name_is(const char *name, size_t nlen, const char *lit, size_t litlen) {
+  return nlen == litlen && memcmp(name, lit, nlen) == 0;
+}
+#define NAME_IS(lit) name_is(name, nlen, lit, sizeof(lit) - 1)
+
+static void remember(PyObject **slot, PyObject *tuple) {
+  Py_XSETREF(*slot, Py_NewRef(PyTuple_GET_ITEM(tuple, 1)));
+}
+
+int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
+                           const char *value, size_t vlen) {
+  s->header_bytes += nlen + vlen + 32; /* RFC 9113 6.5.2 accounting */
+  /* With :authority present the host header is redundant (RFC 9113 8.3.1). */
+  if (s->has_authority && NAME_IS("host")) return 0;
+  PyObject *n = PyBytes_FromStringAndSize(name, (Py_ssize_t)nlen);
+  if (n == NULL) return -1;
+  int rc = append_header(s, n, value, vlen);
+  Py_DECREF(n);
+  if (rc != 0) return -1;
+  PyObject *pair = PyList_GET_ITEM(s->headers, PyList_GET_SIZE(s->headers) - 1);
+  switch (nlen) {
+  case 2:
+    if (NAME_IS("te")) {
+      /* te: trailers (possibly in a list) announces the trailers extension. */
+      for (size_t i = 0; i + 8 <= vlen; i++)
+        if (strncasecmp(value + i, "trailers", 8) == 0) s->te_trailers = true;
+    }
+    break;
+  case 3:
+    if (NAME_IS("via")) remember(&s->via, pair);
+    break;
+  case 6:
+    if (NAME_IS("expect") && vlen == 12 && strncasecmp(value, "100-continue", 12) == 0)
+      s->expect_continue = true;
+    break;
+  case 9:
+    if (NAME_IS("forwarded")) remember(&s->fwd, pair);
+    break;
+  case 15:
+    if (NAME_IS("x-forwarded-for")) remember(&s->xff, pair);
+    break;
+  case 17:
+    if (NAME_IS("x-forwarded-proto")) remember(&s->xfp, pair);
+    break;
+  }
+  return 0;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes the path and makes it a str, as uvicorn does (invalid
+ * UTF-8 is replaced rather than refused). */
+static PyObject *decode_path(PyObject *raw) {
+  const char *p = PyBytes_AS_STRING(raw);
+  Py_ssize_t n = PyBytes_GET_SIZE(raw);
+  if (memchr(p, '%', (size_t)n) == NULL) return PyUnicode_DecodeUTF8(p, n, "replace");
+  char *buf = PyMem_Malloc((size_t)n + 1);
+  if (buf == NULL) return PyErr_NoMemory();
+  Py_ssize_t out = 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    int hi, lo;
+    if (p[i] == '%' && i + 2 < n && (hi = hexval(p[i + 1])) >= 0 &&
+        (lo = hexval(p[i + 2])) >= 0) {
+      buf[out++] = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      buf[out++] = p[i];
+    }
+  }
+  PyObject *s = PyUnicode_DecodeUTF8(buf, out, "replace");
+  PyMem_Free(buf);
+  return s;
+}
+
+/* Client, scheme and protocol as a trusted proxy reports them. */
+static void apply_forwarded(struct asgi_stream *s, PyObject **client, PyObject **scheme,
+                            PyObject **version) {
+  struct forwarded_client fc = {.port = -1};
+  char proto[16] = "";
+  bool have_client = false;
+  if (s->fwd) {
+    if (forwarded_rfc7239_last(PyBytes_AS_STRING(s->fwd), (size_t)PyBytes_GET_SIZE(s->fwd), &fc,
+                               proto, sizeof proto) == 0 &&
+        fc.host[0] != '\0')
+      have_client = true;
+  }
+  if (!have_client && s->xff) {
+    have_client = forwarded_xff_client(PyBytes_AS_STRING(s->xff),
+                                       (size_t)PyBytes_GET_SIZE(s->xff),
+                                       &server_config()->forwarded_allow, &fc) == 0;
+  }
+  if (have_client) {
+    PyObject *c = Py_BuildValue("(si)", fc.host, fc.port < 0 ? 0 : fc.port);
+    if (c) Py_SETREF(*client, c);
+    else PyErr_Clear();
+  }
+  if (s->xfp) {
+    const char *v = PyBytes_AS_STRING(s->xfp);
+    Py_ssize_t n = PyBytes_GET_SIZE(s->xfp);
+    /* The nearest proxy's value is the last one. */
+    const char *comma = memrchr(v, ',', (size_t)n);
+    if (comma) n -= (comma + 1 - v), v = comma + 1;
+    while (n > 0 && *v == ' ') v++, n--;
+    if (n == 5 && strncasecmp(v, "https", 5) == 0) Py_SETREF(*scheme, Py_NewRef(K.v_https));
+    else if (n == 4 && strncasecmp(v, "http", 4) == 0) Py_SETREF(*scheme, Py_NewRef(K.v_http));
+  } else if (strcmp(proto, "https") == 0) {
+    Py_SETREF(*scheme, Py_NewRef(K.v_https));
+  } else if (strcmp(proto, "http") == 0) {
+    Py_SETREF(*scheme, Py_NewRef(K.v_http));
+  }
+  if (s->via) {
+    char v[8];
+    if (forwarded_via_protocol(PyBytes_AS_STRING(s->via), (size_t)PyBytes_GET_SIZE(s->via), v,
+                               sizeof v) == 0) {
+      PyObject *ver = strcmp(v, "3") == 0     ? K.v_3
+                      : strcmp(v, "2") == 0   ? K.v_2
+                      : strcmp(v, "1.1") == 0 ? K.v_1_1
+                      : strcmp(v, "1.0") == 0 ? K.v_1_0
+                                              : NULL;
+      if (ver) Py_SETREF(*version, Py_NewRef(ver));
+    }
+  }
+}
+
+static PyObject *version_object(const char *v) {
+  return strcmp(v, "2") == 0 ? K.v_2 : strcmp(v, "1.0") == 0 ? K.v_1_0 : K.v_1_1;
+}
+
+static PyObject *build_scope(struct asgi_stream *s) {
+  struct conn *c = s->conn;
+  PyObject *scope = PyDict_New();
+  if (scope == NULL) return NULL;
+  PyObject *client = Py_NewRef(c->client ? c->client : Py_None);
+  PyObject *scheme = Py_NewRef(s->scheme ? s->scheme : K.v_http);
+  PyObject *version = Py_NewRef(version_object(s->http_version));
+  if (c->peer_trusted) apply_forwarded(s, &client, &scheme, &version);
+  PyObject *path = s->raw_path ? decode_path(s->raw_path) : NULL;
+  PyObject *asgi = PyDict_Copy(K.asgi_version);
+  PyObject *state = asgi_env.state ? PyDict_Copy(asgi_env.state) : PyDict_New();
+  PyObject *ext = PyDict_New();
+  if (path == NULL || asgi == NULL || state == NULL || ext == NULL) goto err;
+  if (s->te_trailers && PyDict_SetItem(ext, K.v_ext_trailers, K.empty_dict) != 0) goto err;
+  PyObject *server = listener_server_tuple(c->listener);
+  if (PyDict_SetItem(scope, K.type, K.v_http) || PyDict_SetItem(scope, K.asgi, asgi) ||
+      PyDict_SetItem(scope, K.http_version, version) ||
+      PyDict_SetItem(scope, K.server, server) || PyDict_SetItem(scope, K.client, client) ||
+      PyDict_SetItem(scope, K.scheme, scheme) || PyDict_SetItem(scope, K.method, s->method) ||
+      PyDict_SetItem(scope, K.root_path, asgi_env.root_path) ||
+      PyDict_SetItem(scope, K.path, path) || PyDict_SetItem(scope, K.raw_path, s->raw_path) ||
+      PyDict_SetItem(scope, K.query_string, s->query) ||
+      PyDict_SetItem(scope, K.headers, s->headers) || PyDict_SetItem(scope, K.state, state) ||
+      PyDict_SetItem(scope, K.extensions, ext))
+    goto err;
+  Py_DECREF(client);
+  Py_DECREF(scheme);
+  Py_DECREF(version);
+  Py_DECREF(path);
+  Py_DECREF(asgi);
+  Py_DECREF(state);
+  Py_DECREF(ext);
+  return scope;
+
+err:
+  Py_DECREF(scope);
+  Py_XDECREF(client);
+  Py_XDECREF(scheme);
+  Py_XDECREF(version);
+  Py_XDECREF(path);
+  Py_XDECREF(asgi);
+  Py_XDECREF(state);
+  Py_XDECREF(ext);
+  return NULL;
+}
+
+static PyMethodDef receive_def, send_def, done_def;
+
+static void log_python_error(const char *what) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (value && tb) PyException_SetTraceback(value, tb);
+  if (value && asgi_env.log_exception) {
+    PyObject *msg = PyUnicode_FromString(what);
+    PyObject *r = msg ? PyObject_CallFunctionObjArgs(asgi_env.log_exception, msg, value, NULL)
+                      : NULL;
+    Py_XDECREF(msg);
+    if (r == NULL) {
+      PyErr_Clear();
+      log_error("%s (and the traceback could not be formatted)", what);
+    }
+    Py_XDECREF(r);
+  } else {
+    log_error("%s", what);
+  }
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+}
+
+static void set_internal_error(struct asgi_stream *s) {
+  static const char text[] = "Internal Server Error\n";
+  asgi_stream_respond_error(s, 500, text);
+}
+
+int asgi_stream_start_app(struct asgi_stream *s) {
+  PyObject *scope = NULL, *recv = NULL, *send = NULL, *coro = NULL, *task = NULL, *cb = NULL;
+  PyObject *r = NULL;
+  if (s->method == NULL || s->raw_path == NULL) {
+    asgi_stream_respond_error(s, 400, "Bad Request: missing method or path\n");
+    return -1;
+  }
+  scope = build_scope(s);
+  recv = PyCFunction_NewEx(&receive_def, (PyObject *)s, NULL);
+  send = PyCFunction_NewEx(&send_def, (PyObject *)s, NULL);
+  if (scope == NULL || recv == NULL || send == NULL) goto err;
+  coro = PyObject_CallFunctionObjArgs(asgi_env.app, scope, recv, send, NULL);
+  if (coro == NULL) goto err;
+  task = PyObject_CallOneArg(asgi_env.create_task, coro);
+  if (task == NULL) goto err;
+  cb = PyCFunction_NewEx(&done_def, (PyObject *)s, NULL);
+  if (cb == NULL) goto err;
+  r = PyObject_CallMethodOneArg(task, K.add_done_callback, cb);
+  if (r == NULL) goto err;
+  s->task = task;
+  s->app_running = true;
+  s->started_ms = server_now_ms();
+  active_tasks++;
+  Py_DECREF(r);
+  Py_DECREF(cb);
+  Py_DECREF(coro);
+  Py_DECREF(scope);
+  Py_DECREF(recv);
+  Py_DECREF(send);
+  /* The scope owns the header list now; the stream does not need it. */
+  return 0;
+
+err:
+  log_python_error("could not start the ASGI app for a request:");
+  if (task) {
+    PyObject *x = PyObject_CallMethod(task, "cancel", NULL);
+    Py_XDECREF(x);
+    PyErr_Clear();
+  } else if (coro && PyCoro_CheckExact(coro)) {
+    PyObject *x = PyObject_CallMethod(coro, "close", NULL);
+    Py_XDECREF(x);
+    PyErr_Clear();
+  }
+  Py_XDECREF(task);
+  Py_XDECREF(cb);
+  Py_XDECREF(coro);
+  Py_XDECREF(scope);
+  Py_XDECREF(recv);
+  Py_XDECREF(send);
+  s->app_done = true;
+  set_internal_error(s);
+  return -1;
+}
+
+/* ---------------------------------------------------------------------------
+ * receive()
+ */
+static PyObject *make_message(PyObject *type, PyObject *body, bool more) {
+  PyObject *m = PyDict_New();
+  if (m == NULL) return NULL;
+  if (PyDict_SetItem(m, K.type, type) != 0) goto err;
+  if (body != NULL) {
+    if (PyDict_SetItem(m, K.body, body) || PyDict_SetItem(m, K.more_body, more ? Py_True : Py_False))
+      goto err;
+  }
+  return m;
+err:
+  Py_DECREF(m);
+  return NULL;
+}
+
+/* The next message for the app, or NULL with no error when it must wait. */
+static PyObject *next_message(struct asgi_stream *s) {
+  if (!s->in_delivered) {
+    size_t n = bytebuf_size(&s->in);
+    if (n > 0 || s->in_done) {
+      PyObject *body = n ? PyBytes_FromStringAndSize((const char *)bytebuf_head(&s->in),
+                                                     (Py_ssize_t)n)
+                         : Py_NewRef(K.empty_bytes);
+      if (body == NULL) return NULL;
+      PyObject *m = make_message(K.v_http_request, body, !s->in_done);
+      Py_DECREF(body);
+      if (m == NULL) return NULL;
+      bytebuf_consume(&s->in, n);
+      if (s->in_done) s->in_delivered = true;
+      if (n > 0 && s->conn) s->conn->proto->consumed(s->conn, s, n);
+      return m;
+    }
+    if (s->disconnected) return make_message(K.v_http_disconnect, NULL, false);
+    if (s->expect_continue && !s->continue_sent && s->conn) {
+      s->continue_sent = true;
+      s->conn->proto->send_continue(s->conn, s);
+    }
+    return NULL;
+  }
+  /* After the body: http.disconnect once the response is out or the client left. */
+  if (s->disconnected || s->resp_complete) return make_message(K.v_http_disconnect, NULL, false);
+  return NULL;
+}
+
+static bool future_pending(PyObject *fut) {
+  if (fut == NULL) return false;
+  PyObject *d = PyObject_CallMethodNoArgs(fut, K.done);
+  if (d == NULL) {
+    PyErr_Clear();
+    return false;
+  }
+  bool pending = d == Py_False;
+  Py_DECREF(d);
+  return pending;
+}
+
+static void resolve(PyObject **waiter, PyObject *value) {
+  PyObject *fut = *waiter;
+  *waiter = NULL;
+  if (future_pending(fut)) {
+    PyObject *r = PyObject_CallMethodOneArg(fut, K.set_result, value);
+    if (r == NULL) log_python_error("could not wake the app:");
+    Py_XDECREF(r);
+  }
+  Py_XDECREF(fut);
+}
+
+static void wake_receiver(struct asgi_stream *s) {
+  if (s->recv_waiter == NULL) return;
+  if (!future_pending(s->recv_waiter)) {
+    /* Cancelled by the app (a disconnect watcher that gave up): keep the data. */
+    Py_CLEAR(s->recv_waiter);
+    return;
+  }
+  PyObject *m = next_message(s);
+  if (m == NULL) {
+    if (PyErr_Occurred()) log_python_error("could not build an ASGI message:");
+    return;
+  }
+  resolve(&s->recv_waiter, m);
+  Py_DECREF(m);
+}
+
+static PyObject *stream_receive(struct asgi_stream *s, PyObject *unused) {
+  (void)unused;
+  if (s->recv_waiter != NULL) {
+    if (future_pending(s->recv_waiter)) {
+      PyErr_SetString(PyExc_RuntimeError, "receive() awaited twice at the same time");
+      return NULL;
+    }
+    Py_CLEAR(s->recv_waiter);
+  }
+  PyObject *m = next_message(s);
+  if (m != NULL) return ready_new(m);
+  if (PyErr_Occurred()) return NULL;
+  PyObject *fut = PyObject_CallNoArgs(asgi_env.create_future);
+  if (fut == NULL) return NULL;
+  s->recv_waiter = Py_NewRef(fut);
+  return fut;
+}
+
+int asgi_stream_on_body(struct asgi_stream *s, const uint8_t *data, size_t len) {
+  if (s->app_done || s->in_delivered) return 0; /* nobody will read it */
+  if (bytebuf_append(&s->in, data, len) != 0) return -1;
+  wake_receiver(s);
+  return 0;
+}
+
+void asgi_stream_on_body_end(struct asgi_stream *s) {
+  s->in_done = true;
+  wake_receiver(s);
+}
+
+size_t asgi_stream_buffered_body(const struct asgi_stream *s) { return bytebuf_size(&s->in); }
+
+void asgi_stream_on_disconnect(struct asgi_stream *s) {
+  if (s->disconnected) return;
+  s->disconnected = true;
+  stream_clear_out(s);
+  wake_receiver(s);
+  if (s->send_waiter) resolve(&s->send_waiter, Py_None);
+}
+
+/* ---------------------------------------------------------------------------
+ * send()
+ */
+static int out_push(struct asgi_stream *s, PyObject *bytes) {
+  if (s->out_count == s->out_cap) {
+    size_t cap = s->out_cap ? s->out_cap * 2 : OUT_RING_MIN;
+    PyObject **ring = PyMem_Malloc(cap * sizeof *ring);
+    if (ring == NULL) return -1;
+    for (size_t i = 0; i < s->out_count; i++) ring[i] = s->out[(s->out_head + i) % s->out_cap];
+    PyMem_Free(s->out);
+    s->out = ring;
+    s->out_cap = cap;
+    s->out_head = 0;
+  }
+  s->out[(s->out_head + s->out_count) % s->out_cap] = Py_NewRef(bytes);
+  s->out_count++;
+  s->out_bytes += (size_t)PyBytes_GET_SIZE(bytes);
+  return 0;
+}
+
+static int validate_headers(PyObject *headers) {
+  PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
+  if (seq == NULL) return -1;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+      Py_DECREF(seq);
+      return -1;
+    }
+    for (Py_ssize_t j = 0; j < nl; j++) {
+      unsigned char ch = (unsigned char)name[j];
+      if (ch <= ' ' || ch == ':' || ch >= 0x7f) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "invalid character in header name %.*s", (int)nl, name);
+        return -1;
+      }
+    }
+    for (Py_ssize_t j = 0; j < vl; j++) {
+      if (value[j] == '\r' || value[j] == '\n' || value[j] == '\0') {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "header value contains CR, LF or NUL");
+        return -1;
+      }
+    }
+  }
+  Py_DECREF(seq);
+  return 0;
+}
+
+int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const char **value,
+                     Py_ssize_t *vlen) {
+  PyObject *n, *v;
+  if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2) {
+    n = PyTuple_GET_ITEM(item, 0);
+    v = PyTuple_GET_ITEM(item, 1);
+  } else if (PyList_Check(item) && PyList_GET_SIZE(item) == 2) {
+    n = PyList_GET_ITEM(item, 0);
+    v = PyList_GET_ITEM(item, 1);
+  } else {
+    PyErr_SetString(PyExc_TypeError, "each header must be a [name, value] pair");
+    return -1;
+  }
+  if (!PyBytes_Check(n) || !PyBytes_Check(v)) {
+    PyErr_SetString(PyExc_TypeError, "header names and values must be bytes");
+    return -1;
+  }
+  *name = PyBytes_AS_STRING(n);
+  *nlen = PyBytes_GET_SIZE(n);
+  *value = PyBytes_AS_STRING(v);
+  *vlen = PyBytes_GET_SIZE(v);
+  return 0;
+}
+
+static PyObject *send_start(struct asgi_stream *s, PyObject *msg) {
+  if (s->resp_started) {
+    PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
+    return NULL;
+  }
+  PyObject *status = PyDict_GetItemWithError(msg, K.status);
+  if (status == NULL) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "http.response.start needs a status");
+    return NULL;
+  }
+  long code = PyLong_AsLong(status);
+  if (code == -1 && PyErr_Occurred()) return NULL;
+  if (code < 100 || code > 999) {
+    PyErr_Format(PyExc_ValueError, "invalid HTTP status %ld", code);
+    return NULL;
+  }
+  PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
+  if (headers == NULL && PyErr_Occurred()) return NULL;
+  if (headers != NULL && validate_headers(headers) != 0) return NULL;
+  PyObject *trailers = PyDict_GetItemWithError(msg, K.trailers);
+  if (trailers == NULL && PyErr_Occurred()) return NULL;
+  s->status = (int)code;
+  Py_XSETREF(s->resp_headers, headers ? Py_NewRef(headers) : PyList_New(0));
+  s->resp_wants_trailers = trailers != NULL && PyObject_IsTrue(trailers) == 1;
+  s->resp_started = true;
+  return Py_NewRef(ready_none);
+}
+
+static PyObject *send_body(struct asgi_stream *s, PyObject *msg) {
+  if (!s->resp_started) {
+    PyErr_SetString(PyExc_RuntimeError, "http.response.body sent before http.response.start");
+    return NULL;
+  }
+  if (s->resp_body_done) {
+    PyErr_SetString(PyExc_RuntimeError, "http.response.body sent after the response ended");
+    return NULL;
+  }
+  PyObject *body = PyDict_GetItemWithError(msg, K.body);
+  if (body == NULL && PyErr_Occurred()) return NULL;
+  PyObject *more = PyDict_GetItemWithError(msg, K.more_body);
+  if (more == NULL && PyErr_Occurred()) return NULL;
+  bool more_body = more != NULL && PyObject_IsTrue(more) == 1;
+  if (s->disconnected) return Py_NewRef(ready_none); /* ASGI 2.3: a no-op */
+  if (body != NULL && body != Py_None) {
+    PyObject *bytes = PyBytes_Check(body) ? Py_NewRef(body) : PyBytes_FromObject(body);
+    if (bytes == NULL) return NULL;
+    int rc = PyBytes_GET_SIZE(bytes) > 0 ? out_push(s, bytes) : 0;
+    Py_DECREF(bytes);
+    if (rc != 0) return NULL;
+  }
+  if (!more_body) s->resp_body_done = true;
+  if (s->conn) s->conn->proto->resume_send(s->conn, s);
+  if (s->out_bytes > asgi_env.send_high_water && !s->disconnected) {
+    /* Backpressure: the app waits until the client has taken some. */
+    PyObject *fut = PyObject_CallNoArgs(asgi_env.create_future);
+    if (fut == NULL) return NULL;
+    Py_XSETREF(s->send_waiter, Py_NewRef(fut));
+    return fut;
+  }
+  return Py_NewRef(ready_none);
+}
+
+static PyObject *send_trailers(struct asgi_stream *s, PyObject *msg) {
+  if (!s->resp_wants_trailers) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "http.response.trailers sent without trailers=True in http.response.start");
+    return NULL;
+  }
+  if (s->resp_trailers != NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "http.response.trailers sent twice");
+    return NULL;
+  }
+  PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
+  if (headers == NULL && PyErr_Occurred()) return NULL;
+  if (headers != NULL && validate_headers(headers) != 0) return NULL;
+  s->resp_trailers = headers ? Py_NewRef(headers) : PyList_New(0);
+  if (s->conn && !s->disconnected) s->conn->proto->resume_send(s->conn, s);
+  return Py_NewRef(ready_none);
+}
+
+static PyObject *stream_send(struct asgi_stream *s, PyObject *msg) {
+  if (!PyDict_Check(msg)) {
+    PyErr_SetString(PyExc_TypeError, "send() takes a message dict");
+    return NULL;
+  }
+  PyObject *type = PyDict_GetItemWithError(msg, K.type);
+  if (type == NULL) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "message has no \"type\"");
+    return NULL;
+  }
+  if (type == K.v_resp_body || PyUnicode_Compare(type, K.v_resp_body) == 0)
+    return send_body(s, msg);
+  if (type == K.v_resp_start || PyUnicode_Compare(type, K.v_resp_start) == 0)
+    return send_start(s, msg);
+  if (PyUnicode_Compare(type, K.v_resp_trailers) == 0) return send_trailers(s, msg);
+  if (PyErr_Occurred()) return NULL;
+  PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * App task completion.
+ */
+static PyObject *stream_app_done(struct asgi_stream *s, PyObject *task) {
+  s->app_done = true;
+  s->app_running = false;
+  active_tasks--;
+  PyObject *exc = NULL;
+  PyObject *cancelled = PyObject_CallMethodNoArgs(task, K.cancelled);
+  if (cancelled == Py_False) {
+    exc = PyObject_CallMethodNoArgs(task, K.exception);
+    if (exc == Py_None) Py_CLEAR(exc);
+  }
+  Py_XDECREF(cancelled);
+  PyErr_Clear();
+  Py_CLEAR(s->task);
+  if (exc != NULL) {
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    log_python_error("exception in ASGI application:");
+  }
+  if (!s->disconnected) {
+    if (!s->head_sent && !(s->resp_started && s->resp_body_done && exc == NULL)) {
+      if (exc == NULL) log_error("ASGI callable returned without completing the response");
+      set_internal_error(s);
+    } else if (!s->resp_body_done || (s->resp_wants_trailers && s->resp_trailers == NULL)) {
+      if (exc == NULL) log_error("ASGI callable returned without completing the response");
+      if (s->conn) s->conn->proto->abort_stream(s->conn, s);
+    }
+  }
+  Py_XDECREF(exc);
+  if (s->conn) s->conn->proto->app_finished(s->conn, s);
+  server_count_request();
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef receive_def = {"receive", (PyCFunction)stream_receive, METH_NOARGS, NULL};
+static PyMethodDef send_def = {"send", (PyCFunction)stream_send, METH_O, NULL};
+static PyMethodDef done_def = {"_app_done", (PyCFunction)stream_app_done, METH_O, NULL};
+
+static PyTypeObject stream_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_h3gate.Stream",
+    .tp_basicsize = sizeof(struct asgi_stream),
+    .tp_dealloc = (destructor)stream_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One HTTP request and its response.",
+};
+
+int asgi_init_types(PyObject *module) {
+  if (PyType_Ready(&ready_type) < 0 || PyType_Ready(&stream_type) < 0) return -1;
+  ready_none = ready_new(NULL);
+  if (ready_none == NULL) return -1;
+  (void)module;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Protocol-facing response accessors.
+ */
+void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *text) {
+  if (s->head_sent) {
+    if (s->conn) s->conn->proto->abort_stream(s->conn, s);
+    return;
+  }
+  stream_clear_out(s);
+  size_t len = strlen(text);
+  char num[24];
+  snprintf(num, sizeof num, "%zu", len);
+  PyObject *body = PyBytes_FromStringAndSize(text, (Py_ssize_t)len);
+  PyObject *headers = Py_BuildValue("[(yy)(yy)]", "content-type", "text/plain; charset=utf-8",
+                                    "content-length", num);
+  if (body == NULL || headers == NULL) {
+    PyErr_Clear();
+    Py_XDECREF(body);
+    Py_XDECREF(headers);
+    if (s->conn) s->conn->proto->abort_stream(s->conn, s);
+    return;
+  }
+  s->status = status;
+  Py_XSETREF(s->resp_headers, headers);
+  Py_CLEAR(s->resp_trailers);
+  s->resp_wants_trailers = false;
+  s->resp_started = true;
+  s->resp_body_done = true;
+  if (!s->is_head) out_push(s, body);
+  Py_DECREF(body);
+  if (s->conn) s->conn->proto->resume_send(s->conn, s);
+}
+
+bool asgi_stream_head_ready(const struct asgi_stream *s) {
+  return s->resp_started && (s->out_bytes > 0 || s->resp_body_done);
+}
+int asgi_stream_status(const struct asgi_stream *s) { return s->status; }
+PyObject *asgi_stream_headers(const struct asgi_stream *s) { return s->resp_headers; }
+void asgi_stream_mark_head_sent(struct asgi_stream *s) { s->head_sent = true; }
+bool asgi_stream_head_sent(const struct asgi_stream *s) { return s->head_sent; }
+size_t asgi_stream_queued_body(const struct asgi_stream *s) { return s->out_bytes; }
+bool asgi_stream_body_eof(const struct asgi_stream *s) {
+  return s->resp_body_done && s->out_bytes == 0;
+}
+bool asgi_stream_wants_trailers(const struct asgi_stream *s) { return s->resp_wants_trailers; }
+PyObject *asgi_stream_trailers(const struct asgi_stream *s) { return s->resp_trailers; }
+
+size_t asgi_stream_read_body(struct asgi_stream *s, uint8_t *buf, size_t max) {
+  size_t copied = 0;
+  while (copied < max && s->out_count > 0) {
+    PyObject *b = s->out[s->out_head];
+    size_t avail = (size_t)PyBytes_GET_SIZE(b) - s->out_off;
+    size_t n = avail < max - copied ? avail : max - copied;
+    memcpy(buf + copied, PyBytes_AS_STRING(b) + s->out_off, n);
+    copied += n;
+    s->out_off += n;
+    if (s->out_off == (size_t)PyBytes_GET_SIZE(b)) {
+      Py_DECREF(b);
+      s->out_head = (s->out_head + 1) % s->out_cap;
+      s->out_count--;
+      s->out_off = 0;
+    }
+  }
+  s->out_bytes -= copied;
+  if (s->send_waiter && s->out_bytes <= asgi_env.send_high_water / 2)
+    resolve(&s->send_waiter, Py_None);
+  return copied;
+}
+
+void asgi_stream_response_done(struct asgi_stream *s) {
+  s->resp_complete = true;
+  if (s->in_delivered) wake_receiver(s);
+}

@@ -1,0 +1,476 @@
+/* The worker's HTTP/1.1 protocol module, for health checks, curl and plain
+ * clients on the same port as h2c. One request at a time: a pipelined
+ * request waits (its bytes kept, reading paused when they pile up) until
+ * the previous response is complete, so answers go out in order.
+ *
+ * Table of contents:
+ *   parser callbacks (shared/h1_parser: llhttp + guard + limits)
+ *   input: parsing and pipelining
+ *   response: head, framing, body, trailers
+ *   proto ops
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "asgi.h"
+#include "conn.h"
+#include "h1_parser.h"
+#include "log.h"
+#include "server.h"
+
+enum {
+  PENDING_LIMIT = 64 * 1024, /* pipelined bytes kept before reading pauses */
+  BODY_CHUNK = 64 * 1024,
+  OUT_HIGH_WATER = 256 * 1024,
+};
+
+struct h1_conn {
+  struct conn *conn;
+  struct h1_parser parser;
+  struct asgi_stream *cur; /* the request being read or answered */
+  struct bytebuf pending;  /* later pipelined requests */
+  uint8_t version_minor;
+  bool keep_alive;
+  bool request_done;
+  bool head_written;
+  bool chunked;
+  bool close_delimited;
+  bool no_body;
+  bool trailers_out; /* chunked and the client accepts trailers */
+  bool te_trailers;
+  uint32_t seq;
+};
+
+static struct h1_conn *h1(struct conn *c) { return c->proto_data; }
+
+static const char *reason_phrase(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Content";
+  case 425: return "Too Early";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "";
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Parser callbacks.
+ */
+static int ensure_stream(struct h1_conn *h) {
+  if (h->cur) return 0;
+  h->cur = asgi_stream_new(h->conn, (int32_t)++h->seq, "1.1");
+  if (h->cur == NULL) {
+    PyErr_Clear();
+    return 503;
+  }
+  h->request_done = h->head_written = h->chunked = h->close_delimited = false;
+  h->no_body = h->trailers_out = h->te_trailers = false;
+  h->conn->active_streams++;
+  return 0;
+}
+
+static int on_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen) {
+  struct h1_conn *h = ctx;
+  int rc = ensure_stream(h);
+  if (rc) return rc;
+  if (asgi_stream_add_header(h->cur, name, nlen, value, vlen) != 0) {
+    PyErr_Clear();
+    return 503;
+  }
+  return 0;
+}
+
+/* "http://host/path?q" → "/path?q"; origin-form is left alone. */
+static void origin_form(const char **t, size_t *len) {
+  if (*len == 0 || (*t)[0] == '/' || (*t)[0] == '*') return;
+  const char *scheme_end = memchr(*t, ':', *len);
+  if (scheme_end == NULL || (size_t)(scheme_end - *t) + 3 > *len || scheme_end[1] != '/' ||
+      scheme_end[2] != '/')
+    return;
+  const char *host = scheme_end + 3, *end = *t + *len;
+  const char *slash = memchr(host, '/', (size_t)(end - host));
+  if (slash == NULL) {
+    *t = "/";
+    *len = 1;
+    return;
+  }
+  *len = (size_t)(end - slash);
+  *t = slash;
+}
+
+static int on_head(void *ctx, const struct h1_request_head *head) {
+  struct h1_conn *h = ctx;
+  int rc = ensure_stream(h);
+  if (rc) return rc;
+  struct asgi_stream *s = h->cur;
+  h->version_minor = head->version_minor;
+  h->keep_alive = head->keep_alive && !h->conn->draining;
+  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
+  const char *target = head->target;
+  size_t tlen = head->target_len;
+  origin_form(&target, &tlen);
+  if (asgi_stream_set_method(s, head->method, head->method_len) != 0 ||
+      asgi_stream_set_target(s, target, tlen) != 0) {
+    PyErr_Clear();
+    return 503;
+  }
+  if (asgi_stream_header_bytes(s) > server_config()->max_header_bytes) return 431;
+  if (!head->chunked && (!head->has_content_length || head->content_length == 0))
+    h->request_done = true; /* no body: llhttp ends the message right away */
+  if (h->request_done) asgi_stream_on_body_end(s);
+  asgi_stream_start_app(s);
+  return 0;
+}
+
+static int on_body(void *ctx, const char *data, size_t len) {
+  struct h1_conn *h = ctx;
+  if (h->cur == NULL) return 0;
+  if (asgi_stream_on_body(h->cur, (const uint8_t *)data, len) != 0) {
+    PyErr_Clear();
+    return 503;
+  }
+  /* No window in HTTP/1.1: backpressure is not reading the socket. */
+  if (asgi_stream_buffered_body(h->cur) > asgi_env.body_buffer_limit) conn_pause_read(h->conn);
+  return 0;
+}
+
+static int on_end(void *ctx) {
+  struct h1_conn *h = ctx;
+  if (h->cur && !h->request_done) {
+    h->request_done = true;
+    asgi_stream_on_body_end(h->cur);
+  }
+  return 0;
+}
+
+static const struct h1_parser_ops parser_ops = {
+    .on_header = on_header,
+    .on_head = on_head,
+    .on_body = on_body,
+    .on_end = on_end,
+};
+
+/* ---------------------------------------------------------------------------
+ * Input.
+ */
+static void write_error_and_close(struct conn *c, int status, const char *reason) {
+  struct h1_conn *h = h1(c);
+  if (h->cur && asgi_stream_head_sent(h->cur)) {
+    conn_close(c, false);
+    return;
+  }
+  char body[256], head[256];
+  int blen = snprintf(body, sizeof body, "%s: %s\n", reason_phrase(status), reason);
+  if (blen < 0 || blen >= (int)sizeof body) blen = (int)sizeof body - 1;
+  int hlen = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "content-length: %d\r\nconnection: close\r\n\r\n",
+                      status, reason_phrase(status), blen);
+  bytebuf_append(&c->out, head, (size_t)hlen);
+  bytebuf_append(&c->out, body, (size_t)blen);
+  if (h->cur) {
+    struct asgi_stream *s = h->cur;
+    h->cur = NULL;
+    c->active_streams--;
+    asgi_stream_release(s);
+  }
+  conn_close(c, false);
+}
+
+static void parse_input(struct conn *c, const uint8_t *data, size_t len) {
+  struct h1_conn *h = h1(c);
+  while (len > 0 && c->state == CONN_OPEN) {
+    /* A pipelined request waits (below) until this response is complete. */
+    if (h1_parser_message_done(&h->parser)) break;
+    ssize_t n = h1_parser_feed(&h->parser, (const char *)data, len);
+    if (n < 0) {
+      log_debug("conn %llu: bad HTTP/1.1 request: %s", (unsigned long long)c->id,
+                h->parser.error_reason);
+      write_error_and_close(c, h->parser.error_status, h->parser.error_reason);
+      break;
+    }
+    data += n;
+    len -= (size_t)n;
+  }
+  if (len > 0 && c->state == CONN_OPEN) {
+    bytebuf_append(&h->pending, data, len);
+    if (bytebuf_size(&h->pending) > PENDING_LIMIT) conn_pause_read(c);
+  }
+}
+
+static void h1_on_read(struct conn *c, const uint8_t *data, size_t len) {
+  struct h1_conn *h = h1(c);
+  if (bytebuf_size(&h->pending) > 0 || h1_parser_message_done(&h->parser)) {
+    bytebuf_append(&h->pending, data, len);
+    if (bytebuf_size(&h->pending) > PENDING_LIMIT) conn_pause_read(c);
+    return;
+  }
+  parse_input(c, data, len);
+}
+
+/* The response is out: release the request and start on the next one. */
+static void finish_exchange(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  struct asgi_stream *s = h->cur;
+  asgi_stream_response_done(s);
+  if (!h->keep_alive || !h->request_done) {
+    /* A body the app did not read would have to be drained first; closing
+     * is what uvicorn and nginx do too. */
+    conn_close(c, false);
+    return;
+  }
+  h->cur = NULL;
+  c->active_streams--;
+  asgi_stream_release(s);
+  h1_parser_next(&h->parser);
+  if (bytebuf_size(&h->pending) > 0) {
+    struct bytebuf rest = h->pending;
+    memset(&h->pending, 0, sizeof h->pending);
+    parse_input(c, bytebuf_head(&rest), bytebuf_size(&rest));
+    bytebuf_free(&rest);
+  }
+  if (c->read_paused && bytebuf_size(&h->pending) <= PENDING_LIMIT) conn_resume_read(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Response.
+ */
+static bool header_value_is(const char *v, Py_ssize_t vl, const char *lit) {
+  size_t n = strlen(lit);
+  return (size_t)vl == n && strncasecmp(v, lit, n) == 0;
+}
+
+static int write_head(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  struct asgi_stream *s = h->cur;
+  int status = asgi_stream_status(s);
+  struct bytebuf *out = &c->out;
+  char line[64];
+  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+  bytebuf_append(out, line, (size_t)n);
+
+  bool has_length = false;
+  PyObject *seq = PySequence_Fast(asgi_stream_headers(s), "headers must be a sequence");
+  if (seq == NULL) return -1;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+      Py_DECREF(seq);
+      return -1;
+    }
+    if (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0) continue; /* ours */
+    if (nl == 10 && strncasecmp(name, "connection", 10) == 0) {
+      if (header_value_is(value, vl, "close")) h->keep_alive = false;
+      continue;
+    }
+    if (nl == 14 && strncasecmp(name, "content-length", 14) == 0) has_length = true;
+    bytebuf_append(out, name, (size_t)nl);
+    bytebuf_append(out, ": ", 2);
+    bytebuf_append(out, value, (size_t)vl);
+    bytebuf_append(out, "\r\n", 2);
+  }
+  Py_DECREF(seq);
+
+  h->no_body = asgi_stream_is_head(s) || status == 204 || status == 304 || status < 200;
+  if (!h->no_body && !has_length) {
+    if (asgi_stream_body_eof(s) && !asgi_stream_wants_trailers(s)) {
+      n = snprintf(line, sizeof line, "content-length: %zu\r\n", asgi_stream_queued_body(s));
+      bytebuf_append(out, line, (size_t)n);
+    } else if (h->version_minor >= 1) {
+      h->chunked = true;
+      bytebuf_append(out, "transfer-encoding: chunked\r\n", 28);
+    } else {
+      h->close_delimited = true;
+      h->keep_alive = false;
+    }
+  }
+  h->trailers_out = h->chunked && asgi_stream_wants_trailers(s);
+  if (!h->keep_alive)
+    bytebuf_append(out, "connection: close\r\n", 19);
+  else if (h->version_minor == 0)
+    bytebuf_append(out, "connection: keep-alive\r\n", 24);
+  bytebuf_append(out, "\r\n", 2);
+  asgi_stream_mark_head_sent(s);
+  h->head_written = true;
+  return 0;
+}
+
+static void write_body(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  struct asgi_stream *s = h->cur;
+  while (bytebuf_size(&c->out) < OUT_HIGH_WATER && asgi_stream_queued_body(s) > 0) {
+    size_t want = asgi_stream_queued_body(s);
+    if (want > BODY_CHUNK) want = BODY_CHUNK;
+    if (h->no_body) {
+      uint8_t sink[4096];
+      asgi_stream_read_body(s, sink, want < sizeof sink ? want : sizeof sink);
+      continue;
+    }
+    uint8_t *p = bytebuf_reserve(&c->out, want + 16);
+    if (p == NULL) {
+      conn_close(c, true);
+      return;
+    }
+    size_t prefix = 0;
+    if (h->chunked) prefix = (size_t)sprintf((char *)p, "%zx\r\n", want);
+    size_t got = asgi_stream_read_body(s, p + prefix, want);
+    c->out.len += prefix + got;
+    if (h->chunked) bytebuf_append(&c->out, "\r\n", 2);
+  }
+}
+
+static int write_trailers(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  PyObject *trailers = asgi_stream_trailers(h->cur);
+  PyObject *seq = PySequence_Fast(trailers, "trailers must be a sequence");
+  if (seq == NULL) return -1;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) break;
+    bytebuf_append(&c->out, name, (size_t)nl);
+    bytebuf_append(&c->out, ": ", 2);
+    bytebuf_append(&c->out, value, (size_t)vl);
+    bytebuf_append(&c->out, "\r\n", 2);
+  }
+  Py_DECREF(seq);
+  return 0;
+}
+
+static void h1_produce(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  struct asgi_stream *s = h->cur;
+  if (s == NULL) return;
+  if (!h->head_written) {
+    if (!asgi_stream_head_ready(s)) return;
+    if (write_head(c) != 0) {
+      PyErr_Clear();
+      write_error_and_close(c, 500, "invalid response headers");
+      return;
+    }
+  }
+  write_body(c);
+  if (!asgi_stream_body_eof(s)) return;
+  if (asgi_stream_wants_trailers(s) && asgi_stream_trailers(s) == NULL) return;
+  if (h->chunked) {
+    bytebuf_append(&c->out, "0\r\n", 3);
+    if (h->trailers_out && write_trailers(c) != 0) PyErr_Clear();
+    bytebuf_append(&c->out, "\r\n", 2);
+  }
+  if (h->close_delimited) h->keep_alive = false;
+  finish_exchange(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Proto ops.
+ */
+static void h1_resume_send(struct conn *c, struct asgi_stream *s) {
+  (void)s;
+  conn_want_flush(c);
+}
+
+static void h1_consumed(struct conn *c, struct asgi_stream *s, size_t n) {
+  (void)n;
+  if (c->read_paused && asgi_stream_buffered_body(s) < asgi_env.body_buffer_limit / 2 &&
+      bytebuf_size(&h1(c)->pending) <= PENDING_LIMIT)
+    conn_resume_read(c);
+}
+
+static void h1_send_continue(struct conn *c, struct asgi_stream *s) {
+  (void)s;
+  if (h1(c)->head_written) return;
+  bytebuf_append(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  conn_want_flush(c);
+}
+
+static void h1_abort_stream(struct conn *c, struct asgi_stream *s) {
+  (void)s;
+  /* The client sees the body cut short: that is the only signal HTTP/1.1 has. */
+  conn_close(c, false);
+}
+
+static void h1_app_finished(struct conn *c, struct asgi_stream *s) {
+  (void)s;
+  conn_want_flush(c);
+}
+
+static void h1_shutdown(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  h->keep_alive = false;
+  if (h->cur == NULL) conn_close(c, false);
+}
+
+static void h1_destroy(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  if (h == NULL) return;
+  if (h->cur) {
+    struct asgi_stream *s = h->cur;
+    h->cur = NULL;
+    asgi_stream_release(s);
+  }
+  h1_parser_free(&h->parser);
+  bytebuf_free(&h->pending);
+  free(h);
+  c->proto_data = NULL;
+}
+
+const struct proto_ops h1_proto_ops = {
+    .name = "http/1.1",
+    .on_read = h1_on_read,
+    .produce = h1_produce,
+    .resume_send = h1_resume_send,
+    .consumed = h1_consumed,
+    .send_continue = h1_send_continue,
+    .abort_stream = h1_abort_stream,
+    .app_finished = h1_app_finished,
+    .shutdown = h1_shutdown,
+    .destroy = h1_destroy,
+};
+
+int h1_conn_start(struct conn *c) {
+  struct h1_conn *h = calloc(1, sizeof *h);
+  if (h == NULL) return -ENOMEM;
+  struct h1_limits limits = {
+      .max_head_bytes = server_config()->max_header_bytes,
+      .max_fields = 200,
+  };
+  h->conn = c;
+  h1_parser_init(&h->parser, &parser_ops, h, &limits);
+  c->proto = &h1_proto_ops;
+  c->proto_data = h;
+  return 0;
+}

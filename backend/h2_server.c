@@ -1,0 +1,483 @@
+/* The worker's HTTP/2 (h2c, prior knowledge) protocol module on nghttp2.
+ *
+ * nghttp2 callbacks are thin: each finds its stream and makes one call on
+ * the ASGI bridge. Sending happens only in produce(), from the server's
+ * flush pass, never inside a callback (nghttp2 forbids re-entry).
+ *
+ * Flow control: the connection window is returned as soon as bytes arrive
+ * (one slow stream must not starve the others); a stream's window only as
+ * the app consumes its body, so a fast uploader is held back by the window.
+ *
+ * Table of contents:
+ *   per-stream flags
+ *   nghttp2 callbacks (begin headers, header, frame recv, data, close, send)
+ *   response: head submission and the data source
+ *   proto ops
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+
+#include "asgi.h"
+#include "conn.h"
+#include "h2_guard.h"
+#include "log.h"
+#include "server.h"
+
+struct h2_conn {
+  nghttp2_session *session;
+  struct h2_abuse abuse;
+  bool goaway_sent;
+};
+
+/* Per-stream protocol state kept in the stream's proto_data word. */
+enum {
+  H2S_HEADERS_TOO_LARGE = 1 << 0,
+  H2S_BAD_REQUEST = 1 << 1,
+  H2S_DATA_DEFERRED = 1 << 2, /* the data source said DEFERRED: resume on new data */
+};
+
+static unsigned stream_flags(struct asgi_stream *s) {
+  return (unsigned)(uintptr_t)asgi_stream_proto_data(s);
+}
+static void stream_set_flag(struct asgi_stream *s, unsigned f) {
+  asgi_stream_set_proto_data(s, (void *)(uintptr_t)(stream_flags(s) | f));
+}
+static void stream_clear_flag(struct asgi_stream *s, unsigned f) {
+  asgi_stream_set_proto_data(s, (void *)(uintptr_t)(stream_flags(s) & ~f));
+}
+
+static int h2_submit_trailers(nghttp2_session *session, int32_t id, PyObject *trailers);
+
+static struct h2_conn *h2(struct conn *c) { return c->proto_data; }
+
+static struct asgi_stream *find_stream(nghttp2_session *session, int32_t id) {
+  return nghttp2_session_get_stream_user_data(session, id);
+}
+
+/* ---------------------------------------------------------------------------
+ * Callbacks.
+ */
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
+  struct conn *c = user;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  struct asgi_stream *s = asgi_stream_new(c, frame->hd.stream_id, "2");
+  if (s == NULL) {
+    PyErr_Clear();
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+  c->active_streams++;
+  return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *user) {
+  (void)flags;
+  (void)user;
+  struct asgi_stream *s = find_stream(session, frame->hd.stream_id);
+  if (s == NULL || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0; /* trailers: ignored */
+  if (stream_flags(s) & (H2S_HEADERS_TOO_LARGE | H2S_BAD_REQUEST)) return 0;
+  if (asgi_stream_header_bytes(s) + nlen + vlen > server_config()->max_header_bytes) {
+    stream_set_flag(s, H2S_HEADERS_TOO_LARGE);
+    return 0;
+  }
+  const char *n = (const char *)name, *v = (const char *)value;
+  int rc;
+  if (nlen > 0 && n[0] == ':') {
+    if (nlen == 7 && memcmp(n, ":method", 7) == 0)
+      rc = asgi_stream_set_method(s, v, vlen);
+    else if (nlen == 5 && memcmp(n, ":path", 5) == 0)
+      rc = asgi_stream_set_target(s, v, vlen);
+    else if (nlen == 7 && memcmp(n, ":scheme", 7) == 0)
+      rc = asgi_stream_set_scheme(s, v, vlen);
+    else if (nlen == 10 && memcmp(n, ":authority", 10) == 0)
+      rc = asgi_stream_set_authority(s, v, vlen);
+    else
+      rc = 0; /* :protocol: extended CONNECT, handled with WebSockets */
+  } else {
+    rc = asgi_stream_add_header(s, n, nlen, v, vlen);
+  }
+  if (rc != 0) {
+    PyErr_Clear();
+    stream_set_flag(s, H2S_BAD_REQUEST);
+  }
+  return 0;
+}
+
+static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end_stream) {
+  unsigned f = stream_flags(s);
+  if (f & H2S_HEADERS_TOO_LARGE) {
+    asgi_stream_respond_error(s, 431, "Request Header Fields Too Large\n");
+    return;
+  }
+  if (f & H2S_BAD_REQUEST) {
+    asgi_stream_respond_error(s, 400, "Bad Request\n");
+    return;
+  }
+  (void)c;
+  if (end_stream) asgi_stream_on_body_end(s);
+  asgi_stream_start_app(s);
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
+  struct conn *c = user;
+  if (h2_abuse_charge(&h2(c)->abuse, frame, server_now_ms())) {
+    log_warn("conn %llu: too many control frames: GOAWAY ENHANCE_YOUR_CALM",
+             (unsigned long long)c->id);
+    nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+    return 0;
+  }
+  struct asgi_stream *s = frame->hd.stream_id ? find_stream(session, frame->hd.stream_id) : NULL;
+  if (s == NULL) return 0;
+  bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+  switch (frame->hd.type) {
+  case NGHTTP2_HEADERS:
+    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+      request_headers_done(c, s, end_stream);
+    else if (end_stream)
+      asgi_stream_on_body_end(s); /* request trailers end the body */
+    break;
+  case NGHTTP2_DATA:
+    if (end_stream) asgi_stream_on_body_end(s);
+    break;
+  default:
+    break;
+  }
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *user) {
+  (void)flags;
+  (void)user;
+  /* The connection's credit comes back at once; the stream's when the app reads. */
+  nghttp2_session_consume_connection(session, len);
+  struct asgi_stream *s = find_stream(session, id);
+  if (s == NULL) return 0;
+  if (asgi_stream_app_finished(s) || (asgi_stream_head_sent(s) && asgi_stream_body_eof(s))) {
+    nghttp2_session_consume_stream(session, id, len); /* nobody will read it */
+    return 0;
+  }
+  if (asgi_stream_on_body(s, data, len) != 0) {
+    PyErr_Clear();
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_code,
+                           void *user) {
+  (void)error_code;
+  struct conn *c = user;
+  struct asgi_stream *s = find_stream(session, id);
+  if (s == NULL) return 0;
+  nghttp2_session_set_stream_user_data(session, id, NULL);
+  c->active_streams--;
+  asgi_stream_release(s);
+  return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
+  (void)user;
+  if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  struct asgi_stream *s = find_stream(session, frame->hd.stream_id);
+  if (s == NULL) return 0;
+  asgi_stream_response_done(s);
+  /* Answered before the request body ended: tell the client to stop
+   * sending (RFC 9113 8.1). */
+  if (nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0)
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Response.
+ */
+static bool response_has_no_body(struct asgi_stream *s) {
+  int status = asgi_stream_status(s);
+  return asgi_stream_is_head(s) || status == 204 || status == 304 || status < 200;
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *data_flags, nghttp2_data_source *source, void *user) {
+  (void)user;
+  struct asgi_stream *s = source->ptr;
+  size_t n = asgi_stream_read_body(s, buf, length);
+  if (asgi_stream_body_eof(s)) {
+    if (!asgi_stream_wants_trailers(s)) {
+      *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+      return (ssize_t)n;
+    }
+    PyObject *trailers = asgi_stream_trailers(s);
+    if (trailers == NULL) {
+      if (n > 0) return (ssize_t)n;
+      stream_set_flag(s, H2S_DATA_DEFERRED);
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    if (h2_submit_trailers(session, id, trailers) != 0)
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return (ssize_t)n;
+  }
+  if (n == 0) {
+    stream_set_flag(s, H2S_DATA_DEFERRED);
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  return (ssize_t)n;
+}
+
+/* Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2). */
+static bool hop_by_hop(const char *name, size_t len) {
+  switch (len) {
+  case 2:
+    return memcmp(name, "te", 2) == 0;
+  case 7:
+    return memcmp(name, "upgrade", 7) == 0;
+  case 10:
+    return memcmp(name, "connection", 10) == 0 || memcmp(name, "keep-alive", 10) == 0;
+  case 16:
+    return memcmp(name, "proxy-connection", 16) == 0;
+  case 17:
+    return memcmp(name, "transfer-encoding", 17) == 0;
+  }
+  return false;
+}
+
+/* Turns an ASGI header list into nghttp2 name/value pairs with lower-case
+ * names (Django, for one, sends "Content-Type"). The names are copied into
+ * lower, which must outlive the submit call. Returns the count or -1. */
+static ssize_t build_nv(PyObject *list, nghttp2_nv *nva, size_t max, char *lower,
+                        size_t lower_size) {
+  PyObject *seq = PySequence_Fast(list, "headers must be a sequence");
+  if (seq == NULL) return -1;
+  Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+  size_t n = 0, used = 0;
+  for (Py_ssize_t i = 0; i < count && n < max; i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+      Py_DECREF(seq);
+      return -1;
+    }
+    if (used + (size_t)nl > lower_size) break;
+    char *lname = lower + used;
+    for (Py_ssize_t j = 0; j < nl; j++) {
+      char ch = name[j];
+      lname[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    used += (size_t)nl;
+    if (hop_by_hop(lname, (size_t)nl)) continue;
+    nva[n++] = (nghttp2_nv){(uint8_t *)lname, (uint8_t *)value, (size_t)nl, (size_t)vl,
+                            NGHTTP2_NV_FLAG_NONE};
+  }
+  /* seq (and the bytes it holds) stays alive in the stream until submit copies */
+  Py_DECREF(seq);
+  return (ssize_t)n;
+}
+
+enum { MAX_RESPONSE_FIELDS = 256, NAME_SCRATCH = 16384 };
+
+static int h2_submit_trailers(nghttp2_session *session, int32_t id, PyObject *trailers) {
+  nghttp2_nv nva[MAX_RESPONSE_FIELDS];
+  static char lower[NAME_SCRATCH];
+  ssize_t n = build_nv(trailers, nva, MAX_RESPONSE_FIELDS, lower, sizeof lower);
+  if (n < 0) {
+    PyErr_Clear();
+    return -1;
+  }
+  return nghttp2_submit_trailer(session, id, nva, (size_t)n);
+}
+
+static void submit_head(struct conn *c, struct asgi_stream *s) {
+  nghttp2_session *session = h2(c)->session;
+  nghttp2_nv nva[MAX_RESPONSE_FIELDS + 1];
+  static char lower[NAME_SCRATCH];
+  char status[4];
+  int code = asgi_stream_status(s); /* send_start checked 100..999 */
+  status[0] = (char)('0' + code / 100 % 10);
+  status[1] = (char)('0' + code / 10 % 10);
+  status[2] = (char)('0' + code % 10);
+  status[3] = '\0';
+  nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
+  ssize_t n = build_nv(asgi_stream_headers(s), nva + 1, MAX_RESPONSE_FIELDS, lower, sizeof lower);
+  if (n < 0) {
+    PyErr_Clear();
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, asgi_stream_id(s),
+                              NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  asgi_stream_mark_head_sent(s);
+  bool no_body = response_has_no_body(s);
+  bool ends_now = no_body || (asgi_stream_body_eof(s) && !asgi_stream_wants_trailers(s));
+  nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+  int rc = nghttp2_submit_response(session, asgi_stream_id(s), nva, (size_t)n + 1,
+                                   ends_now ? NULL : &prd);
+  if (rc != 0) {
+    log_warn("conn %llu stream %d: submit response: %s", (unsigned long long)c->id,
+             asgi_stream_id(s), nghttp2_strerror(rc));
+    return;
+  }
+  if (no_body) {
+    /* Drop whatever the app sends for a HEAD, 204 or 304. */
+    uint8_t sink[4096];
+    while (asgi_stream_read_body(s, sink, sizeof sink) > 0) {
+    }
+  }
+}
+
+static void h2_resume_send(struct conn *c, struct asgi_stream *s) {
+  if (!asgi_stream_head_sent(s)) {
+    if (!asgi_stream_head_ready(s)) return;
+    submit_head(c, s);
+  } else if (response_has_no_body(s)) {
+    uint8_t sink[4096];
+    while (asgi_stream_read_body(s, sink, sizeof sink) > 0) {
+    }
+  } else if (stream_flags(s) & H2S_DATA_DEFERRED) {
+    stream_clear_flag(s, H2S_DATA_DEFERRED);
+    nghttp2_session_resume_data(h2(c)->session, asgi_stream_id(s));
+  }
+  conn_want_flush(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Proto ops.
+ */
+static void h2_on_read(struct conn *c, const uint8_t *data, size_t len) {
+  nghttp2_session *session = h2(c)->session;
+  ssize_t rc = nghttp2_session_mem_recv(session, data, len);
+  if (rc < 0) {
+    log_debug("conn %llu: HTTP/2 error: %s", (unsigned long long)c->id, nghttp2_strerror((int)rc));
+    if (rc != NGHTTP2_ERR_BAD_CLIENT_MAGIC && rc != NGHTTP2_ERR_FLOODED)
+      nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    c->proto->produce(c); /* the GOAWAY, if nghttp2 queued one */
+    conn_close(c, false);
+  }
+}
+
+static void h2_produce(struct conn *c) {
+  nghttp2_session *session = h2(c)->session;
+  while (bytebuf_size(&c->out) < 256 * 1024) {
+    const uint8_t *data;
+    ssize_t n = nghttp2_session_mem_send(session, &data);
+    if (n < 0) {
+      log_debug("conn %llu: nghttp2 send: %s", (unsigned long long)c->id,
+                nghttp2_strerror((int)n));
+      conn_close(c, true);
+      return;
+    }
+    if (n == 0) break;
+    if (bytebuf_append(&c->out, data, (size_t)n) != 0) {
+      conn_close(c, true);
+      return;
+    }
+  }
+  if (!nghttp2_session_want_read(session) && !nghttp2_session_want_write(session))
+    conn_close(c, false);
+}
+
+static void h2_consumed(struct conn *c, struct asgi_stream *s, size_t n) {
+  nghttp2_session_consume_stream(h2(c)->session, asgi_stream_id(s), n);
+  conn_want_flush(c);
+}
+
+static void h2_send_continue(struct conn *c, struct asgi_stream *s) {
+  nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE};
+  nghttp2_submit_headers(h2(c)->session, NGHTTP2_FLAG_NONE, asgi_stream_id(s), NULL, &nv, 1,
+                         NULL);
+  conn_want_flush(c);
+}
+
+static void h2_abort_stream(struct conn *c, struct asgi_stream *s) {
+  nghttp2_submit_rst_stream(h2(c)->session, NGHTTP2_FLAG_NONE, asgi_stream_id(s),
+                            NGHTTP2_INTERNAL_ERROR);
+  conn_want_flush(c);
+}
+
+static void h2_app_finished(struct conn *c, struct asgi_stream *s) {
+  (void)s;
+  conn_want_flush(c);
+}
+
+static void h2_shutdown(struct conn *c) {
+  struct h2_conn *h = h2(c);
+  if (h->goaway_sent) return;
+  h->goaway_sent = true;
+  /* Streams up to the last one we saw are served; later ones are refused
+   * and the gateway retries them elsewhere. */
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR,
+                        NULL, 0);
+  conn_want_flush(c);
+}
+
+static void h2_destroy(struct conn *c) {
+  struct h2_conn *h = h2(c);
+  if (h == NULL) return;
+  /* nghttp2_session_del calls on_stream_close for open streams, which
+   * releases them: their apps see http.disconnect. */
+  nghttp2_session_del(h->session);
+  free(h);
+  c->proto_data = NULL;
+}
+
+const struct proto_ops h2_proto_ops = {
+    .name = "h2",
+    .on_read = h2_on_read,
+    .produce = h2_produce,
+    .resume_send = h2_resume_send,
+    .consumed = h2_consumed,
+    .send_continue = h2_send_continue,
+    .abort_stream = h2_abort_stream,
+    .app_finished = h2_app_finished,
+    .shutdown = h2_shutdown,
+    .destroy = h2_destroy,
+};
+
+int h2_conn_start(struct conn *c) {
+  const struct worker_config *cfg = server_config();
+  struct h2_conn *h = calloc(1, sizeof *h);
+  if (h == NULL) return -ENOMEM;
+  nghttp2_session_callbacks *cbs;
+  nghttp2_option *opt;
+  if (nghttp2_session_callbacks_new(&cbs) != 0) goto err_free;
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+  if (h2_guard_option_new(&opt, c->peer_trusted) != 0) {
+    nghttp2_session_callbacks_del(cbs);
+    goto err_free;
+  }
+  int rc = nghttp2_session_server_new2(&h->session, cbs, c, opt);
+  nghttp2_session_callbacks_del(cbs);
+  nghttp2_option_del(opt);
+  if (rc != 0) goto err_free;
+  struct h2_server_settings settings = {
+      .max_concurrent_streams = cfg->h2_max_concurrent_streams,
+      .stream_window = cfg->h2_stream_window,
+      .conn_window = cfg->h2_conn_window,
+      .max_frame_size = cfg->h2_max_frame_size,
+      .max_header_list = (uint32_t)cfg->max_header_bytes,
+      .worker_id = cfg->worker_index + 1,
+      .worker_count = cfg->worker_count,
+  };
+  if (h2_guard_submit_settings(h->session, &settings) != 0) {
+    nghttp2_session_del(h->session);
+    goto err_free;
+  }
+  h2_abuse_init(&h->abuse);
+  c->proto = &h2_proto_ops;
+  c->proto_data = h;
+  return 0;
+
+err_free:
+  free(h);
+  return -ENOMEM;
+}

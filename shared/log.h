@@ -1,0 +1,43 @@
+/* One logger for both programs: levels, a program/pid prefix, stderr or a file.
+ * Callers add their own context prefix (connection id, stream id, protocol). */
+#ifndef H3G_LOG_H
+#define H3G_LOG_H
+
+#include <stdarg.h>
+
+enum h3g_log_level {
+  H3G_LOG_DEBUG,
+  H3G_LOG_INFO,
+  H3G_LOG_WARN,
+  H3G_LOG_ERROR,
+  H3G_LOG_OFF,
+};
+
+extern enum h3g_log_level h3g_log_min_level;
+
+void h3g_log_init(const char *program);
+/* Redirects the log to a file (append); NULL or "-" means stderr. 0 or -errno. */
+int h3g_log_open(const char *path);
+/* Parses "debug", "info", "warning"/"warn", "error", "critical", "trace", "off". */
+int h3g_log_level_parse(const char *name, enum h3g_log_level *out);
+void h3g_log_write(enum h3g_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void h3g_log_vwrite(enum h3g_log_level level, const char *fmt, va_list ap);
+
+#define h3g_log(level, ...)                                                    \
+  do {                                                                         \
+    if ((level) >= h3g_log_min_level) h3g_log_write((level), __VA_ARGS__);     \
+  } while (0)
+#define log_debug(...) h3g_log(H3G_LOG_DEBUG, __VA_ARGS__)
+#define log_info(...) h3g_log(H3G_LOG_INFO, __VA_ARGS__)
+#define log_warn(...) h3g_log(H3G_LOG_WARN, __VA_ARGS__)
+#define log_error(...) h3g_log(H3G_LOG_ERROR, __VA_ARGS__)
+
+/* Per-frame traces: compiled out unless built with -DH3G_TRACE. */
+#ifdef H3G_TRACE
+#define log_trace(...) h3g_log(H3G_LOG_DEBUG, __VA_ARGS__)
+#else
+#define log_trace(...) ((void)0)
+#endif
+
+#endif

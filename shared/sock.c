@@ -1,0 +1,42 @@
+#include "sock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+int h3g_set_nonblock(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
+  return 0;
+}
+
+void h3g_set_nodelay(int fd) {
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+int h3g_listen(const struct sockaddr *sa, socklen_t len, int backlog, bool reuseport) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  if (sa->sa_family == AF_UNIX) {
+    /* A file left by a previous run would make bind fail with EADDRINUSE. */
+    const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+    if (un->sun_path[0] != '\0') unlink(un->sun_path);
+  } else {
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) goto err_close;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+      goto err_close;
+    if (sa->sa_family == AF_INET6) (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  }
+  if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0) goto err_close;
+  return fd;
+
+err_close:;
+  int err = errno;
+  close(fd);
+  return -err;
+}
