@@ -351,9 +351,17 @@ static PyObject *on_writable(PyObject *mod, PyObject *fdo) {
   Py_RETURN_NONE;
 }
 
+/* A closed connection still on the next pass's flush list is freed after
+ * that pass has taken it off. */
 static void free_dead(void) {
-  for (size_t i = 0; i < S.n_dead; i++) conn_free(S.dead[i]);
-  S.n_dead = 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < S.n_dead; i++) {
+    if (S.dead[i]->flush_queued)
+      S.dead[kept++] = S.dead[i];
+    else
+      conn_free(S.dead[i]);
+  }
+  S.n_dead = kept;
 }
 
 static PyObject *on_flush(PyObject *mod, PyObject *unused) {

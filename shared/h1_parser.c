@@ -51,11 +51,22 @@ static int on_url(llhttp_t *l, const char *at, size_t len) {
   return 0;
 }
 
+/* RFC 9110 5.6.2 tchar. llhttp 8.1 lets a space through in a field name
+ * ("Transfer-Encoding : chunked" is a classic smuggling shape). */
+static bool is_tchar(unsigned char c) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c != 0 && strchr(extra, c) != NULL);
+}
+
 /* Emits the field assembled in buf after the target. */
 static int emit_field(struct h1_parser *p) {
   char *name = p->buf + p->target_len;
-  for (size_t i = 0; i < p->name_len; i++)
+  if (p->name_len == 0) return fail(p, 400, "empty header field name");
+  for (size_t i = 0; i < p->name_len; i++) {
+    if (!is_tchar((unsigned char)name[i])) return fail(p, 400, "invalid header field name");
     if (name[i] >= 'A' && name[i] <= 'Z') name[i] = (char)(name[i] + 32);
+  }
   const char *value = name + p->name_len;
   size_t vlen = p->buf_len - p->target_len - p->name_len;
   /* llhttp leaves trailing whitespace of the value to us (RFC 9110 5.5). */
@@ -192,7 +203,7 @@ ssize_t h1_parser_feed(struct h1_parser *p, const char *data, size_t len) {
     const char *pos = llhttp_get_error_pos(&p->llhttp);
     return pos ? (ssize_t)(pos - data) : (ssize_t)len;
   }
-  if (err != HPE_USER) {
+  if (p->error_status == 0) { /* not one of our callbacks: llhttp's own verdict */
     p->error_status = status_for_llhttp_error(err);
     p->error_reason = llhttp_get_error_reason(&p->llhttp);
     if (p->error_reason == NULL) p->error_reason = llhttp_errno_name(err);

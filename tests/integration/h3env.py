@@ -1,0 +1,162 @@
+"""Test environment: starts our binaries and real third-party peers on
+loopback, and tears them down. Every wait is bounded."""
+
+import json
+import os
+import pathlib
+import signal as sig_mod
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("H3GATE_BIN_DIR", ROOT / "build" / "bin"))
+APPS = ROOT / "tests" / "apps"
+PYTHON = "/usr/bin/python3"  # Debian's, with Debian's packages
+SANITIZED = os.environ.get("H3GATE_SANITIZED") == "1"
+
+
+def free_port():
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_port(port, timeout=20.0, host="127.0.0.1"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def run(cmd, timeout=60, check=False, input=None, env=None):
+    """Runs a client to completion; returns CompletedProcess (text)."""
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input, env=env)
+    out = subprocess.CompletedProcess(p.args, p.returncode,
+                                      p.stdout.decode("utf-8", "replace"),
+                                      p.stderr.decode("utf-8", "replace"))
+    out.raw_stdout = p.stdout
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}): {out.stderr[-2000:]}")
+    return out
+
+
+def children_of(pid):
+    try:
+        out = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(x) for x in out]
+
+
+def rss_kb(pid):
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    # CPython and its extension modules keep memory until exit on purpose.
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    return env
+
+
+class Process:
+    """A server we started; its output goes to a log file we can read."""
+
+    def __init__(self, cmd, cwd=None, env=None, name="proc"):
+        self.cmd = [str(c) for c in cmd]
+        self.logfile = tempfile.NamedTemporaryFile(prefix=f"h3test-{name}-", suffix=".log",
+                                                   delete=False)
+        self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env or sanitizer_env(),
+                                     stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        return pathlib.Path(self.logfile.name).read_text(errors="replace")
+
+    def wait_log(self, text, timeout=20.0, count=1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return True
+            if self.proc.poll() is not None:
+                return self.log().count(text) >= count
+            time.sleep(0.05)
+        return False
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=sig_mod.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, sig_mod.SIGKILL)
+                self.proc.wait(timeout=10)
+        try:  # nothing of ours may outlive a test
+            os.killpg(self.proc.pid, sig_mod.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.proc.returncode
+
+    def assert_clean(self):
+        text = self.log()
+        for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            assert marker not in text, f"sanitizer report in {self.logfile.name}:\n{text[-4000:]}"
+
+
+class Worker(Process):
+    """h3gate-worker serving an app from tests/apps."""
+
+    def __init__(self, app="probe:app", workers=1, args=(), app_dir=APPS, port=None,
+                 wait=True, env=None):
+        self.port = port or free_port()
+        self.workers = workers
+        cmd = [BIN / "h3gate-worker", "--bind", f"127.0.0.1:{self.port}",
+               "--workers", str(workers), "--app-dir", app_dir, *args, app]
+        super().__init__(cmd, cwd=app_dir, env=env, name="worker")
+        if wait:
+            assert self.wait_log("worker processes ready", timeout=60), self.log()[-3000:]
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def worker_pids(self):
+        return children_of(self.pid)
+
+
+def curl(*args, timeout=60):
+    return run(["curl", "-sS", "--max-time", str(timeout), *args], timeout=timeout + 5)
+
+
+def curl_json(*args, timeout=60):
+    r = curl(*args, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

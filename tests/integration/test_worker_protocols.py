@@ -1,0 +1,247 @@
+"""h3gate-worker speaking HTTP/1.1 and h2c to real clients: the ASGI scope,
+trailers, errors, limits."""
+
+import json
+import socket
+import ssl  # noqa: F401  (h2 needs it importable)
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+
+from h3env import Worker, curl, curl_json, run
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker("probe:app", workers=1, args=["--root-path", "/api"])
+    yield w
+    assert w.stop() == 0
+    w.assert_clean()
+
+
+def test_scope_over_http1_and_h2(worker):
+    for flag, version in (("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")):
+        s = curl_json(flag, "-H", "X-Custom: One", "-H", "x-custom: two", "-d", "hello",
+                      worker.url("/scope/caf%C3%A9/x%2Fy?a=1&b=%20"))
+        assert s["type"] == "http"
+        assert s["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+        assert s["http_version"] == version
+        assert s["method"] == "POST"
+        assert s["scheme"] == "http"
+        assert s["path"] == "/scope/café/x/y"
+        assert s["raw_path"] == "/scope/caf%C3%A9/x%2Fy"
+        assert s["query_string"] == "a=1&b=%20"
+        assert s["root_path"] == "/api"
+        assert s["client"][0] == "127.0.0.1" and isinstance(s["client"][1], int)
+        assert s["server"] == ["127.0.0.1", worker.port]
+        assert s["state"]["started"] == "probe-started"
+        assert s["types"]["headers"] == "list" and s["header_types"] == ["bytes"]
+        names = [k for k, _ in s["headers"]]
+        assert names == [n.lower() for n in names]
+        assert names[0] == "host"  # :authority becomes host, first
+        customs = [v for k, v in s["headers"] if k == "x-custom"]
+        assert customs == ["One", "two"]  # arrival order kept
+        assert s["body"]["size"] == 5
+        assert "http.response.trailers" not in s["extensions"]
+
+
+def test_trailers_extension_offered_only_with_te_trailers(worker):
+    s = curl_json("--http2-prior-knowledge", "-H", "TE: trailers", worker.url("/scope"))
+    assert "http.response.trailers" in s["extensions"]
+
+
+def h2_request(port, path, headers=(), body=None, window=None):
+    """A raw h2 exchange with python-h2; returns (headers, body, trailers, reset)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    if window:
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    sid = conn.get_next_available_stream_id()
+    hdrs = [(":method", "POST" if body else "GET"), (":path", path), (":scheme", "http"),
+            (":authority", f"127.0.0.1:{port}"), *headers]
+    conn.send_headers(sid, hdrs, end_stream=body is None)
+    if body is not None:
+        conn.send_data(sid, body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    resp_headers, data, trailers, reset = None, b"", None, None
+    done = False
+    while not done:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        for ev in conn.receive_data(chunk):
+            if isinstance(ev, h2.events.ResponseReceived):
+                resp_headers = ev.headers
+            elif isinstance(ev, h2.events.DataReceived):
+                data += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = ev.headers
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+            elif isinstance(ev, h2.events.StreamReset):
+                reset, done = ev.error_code, True
+        sock.sendall(conn.data_to_send())
+    sock.close()
+    return dict(resp_headers or []), data, dict(trailers or []), reset
+
+
+import h2.settings  # noqa: E402
+
+
+def test_trailers_over_h2(worker):
+    headers, body, trailers, reset = h2_request(worker.port, "/trailers", [("te", "trailers")])
+    assert reset is None
+    assert headers[b":status"] == b"200"
+    assert body == b"body with trailers\n"
+    assert trailers == {b"x-checksum": b"abc123", b"x-count": b"1"}
+
+
+def test_trailers_over_http1_chunked(worker):
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+        s.sendall(b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert rest.endswith(b"0\r\nx-checksum: abc123\r\nx-count: 1\r\n\r\n")
+
+
+def test_response_headers_lowercased_and_hop_by_hop_dropped_on_h2(worker):
+    headers, body, _, _ = h2_request(worker.port, "/headers")
+    assert headers[b":status"] == b"201"
+    assert headers[b"content-type"] == b"text/plain"
+    assert b"connection" not in headers
+    r = curl("--http2-prior-knowledge", "-D", "-", worker.url("/headers"))
+    assert r.stdout.count("x-multi:") == 2
+
+
+def test_app_exception_before_start_gives_500_and_traceback(worker):
+    for flag in ("--http1.1", "--http2-prior-knowledge"):
+        r = curl(flag, "-w", "%{http_code}", "-o", "/dev/null", worker.url("/error-before"))
+        assert r.stdout == "500"
+    assert "probe: failing before the response" in worker.log()
+    assert "Traceback" in worker.log()
+    assert curl_json(worker.url("/pid"))["pid"] > 0  # still serving
+
+
+def test_app_returning_without_response_gives_500(worker):
+    r = curl("-w", "%{http_code}", "-o", "/dev/null", worker.url("/no-response"))
+    assert r.stdout == "500"
+
+
+def test_app_exception_after_start_resets_the_stream(worker):
+    r = curl("--http2-prior-knowledge", worker.url("/error-after"))
+    assert r.returncode != 0  # INTERNAL_ERROR reset, not a clean end
+    _, _, _, reset = h2_request(worker.port, "/error-after")
+    assert reset == 2  # INTERNAL_ERROR
+    r = curl("--http1.1", worker.url("/error-after"))
+    assert r.returncode != 0  # chunked body cut short
+
+
+def test_head_has_no_body(worker):
+    for flag in ("--http1.1", "--http2-prior-knowledge"):
+        r = curl(flag, "-I", worker.url("/download?size=1000"))
+        assert r.returncode == 0
+        assert "content-length: 1000" in r.stdout.lower()
+
+
+def test_oversized_headers_get_431(worker):
+    # Default limit (64 KiB) with python-h2: curl and nghttp refuse to send
+    # header blocks over 64 KiB themselves.
+    fields = [(f"x-big{i}", "x" * 30000) for i in range(3)]
+    headers, body, _, reset = h2_request(worker.port, "/scope", fields)
+    assert headers[b":status"] == b"431" and reset is None
+    # A smaller configured limit, with curl on both protocols.
+    w = Worker("probe:app", args=["--limit-request-head", "16k"])
+    try:
+        big = "x" * 8000
+        for flag in ("--http1.1", "--http2-prior-knowledge"):
+            r = curl(flag, "-H", f"X-Big1: {big}", "-H", f"X-Big2: {big}", "-H", f"X-Big3: {big}",
+                     "-w", "%{http_code}", "-o", "/dev/null", w.url("/scope"))
+            assert r.stdout == "431", (flag, r.stdout, r.stderr)
+        assert curl_json(w.url("/pid"))["pid"] > 0
+    finally:
+        w.stop()
+
+
+def test_malformed_http1_gets_400(worker):
+    for raw in (b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+                b"GET / HTTP/1.1\r\n Content-Length: 1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+            s.sendall(raw)
+            data = s.recv(4096)
+        assert data.startswith(b"HTTP/1.1 400 "), data
+
+
+def test_expect_100_continue(worker):
+    r = curl("--http1.1", "-v", "-H", "Expect: 100-continue", "--data-binary", "x" * 2048,
+             worker.url("/upload"))
+    assert "HTTP/1.1 100 Continue" in r.stderr
+    assert json.loads(r.stdout)["size"] == 2048
+
+
+def test_http1_pipelining_in_order(worker):
+    reqs = b"".join(f"GET /scope?n={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5))
+    reqs += b"GET /scope?n=last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+        s.sendall(reqs)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    order = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["query_string"]
+             for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert order == [f"n={i}" for i in range(5)] + ["n=last"]
+
+
+def test_h2load_and_nghttp(worker):
+    r = run(["h2load", "-n", "2000", "-c", "4", "-m", "10", worker.url("/pid")], timeout=60)
+    assert "2000 succeeded" in r.stdout, r.stdout
+    r = run(["h2load", "--h1", "-n", "500", "-c", "4", worker.url("/pid")], timeout=60)
+    assert "500 succeeded" in r.stdout, r.stdout
+    r = run(["nghttp", "-nv", worker.url("/stream?n=3")], timeout=30)
+    assert r.returncode == 0 and ":status: 200" in r.stdout
+
+
+def test_httpx_http1_and_h2():
+    w = Worker("probe:app")
+    try:
+        with httpx.Client() as c:
+            assert c.get(w.url("/scope")).json()["http_version"] == "1.1"
+        with httpx.Client(http1=False, http2=True) as c:
+            r = c.post(w.url("/upload"), content=b"y" * 100000)
+            assert r.http_version == "HTTP/2"
+            assert r.json()["size"] == 100000
+    finally:
+        assert w.stop() == 0
+
+
+def test_forwarded_headers_from_trusted_peer(worker):
+    s = curl_json("-H", "X-Forwarded-For: 198.51.100.7, 203.0.113.5", "-H",
+                  "X-Forwarded-Proto: https", "-H", "Via: 3 h3gate", worker.url("/scope"))
+    assert s["client"][0] == "203.0.113.5"
+    assert s["scheme"] == "https"
+    assert s["http_version"] == "3"
+    s = curl_json("-H", 'Forwarded: for="[2001:db8::1]:4711";proto=https', worker.url("/scope"))
+    assert s["client"] == ["2001:db8::1", 4711]
+    assert s["scheme"] == "https"
+
+
+def test_forwarded_headers_from_untrusted_peer_change_nothing():
+    w = Worker("probe:app", args=["--forwarded-allow-ips", "10.9.9.9"])
+    try:
+        s = curl_json("-H", "X-Forwarded-For: 203.0.113.5", "-H", "X-Forwarded-Proto: https",
+                      "-H", "Via: 3 h3gate", w.url("/scope"))
+        assert s["client"][0] == "127.0.0.1"
+        assert s["scheme"] == "http"
+        assert s["http_version"] == "1.1"
+        assert ["x-forwarded-for", "203.0.113.5"] in s["headers"]
+        assert ["via", "3 h3gate"] in s["headers"]
+    finally:
+        w.stop()

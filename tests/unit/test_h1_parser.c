@@ -1,0 +1,105 @@
+/* Request parsing as both programs use it: strictness, limits, pipelining. */
+#include <stdlib.h>
+
+#include "check.h"
+#include "h1_parser.h"
+
+struct seen {
+  int heads, ends, fields;
+  size_t body;
+  char method[16], target[64], last_name[32], last_value[64];
+  int keep_alive;
+};
+
+static int on_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl) {
+  struct seen *s = ctx;
+  s->fields++;
+  snprintf(s->last_name, sizeof s->last_name, "%.*s", (int)nl, n);
+  snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
+  return 0;
+}
+static int on_head(void *ctx, const struct h1_request_head *h) {
+  struct seen *s = ctx;
+  s->heads++;
+  snprintf(s->method, sizeof s->method, "%.*s", (int)h->method_len, h->method);
+  snprintf(s->target, sizeof s->target, "%.*s", (int)h->target_len, h->target);
+  s->keep_alive = h->keep_alive;
+  return 0;
+}
+static int on_body(void *ctx, const char *d, size_t n) {
+  (void)d;
+  ((struct seen *)ctx)->body += n;
+  return 0;
+}
+static int on_end(void *ctx) {
+  ((struct seen *)ctx)->ends++;
+  return 0;
+}
+static const struct h1_parser_ops ops = {on_header, on_head, on_body, on_end};
+static const struct h1_limits limits = {.max_head_bytes = 1024, .max_fields = 10};
+
+/* Feeds everything, moving to the next request after each one. Returns the
+ * error status, or 0. */
+static int parse(const char *text, struct seen *s) {
+  struct h1_parser p;
+  memset(s, 0, sizeof *s);
+  h1_parser_init(&p, &ops, s, &limits);
+  size_t len = strlen(text), off = 0;
+  int status = 0;
+  while (off < len) {
+    ssize_t n = h1_parser_feed(&p, text + off, len - off);
+    if (n < 0) {
+      status = p.error_status;
+      break;
+    }
+    off += (size_t)n;
+    if (h1_parser_message_done(&p)) h1_parser_next(&p);
+  }
+  h1_parser_free(&p);
+  return status;
+}
+
+int main(void) {
+  struct seen s;
+  CHECK(parse("GET /a?b HTTP/1.1\r\nHost: x\r\nX-Thing:  v  \r\n\r\n", &s) == 0);
+  CHECK(s.heads == 1 && s.ends == 1 && s.fields == 2);
+  CHECK_STR(s.method, "GET");
+  CHECK_STR(s.target, "/a?b");
+  CHECK_STR(s.last_name, "x-thing"); /* lower-cased */
+  CHECK_STR(s.last_value, "v");      /* trimmed */
+  CHECK(s.keep_alive);
+
+  /* Pipelining: three requests, in order, bodies counted. */
+  CHECK(parse("POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+              "POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "2\r\nde\r\n0\r\n\r\n"
+              "GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+              &s) == 0);
+  CHECK(s.heads == 3 && s.ends == 3 && s.body == 5);
+  CHECK_STR(s.target, "/3");
+  CHECK(!s.keep_alive);
+
+  /* Smuggling shapes are refused with 400. */
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+              "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", &s) == 400);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+              &s) == 400);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", &s) ==
+        400);
+  CHECK(parse("GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", &s) == 400);       /* CVE-2023-30589 */
+  CHECK(parse("GET / HTTP/1.1\r\n Content-Length: 1\r\n\r\n", &s) == 400); /* CVE-2024-27982 */
+  CHECK(parse("GET / HTTP/1.1\r\nBad Name: y\r\n\r\n", &s) == 400);
+  CHECK(parse("GET / HTTP/2.0\r\nHost: x\r\n\r\n", &s) != 0);
+
+  /* Limits. */
+  char big[2048];
+  snprintf(big, sizeof big, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: %01500d\r\n\r\n", 0);
+  CHECK(parse(big, &s) == 431);
+  snprintf(big, sizeof big, "GET /%01500d HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+  CHECK(parse(big, &s) == 414);
+  char many[1024] = "GET / HTTP/1.1\r\n";
+  for (int i = 0; i < 12; i++) snprintf(many + strlen(many), sizeof many - strlen(many), "X-%d: 1\r\n", i);
+  strcat(many, "\r\n");
+  CHECK(parse(many, &s) == 431);
+  CHECK_DONE();
+}
