@@ -154,6 +154,7 @@ enum { OUT_RING_MIN = 8 };
 
 struct asgi_stream {
   PyObject_HEAD struct conn *conn; /* NULL once the protocol released us */
+  struct asgi_stream *list_prev, *list_next; /* in the connection's asgi_stream_list */
   void *proto_data;
   int32_t id;
   const char *http_version;
@@ -253,6 +254,28 @@ void asgi_stream_release(struct asgi_stream *s) {
   s->proto_data = NULL;
   if (!s->resp_complete) asgi_stream_on_disconnect(s);
   Py_DECREF(s);
+}
+
+void asgi_stream_list_add(struct asgi_stream_list *l, struct asgi_stream *s) {
+  s->list_prev = NULL;
+  s->list_next = l->head;
+  if (l->head) l->head->list_prev = s;
+  l->head = s;
+}
+
+void asgi_stream_list_remove(struct asgi_stream_list *l, struct asgi_stream *s) {
+  if (s->list_prev) s->list_prev->list_next = s->list_next;
+  else if (l->head == s) l->head = s->list_next;
+  if (s->list_next) s->list_next->list_prev = s->list_prev;
+  s->list_prev = s->list_next = NULL;
+}
+
+void asgi_stream_list_release_all(struct asgi_stream_list *l) {
+  while (l->head) {
+    struct asgi_stream *s = l->head;
+    asgi_stream_list_remove(l, s);
+    asgi_stream_release(s);
+  }
 }
 
 int32_t asgi_stream_id(const struct asgi_stream *s) { return s->id; }

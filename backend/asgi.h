@@ -44,6 +44,16 @@ int asgi_init_types(PyObject *module);
 /* Interned strings and constants; call once after Py_Initialize. */
 int asgi_init_constants(void);
 
+/* The streams a connection holds, so it can let go of all of them when it
+ * closes (nghttp2_session_del does not report open streams as closed). */
+struct asgi_stream_list {
+  struct asgi_stream *head;
+};
+void asgi_stream_list_add(struct asgi_stream_list *l, struct asgi_stream *s);
+void asgi_stream_list_remove(struct asgi_stream_list *l, struct asgi_stream *s);
+/* Releases every stream still on the list (their apps see http.disconnect). */
+void asgi_stream_list_release_all(struct asgi_stream_list *l);
+
 /* A new stream with one reference, owned by the caller (the protocol). */
 struct asgi_stream *asgi_stream_new(struct conn *c, int32_t id, const char *http_version);
 /* The protocol lets go of the stream: it won't call back into the connection. */

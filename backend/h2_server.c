@@ -29,6 +29,7 @@
 struct h2_conn {
   nghttp2_session *session;
   struct h2_abuse abuse;
+  struct asgi_stream_list streams; /* open streams we hold a reference to */
   bool goaway_sent;
 };
 
@@ -69,6 +70,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+  asgi_stream_list_add(&h2(c)->streams, s);
   c->active_streams++;
   return 0;
 }
@@ -175,13 +177,15 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
   struct asgi_stream *s = find_stream(session, id);
   if (s == NULL) return 0;
   nghttp2_session_set_stream_user_data(session, id, NULL);
+  asgi_stream_list_remove(&h2(c)->streams, s);
   c->active_streams--;
   asgi_stream_release(s);
   return 0;
 }
 
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
-  (void)user;
+  struct conn *c = user;
+  if (frame->hd.type == NGHTTP2_DATA) h2_abuse_refund(&h2(c)->abuse, frame);
   if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   struct asgi_stream *s = find_stream(session, frame->hd.stream_id);
@@ -418,9 +422,10 @@ static void h2_shutdown(struct conn *c) {
 static void h2_destroy(struct conn *c) {
   struct h2_conn *h = h2(c);
   if (h == NULL) return;
-  /* nghttp2_session_del calls on_stream_close for open streams, which
-   * releases them: their apps see http.disconnect. */
+  /* nghttp2_session_del reports nothing: release the open streams ourselves
+   * so their apps see http.disconnect. */
   nghttp2_session_del(h->session);
+  asgi_stream_list_release_all(&h->streams);
   free(h);
   c->proto_data = NULL;
 }

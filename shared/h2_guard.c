@@ -49,6 +49,12 @@ void h2_abuse_init(struct h2_abuse *a) {
   a->last_ms = 0;
 }
 
+void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent) {
+  if (sent->hd.type != NGHTTP2_DATA || sent->hd.length == 0) return;
+  a->tokens += 2; /* one WINDOW_UPDATE for the stream, one for the connection */
+  if (a->tokens > ABUSE_BURST) a->tokens = ABUSE_BURST;
+}
+
 bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t now_ms) {
   switch (frame->hd.type) {
   case NGHTTP2_SETTINGS:

@@ -42,6 +42,9 @@ struct h2_abuse {
 };
 
 void h2_abuse_init(struct h2_abuse *a);
+/* A DATA frame we sent earns the WINDOW_UPDATEs it will prompt (a client
+ * with a tiny window answers every small frame): they are not abuse. */
+void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent);
 /* Charges a received frame. True when the peer is over budget. */
 bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t now_ms);
 

@@ -55,6 +55,7 @@ def _query(scope):
 
 
 DISCONNECTS = []
+INFLIGHT = [0, 0]  # now, max
 
 
 async def app(scope, receive, send):
@@ -148,8 +149,18 @@ async def app(scope, receive, send):
     elif path == "/disconnects":
         await _json(send, {"disconnects": DISCONNECTS})
     elif path == "/sleep":
-        await asyncio.sleep(float(q.get("s", "0.01")))
-        await _json(send, {"slept": True, "pid": os.getpid()})
+        INFLIGHT[0] += 1
+        INFLIGHT[1] = max(INFLIGHT[1], INFLIGHT[0])
+        try:
+            await asyncio.sleep(float(q.get("s", "0.01")))
+        finally:
+            INFLIGHT[0] -= 1
+        await _json(send, {"slept": True, "pid": os.getpid(), "max_inflight": INFLIGHT[1]})
+    elif path == "/hold":
+        # Reads nothing for a while: the client's window must run dry.
+        await asyncio.sleep(float(q.get("s", "1")))
+        info = await _read_body(receive)
+        await _json(send, info or {})
     elif path == "/headers":
         # Django-style capitalised names and a repeated header
         await send({"type": "http.response.start", "status": 201,
