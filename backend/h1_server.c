@@ -428,11 +428,9 @@ static void h1_app_finished(struct conn *c, struct asgi_stream *s) {
   conn_want_flush(c);
 }
 
-static void h1_shutdown(struct conn *c) {
-  struct h1_conn *h = h1(c);
-  h->keep_alive = false;
-  if (h->cur == NULL) conn_close(c, false);
-}
+/* The current response (or the first request of a fresh connection) is
+ * the last; the server's idle sweep closes the connection if none comes. */
+static void h1_shutdown(struct conn *c) { h1(c)->keep_alive = false; }
 
 static void h1_destroy(struct conn *c) {
   struct h1_conn *h = h1(c);

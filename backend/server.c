@@ -273,6 +273,9 @@ static void sniff(struct conn *c, const uint8_t *data, size_t len) {
   }
   c->proto->on_read(c, bytebuf_head(&early), bytebuf_size(&early));
   bytebuf_free(&early);
+  /* Accepted just before a stop: its first requests are served, then it
+   * closes (HTTP/1.1) or says GOAWAY (h2). */
+  if (c->draining && c->state == CONN_OPEN) c->proto->shutdown(c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -388,14 +391,20 @@ static PyObject *on_flush(PyObject *mod, PyObject *unused) {
  */
 static void stop_progress(void);
 
+enum { STOP_IDLE_MS = 1000 };
+
 static void idle_sweep(uint64_t now) {
+  /* While stopping, a connection idle for a moment is closed: long enough
+   * for a request already on its way over a fresh connection to arrive. */
+  uint64_t limit = S.config.keepalive_timeout_ms;
+  if (S.stopping && limit > STOP_IDLE_MS) limit = STOP_IDLE_MS;
   for (size_t fd = 0; fd < S.by_fd_cap; fd++) {
     struct conn *c = S.by_fd[fd];
     if (c == NULL || c->state == CONN_CLOSED) continue;
     if (c->active_streams > 0) continue;
-    if (now - c->last_activity_ms < S.config.keepalive_timeout_ms) continue;
-    if (c->state == CONN_OPEN && c->proto->shutdown && !c->draining) {
-      /* h2 says goodbye with GOAWAY; HTTP/1.1 just closes. */
+    if (now - c->last_activity_ms < limit) continue;
+    if (c->state == CONN_OPEN && c->proto == &h2_proto_ops && !c->draining) {
+      /* h2 says goodbye with GOAWAY first; HTTP/1.1 just closes. */
       c->draining = true;
       c->proto->shutdown(c);
       c->last_activity_ms = now;
@@ -440,14 +449,13 @@ static void begin_stop(const char *why) {
            S.n_conns, (unsigned long long)asgi_active_tasks(),
            (double)S.config.graceful_timeout_ms / 1000);
   stop_listening();
+  /* Connections still sniffing get their shutdown once their protocol is
+   * known; idle ones are closed by the sweep. */
   for (size_t fd = 0; fd < S.by_fd_cap; fd++) {
     struct conn *c = S.by_fd[fd];
     if (c == NULL || c->state == CONN_CLOSED) continue;
     c->draining = true;
-    if (c->state == CONN_OPEN && c->proto->shutdown)
-      c->proto->shutdown(c);
-    else
-      conn_close(c, false);
+    if (c->state == CONN_OPEN) c->proto->shutdown(c);
     conn_want_flush(c);
   }
   stop_progress();

@@ -1,0 +1,1 @@
+raise ValueError("configuration missing: SECRET_KEY")

@@ -1,0 +1,196 @@
+"""The process pool: start-up errors, crashes, signals, reloads, recycling."""
+
+import http.client
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from h3env import APPS, BIN, Worker, children_of, curl, curl_json, free_port, run
+
+
+def start_fails(app, *args):
+    port = free_port()
+    r = run([BIN / "h3gate-worker", "--bind", f"127.0.0.1:{port}", "--app-dir", APPS, *args, app],
+            timeout=60)
+    with socket.socket() as s:  # the port was never bound
+        s.bind(("127.0.0.1", port))
+    return r
+
+
+def test_import_failure_is_one_clear_line_and_exit_1():
+    r = start_fails("no_such_module:app")
+    assert r.returncode == 1
+    lines = [l for l in r.stderr.splitlines() if "[error]" in l]
+    assert len(lines) == 1, r.stderr
+    assert 'cannot load app "no_such_module:app"' in lines[0]
+    assert "No module named 'no_such_module'" in lines[0]
+    r = start_fails("raises_on_import:app")
+    assert r.returncode == 1 and "ValueError: configuration missing: SECRET_KEY" in r.stderr
+    r = start_fails("probe:no_such_attr")
+    assert r.returncode == 1 and 'has no attribute "no_such_attr"' in r.stderr
+
+
+def test_lifespan_on_failure_stops_startup():
+    port = free_port()
+    r = run([BIN / "h3gate-worker", "--bind", f"127.0.0.1:{port}", "--app-dir", APPS,
+             "--lifespan", "on", "broken_lifespan:app"], timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "lifespan startup failed: database unreachable" in r.stderr
+
+
+def test_usage_errors():
+    r = run([BIN / "h3gate-worker", "--workers", "zero", "probe:app"])
+    assert r.returncode == 2 and "--workers must be a number" in r.stderr
+    r = run([BIN / "h3gate-worker", "--version"])
+    assert r.returncode == 0 and r.stdout.startswith("h3gate-worker ")
+    r = run([BIN / "h3gate-worker", "--help"])
+    assert "--forwarded-allow-ips" in r.stdout
+
+
+def pids_seen(w, n=200):
+    seen = set()
+    for _ in range(n):
+        conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=10)
+        conn.request("GET", "/pid", headers={"Connection": "close"})
+        seen.add(int(__import__("json").loads(conn.getresponse().read())["pid"]))
+        conn.close()
+    return seen
+
+
+def test_requests_spread_over_all_workers():
+    w = Worker("probe:app", workers=3)
+    try:
+        assert pids_seen(w) == set(w.worker_pids())
+    finally:
+        assert w.stop() == 0
+
+
+def test_killed_worker_is_replaced_and_pool_keeps_serving():
+    w = Worker("probe:app", workers=2)
+    try:
+        victim = w.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        ok = 0
+        for _ in range(100):  # connections queued on the dead slot wait for its successor
+            r = curl("-w", "%{http_code}", "-o", "/dev/null", w.url("/pid"), timeout=20)
+            ok += r.stdout == "200"
+        assert ok == 100
+        assert w.wait_log("was killed by signal 9")
+        deadline = time.monotonic() + 20
+        while len(w.worker_pids()) != 2 or victim in w.worker_pids():
+            assert time.monotonic() < deadline, w.log()
+            time.sleep(0.1)
+    finally:
+        assert w.stop() == 0
+
+
+def test_sigterm_during_load_loses_no_in_flight_request():
+    w = Worker("probe:app", workers=2, args=["--graceful-timeout", "20"])
+    # h2load holds 40 streams in flight on 2 connections (python-h2 4.1 can't
+    # take responses after a GOAWAY, so it is not used here).
+    h2 = subprocess.Popen(["h2load", "-n", "40", "-c", "2", "-m", "20", w.url("/sleep?s=1.5")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # HTTP/1.1 requests in flight too
+    results = []
+
+    def h1_request():
+        conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=30)
+        conn.request("GET", "/sleep?s=1.5")
+        results.append(conn.getresponse().status)
+
+    threads = [threading.Thread(target=h1_request) for _ in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all requests are in the app now
+    w.signal(signal.SIGTERM)
+    out, _ = h2.communicate(timeout=60)
+    for t in threads:
+        t.join(30)
+    assert "40 succeeded, 0 failed" in out, out
+    assert results == [200] * 10
+    assert w.proc.wait(timeout=30) == 0
+
+
+def test_sighup_reloads_code_with_no_refused_request():
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="h3reload-"))
+    try:
+        shutil.copy(APPS / "versioned.py", tmp / "versioned.py")
+        w = Worker("versioned:app", workers=2, app_dir=tmp)
+        assert curl(w.url("/")).stdout.startswith("v1 ")
+        old = set(w.worker_pids())
+        src = (tmp / "versioned.py").read_text().replace('VERSION = "v1"', 'VERSION = "v2"')
+        (tmp / "versioned.py").write_text(src)
+        failures, answers, stop = [], [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=10)
+                    conn.request("GET", "/", headers={"Connection": "close"})
+                    r = conn.getresponse()
+                    answers.append(r.read().decode())
+                    if r.status != 200:
+                        failures.append(r.status)
+                except Exception as exc:  # a refused or reset request
+                    failures.append(repr(exc))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        w.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not (set(w.worker_pids()).isdisjoint(old) and len(w.worker_pids()) == 2):
+            assert time.monotonic() < deadline, w.log()
+            time.sleep(0.1)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert failures == []
+        assert answers[-1].startswith("v2 ")
+        assert curl(w.url("/")).stdout.startswith("v2 ")
+        assert w.stop() == 0
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_max_requests_recycles_the_worker():
+    w = Worker("probe:app", workers=1, args=["--max-requests", "20"])
+    try:
+        first = curl_json(w.url("/pid"))["pid"]
+        pids = {first}
+        for _ in range(60):
+            r = curl("-w", "%{http_code}", "-o", "/dev/null", w.url("/pid"), timeout=20)
+            assert r.stdout == "200"
+        pids.add(curl_json(w.url("/pid"))["pid"])
+        assert len(pids) == 2 and w.wait_log("recycling this worker")
+    finally:
+        assert w.stop() == 0
+
+
+def test_ttin_ttou_change_the_worker_count():
+    w = Worker("probe:app", workers=2)
+    try:
+        w.signal(signal.SIGTTIN)
+        deadline = time.monotonic() + 30
+        while len(w.worker_pids()) != 3:
+            assert time.monotonic() < deadline, w.log()
+            time.sleep(0.1)
+        for expected in (2, 1):  # one at a time: pending signals of a kind coalesce
+            w.signal(signal.SIGTTOU)
+            deadline = time.monotonic() + 30
+            while len(w.worker_pids()) != expected:
+                assert time.monotonic() < deadline, w.log()
+                time.sleep(0.1)
+        assert curl_json(w.url("/pid"))["pid"] in w.worker_pids()
+    finally:
+        assert w.stop() == 0
