@@ -76,7 +76,7 @@ def rss_kb(pid):
 def sanitizer_env():
     env = dict(os.environ)
     # CPython and its extension modules keep memory until exit on purpose.
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=0:quarantine_size_mb=4:thread_local_quarantine_size_kb=64")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     return env
 
