@@ -18,6 +18,7 @@
 #include "asgi.h"
 #include "conn.h"
 #include "h1_parser.h"
+#include "http_status.h"
 #include "log.h"
 #include "server.h"
 
@@ -46,45 +47,6 @@ struct h1_conn {
 
 static struct h1_conn *h1(struct conn *c) { return c->proto_data; }
 
-static const char *reason_phrase(int status) {
-  switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 422: return "Unprocessable Content";
-  case 425: return "Too Early";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "";
-  }
-}
 
 /* ---------------------------------------------------------------------------
  * Parser callbacks.
@@ -193,12 +155,12 @@ static void write_error_and_close(struct conn *c, int status, const char *reason
     return;
   }
   char body[256], head[256];
-  int blen = snprintf(body, sizeof body, "%s: %s\n", reason_phrase(status), reason);
+  int blen = snprintf(body, sizeof body, "%s: %s\n", http_reason(status), reason);
   if (blen < 0 || blen >= (int)sizeof body) blen = (int)sizeof body - 1;
   int hlen = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                       "content-length: %d\r\nconnection: close\r\n\r\n",
-                      status, reason_phrase(status), blen);
+                      status, http_reason(status), blen);
   bytebuf_append(&c->out, head, (size_t)hlen);
   bytebuf_append(&c->out, body, (size_t)blen);
   if (h->cur) {
@@ -279,7 +241,7 @@ static int write_head(struct conn *c) {
   int status = asgi_stream_status(s);
   struct bytebuf *out = &c->out;
   char line[64];
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
   bytebuf_append(out, line, (size_t)n);
 
   bool has_length = false;

@@ -23,6 +23,7 @@
 #include "asgi.h"
 #include "conn.h"
 #include "h2_guard.h"
+#include "http_status.h"
 #include "log.h"
 #include "server.h"
 
@@ -301,11 +302,7 @@ static void submit_head(struct conn *c, struct asgi_stream *s) {
   nghttp2_nv nva[MAX_RESPONSE_FIELDS + 1];
   static char lower[NAME_SCRATCH];
   char status[4];
-  int code = asgi_stream_status(s); /* send_start checked 100..999 */
-  status[0] = (char)('0' + code / 100 % 10);
-  status[1] = (char)('0' + code / 10 % 10);
-  status[2] = (char)('0' + code % 10);
-  status[3] = '\0';
+  http_status_digits(asgi_stream_status(s), status); /* send_start checked 100..999 */
   nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
   ssize_t n = build_nv(asgi_stream_headers(s), nva + 1, MAX_RESPONSE_FIELDS, lower, sizeof lower);
   if (n < 0) {

@@ -1,0 +1,114 @@
+/* The gateway's configuration: YAML (libyaml) turned into immutable structs
+ * through tables of keys, with defaults, bounds, and errors reported as
+ * "file:line:column: what is wrong". Runtime code never sees YAML.
+ * configs/gateway.yaml documents every key. */
+#ifndef H3G_GATEWAY_CONFIG_H
+#define H3G_GATEWAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "cidr.h"
+#include "log.h"
+
+enum balance_policy {
+  BALANCE_LEAST_OUTSTANDING, /* power of two choices on in-flight requests */
+  BALANCE_ROUND_ROBIN,
+};
+
+enum access_log_format {
+  ACCESS_LOG_OFF,
+  ACCESS_LOG_COMBINED,
+  ACCESS_LOG_JSON,
+};
+
+struct conf_listen {
+  char *address;            /* as written, for messages */
+  struct h3g_hostport addr;
+  bool tls;
+  char *certificate;        /* resolved against the config file's folder */
+  char *key;
+  bool http3;               /* QUIC on the same port (default: on with TLS) */
+  uint32_t http3_port;      /* 0: the listener's own port */
+  bool alt_svc;             /* advertise h3 on this listener (default on) */
+};
+
+struct conf_health_check {
+  char *path;               /* NULL: active checks off */
+  uint64_t interval_ms;
+  uint64_t timeout_ms;
+  uint32_t fails;           /* consecutive failures that mark a server down */
+  uint32_t passes;          /* consecutive successes that bring it back */
+};
+
+struct conf_upstream {
+  char *name;
+  char **servers;           /* as written */
+  struct h3g_hostport *addrs;
+  size_t n_servers;
+  uint64_t resolve_interval_ms;
+  enum balance_policy balance;
+  uint32_t connections_per_server;
+  uint32_t max_fails;       /* passive health: failures before ejection */
+  uint64_t fail_timeout_ms; /* how long an ejected server rests */
+  uint32_t retries;         /* other attempts for a request that never reached a server */
+  struct conf_health_check health_check;
+};
+
+struct conf_route {
+  char *host;               /* NULL: any host */
+  char *path_prefix;
+  char *upstream;
+  size_t upstream_index;
+};
+
+struct gw_conf {
+  char *path;               /* the config file */
+  /* logs */
+  char *error_log;
+  enum h3g_log_level log_level;
+  char *access_log;
+  enum access_log_format access_log_format;
+  /* name resolution */
+  char *resolver;           /* "ip:port"; NULL: /etc/resolv.conf */
+  uint64_t resolver_timeout_ms;
+  /* limits */
+  uint32_t max_connections;
+  uint64_t max_header_bytes;
+  uint32_t max_header_count;
+  uint64_t max_body_size;   /* 0: unlimited */
+  uint64_t body_buffer;     /* per exchange and direction */
+  uint32_t h2_max_concurrent_streams;
+  /* timeouts */
+  uint64_t client_header_timeout_ms;
+  uint64_t keepalive_timeout_ms;
+  uint64_t connect_timeout_ms;
+  uint64_t response_header_timeout_ms;
+  uint64_t idle_timeout_ms;
+  uint64_t graceful_timeout_ms;
+  /* HTTP/2, both sides */
+  uint32_t h2_stream_window;
+  uint32_t h2_connection_window;
+  /* Alt-Svc */
+  bool alt_svc;
+  uint64_t alt_svc_max_age;
+  /* forwarding headers */
+  struct cidr_list trusted_proxies;
+  bool forwarded_header;    /* add RFC 7239 Forwarded */
+  /* lists */
+  struct conf_listen *listens;
+  size_t n_listens;
+  struct conf_upstream *upstreams;
+  size_t n_upstreams;
+  struct conf_route *routes;
+  size_t n_routes;
+};
+
+/* Loads and checks a config file. On error returns NULL and writes
+ * "file:line:column: message" into err. */
+struct gw_conf *conf_load(const char *path, char *err, size_t err_size);
+void conf_free(struct gw_conf *conf);
+
+#endif

@@ -1,0 +1,163 @@
+/* Client connections: life cycle, the one timer, graceful stop. The
+ * protocol modules (h1_down.c, h2_down.c) do the talking. */
+#include "down.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "addr.h"
+#include "listener.h"
+#include "log.h"
+
+enum { OUT_LOW_WATER = 64 * 1024 };
+
+static LIST_HEAD(, down_conn) all_conns = LIST_HEAD_INITIALIZER(all_conns);
+static size_t n_conns;
+
+size_t down_count(void) { return n_conns; }
+
+static void conn_flush(struct flushable *f);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static void handshake_timeout(struct down_conn *c) { down_conn_fail(c, "handshake timed out"); }
+
+struct down_conn *down_conn_new(struct listener *l, int fd, const struct sockaddr *peer) {
+  (void)fd;
+  struct down_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->id = ++gw.next_id;
+  c->rt = gw_runtime_ref(gw.rt);
+  c->listener = l;
+  c->flush.flush = conn_flush;
+  h3g_sockaddr_host(peer, c->peer_ip, sizeof c->peer_ip);
+  if (strncmp(c->peer_ip, "::ffff:", 7) == 0) memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
+  c->peer_port = h3g_sockaddr_port(peer);
+  c->timer = evtimer_new(gw.base, on_timer, c);
+  LIST_INSERT_HEAD(&all_conns, c, link);
+  n_conns++;
+  gw.connections++;
+  down_set_timer(c, c->rt->conf->client_header_timeout_ms, handshake_timeout);
+  return c;
+}
+
+static void conn_free(void *p) {
+  struct down_conn *c = p;
+  if (c->timer) event_free(c->timer);
+  gw_runtime_unref(c->rt);
+  free(c);
+}
+
+static void finish_close(struct down_conn *c) {
+  if (c->state == DC_CLOSED) return;
+  c->state = DC_CLOSED;
+  if (c->proto && c->proto->destroy) c->proto->destroy(c);
+  if (c->bev) {
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+  }
+  evtimer_del(c->timer);
+  LIST_REMOVE(c, link);
+  n_conns--;
+  if (n_conns + 1 == gw.rt->conf->max_connections || n_conns < gw.rt->conf->max_connections)
+    listeners_pause_all(false);
+  gw_defer_free(conn_free, c);
+}
+
+void down_conn_fail(struct down_conn *c, const char *why) {
+  log_debug("conn %llu %s:%u: %s", (unsigned long long)c->id, c->peer_ip, c->peer_port, why);
+  c->proto = NULL; /* nothing was started */
+  finish_close(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+  (void)bev;
+  struct down_conn *c = arg;
+  if (c->state == DC_OPEN) c->proto->on_read(c);
+  else if (c->state == DC_CLOSING) evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+  down_want_flush(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+  (void)bev;
+  down_want_flush(arg);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+  (void)bev;
+  struct down_conn *c = arg;
+  if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    /* The client is gone: nothing we queue will reach it. */
+    c->state = DC_CLOSING;
+    finish_close(c);
+  }
+}
+
+void down_conn_opened(struct down_conn *c) {
+  bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+  bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+  down_set_timer(c, 0, NULL);
+}
+
+static void conn_flush(struct flushable *f) {
+  struct down_conn *c = (struct down_conn *)f;
+  if (c->state == DC_OPEN) c->proto->flush(c);
+  if (c->state == DC_CLOSING) {
+    if (c->bev == NULL || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+      finish_close(c);
+    } else {
+      /* Hear about it when the last byte is written. */
+      bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+      bufferevent_disable(c->bev, EV_READ);
+    }
+  }
+}
+
+void down_want_flush(struct down_conn *c) {
+  if (c->state != DC_CLOSED) gw_want_flush(&c->flush);
+}
+
+void down_close(struct down_conn *c, bool abort) {
+  if (c->state == DC_CLOSED) return;
+  c->state = DC_CLOSING;
+  if (abort && c->bev) evbuffer_drain(bufferevent_get_output(c->bev), evbuffer_get_length(bufferevent_get_output(c->bev)));
+  down_want_flush(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct down_conn *c = arg;
+  if (c->timer_fire) c->timer_fire(c);
+}
+
+void down_set_timer(struct down_conn *c, uint64_t ms, void (*fire)(struct down_conn *c)) {
+  c->timer_fire = fire;
+  if (ms == 0 || fire == NULL) {
+    evtimer_del(c->timer);
+    return;
+  }
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  evtimer_add(c->timer, &tv);
+}
+
+const char *down_alt_svc(const struct down_conn *c) {
+  const struct listener *l = c->listener;
+  return l && l->h3_running && l->alt_svc[0] ? l->alt_svc : NULL;
+}
+
+void down_shutdown_all(bool only_old_generations) {
+  struct down_conn *c, *next;
+  for (c = LIST_FIRST(&all_conns); c; c = next) {
+    next = LIST_NEXT(c, link);
+    if (only_old_generations && c->rt == gw.rt) continue;
+    c->draining = true;
+    if (c->state == DC_OPEN) {
+      c->proto->shutdown(c);
+      down_want_flush(c);
+    } else if (c->state == DC_HANDSHAKE || c->state == DC_SNIFF) {
+      down_close(c, true);
+    }
+  }
+}

@@ -1,0 +1,113 @@
+#include "gw.h"
+
+#include <stdlib.h>
+#include <time.h>
+#include <event2/event.h>
+
+#include "listener.h"
+#include "log.h"
+#include "upstream.h"
+
+struct gw gw;
+
+struct deferred {
+  void (*fn)(void *);
+  void *p;
+};
+
+static struct {
+  TAILQ_HEAD(, flushable) queue;
+  struct event *ev;
+  bool scheduled;
+  struct deferred *frees;
+  size_t n_frees, cap_frees;
+} F;
+
+uint64_t gw_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void run_deferred(void) {
+  /* A free may defer another: loop until quiet. */
+  while (F.n_frees > 0) {
+    struct deferred d = F.frees[--F.n_frees];
+    d.fn(d.p);
+  }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  (void)arg;
+  F.scheduled = false;
+  /* Items queued while flushing go to the next pass (next iteration). */
+  TAILQ_HEAD(, flushable) batch = TAILQ_HEAD_INITIALIZER(batch);
+  TAILQ_CONCAT(&batch, &F.queue, link);
+  struct flushable *f;
+  while ((f = TAILQ_FIRST(&batch)) != NULL) {
+    TAILQ_REMOVE(&batch, f, link);
+    f->queued = false;
+    f->flush(f);
+  }
+  run_deferred();
+}
+
+static void schedule(void) {
+  if (F.scheduled) return;
+  F.scheduled = true;
+  event_active(F.ev, EV_TIMEOUT, 0);
+}
+
+void gw_want_flush(struct flushable *f) {
+  if (f->queued) return;
+  f->queued = true;
+  TAILQ_INSERT_TAIL(&F.queue, f, link);
+  schedule();
+}
+
+void gw_defer_free(void (*fn)(void *), void *p) {
+  if (F.n_frees == F.cap_frees) {
+    size_t cap = F.cap_frees ? F.cap_frees * 2 : 64;
+    struct deferred *d = realloc(F.frees, cap * sizeof *d);
+    if (d == NULL) abort(); /* nothing sane is left to do */
+    F.frees = d;
+    F.cap_frees = cap;
+  }
+  F.frees[F.n_frees++] = (struct deferred){fn, p};
+  schedule();
+}
+
+int gw_loop_init(void) {
+  struct event_config *cfg = event_config_new();
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+  gw.base = event_base_new_with_config(cfg);
+  event_config_free(cfg);
+  if (gw.base == NULL || event_base_priority_init(gw.base, 3) != 0) return -1;
+  TAILQ_INIT(&F.queue);
+  F.ev = event_new(gw.base, -1, 0, on_flush, NULL);
+  if (F.ev == NULL) return -1;
+  event_priority_set(F.ev, GW_PRIO_FLUSH);
+  return 0;
+}
+
+struct gw_runtime *gw_runtime_ref(struct gw_runtime *rt) {
+  rt->refs++;
+  return rt;
+}
+
+static void runtime_free(void *p) {
+  struct gw_runtime *rt = p;
+  for (size_t i = 0; i < rt->n_pools; i++) up_pool_free(rt->pools[i]);
+  free(rt->pools);
+  for (size_t i = 0; i < rt->n_listeners; i++) listener_free(rt->listeners[i]);
+  free(rt->listeners);
+  log_debug("configuration generation %llu released", (unsigned long long)rt->generation);
+  conf_free(rt->conf);
+  free(rt);
+}
+
+void gw_runtime_unref(struct gw_runtime *rt) {
+  if (--rt->refs == 0) gw_defer_free(runtime_free, rt);
+}

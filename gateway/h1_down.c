@@ -1,0 +1,374 @@
+/* HTTP/1.1 from clients (TLS or cleartext), into exchanges.
+ *
+ * One request at a time: later pipelined requests stay unread in the input
+ * buffer (whose high watermark stops the socket reads) until the current
+ * response is complete, so answers go out in order. A request body is fed
+ * to the exchange only while its buffer has room: reading pauses above
+ * body_buffer and resumes when the upstream takes bytes.
+ *
+ * Table of contents:
+ *   parser callbacks -> exchange
+ *   input processing and timers
+ *   exchange callbacks: response head, body, abort, credit
+ *   proto ops
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "down.h"
+#include "h1_parser.h"
+#include "http_status.h"
+#include "log.h"
+#include "xchg.h"
+
+enum {
+  IN_HIGH_WATER = 64 * 1024,   /* unread input kept before the socket is left alone */
+  OUT_HIGH_WATER = 256 * 1024, /* response bytes queued for the socket */
+};
+
+struct h1d {
+  struct down_conn *c;
+  struct h1_parser parser;
+  struct xchg *x;         /* the request being read or answered */
+  uint8_t version_minor;
+  bool keep_alive;
+  bool req_done;
+  bool head_written;
+  bool chunked;
+  bool close_delimited;
+  bool no_body;
+  bool is_head;
+  bool want_input;        /* credit came back: feed the parser in the flush pass */
+  bool broken;            /* the request can't be read further: close after the answer */
+  uint32_t requests;
+};
+
+static const struct xchg_down_ops xchg_ops;
+
+static struct h1d *h1d(struct down_conn *c) { return c->pd; }
+
+
+/* ---------------------------------------------------------------------------
+ * Parser callbacks.
+ */
+static int ensure_xchg(struct h1d *h) {
+  if (h->x) return 0;
+  struct down_conn *c = h->c;
+  h->x = xchg_new(c->rt, XCHG_HTTP_1_1, &xchg_ops, h);
+  if (h->x == NULL) return 503;
+  h->x->tls = c->tls;
+  snprintf(h->x->client_ip, sizeof h->x->client_ip, "%s", c->peer_ip);
+  h->x->client_port = c->peer_port;
+  h->req_done = h->head_written = h->chunked = h->close_delimited = false;
+  h->no_body = h->is_head = false;
+  return 0;
+}
+
+static int on_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen) {
+  struct h1d *h = ctx;
+  int rc = ensure_xchg(h);
+  if (rc) return rc;
+  return xchg_req_field(h->x, name, nlen, value, vlen);
+}
+
+static void request_timeout(struct down_conn *c);
+
+static int on_head(void *ctx, const struct h1_request_head *head) {
+  struct h1d *h = ctx;
+  int rc = ensure_xchg(h);
+  if (rc) return rc;
+  struct xchg *x = h->x;
+  down_set_timer(h->c, 0, NULL);
+  h->version_minor = head->version_minor;
+  h->keep_alive = head->keep_alive && !h->c->draining;
+  x->proto = head->version_minor == 0 ? XCHG_HTTP_1_0 : XCHG_HTTP_1_1;
+  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
+  h->is_head = head->method_len == 4 && memcmp(head->method, "HEAD", 4) == 0;
+  const char *t = head->target;
+  size_t tlen = head->target_len;
+  /* absolute-form: its authority wins over Host (RFC 9112 3.2.2) */
+  if (tlen > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
+    const char *auth = strstr(t, "://") + 3;
+    const char *slash = memchr(auth, '/', tlen - (size_t)(auth - t));
+    size_t alen = slash ? (size_t)(slash - auth) : tlen - (size_t)(auth - t);
+    if ((rc = xchg_req_field(x, ":authority", 10, auth, alen))) return rc;
+    t = slash ? slash : "/";
+    tlen = slash ? tlen - (size_t)(slash - head->target) : 1;
+  }
+  if ((rc = xchg_req_field(x, ":method", 7, head->method, head->method_len)) ||
+      (rc = xchg_req_field(x, ":path", 5, t, tlen)))
+    return rc;
+  if (head->version_minor >= 1 && hdr_find(&x->req, "host", 4, 0) < 0 && x->i_authority < 0)
+    return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+  if (!head->chunked && (!head->has_content_length || head->content_length == 0)) {
+    h->req_done = true;
+    x->req_end = true;
+  }
+  if (x->expect_continue && !h->req_done && h->version_minor >= 1)
+    evbuffer_add(bufferevent_get_output(h->c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  xchg_req_head_done(x); /* errors come back as a local response */
+  return 0;
+}
+
+static int on_body(void *ctx, const char *data, size_t len) {
+  struct h1d *h = ctx;
+  if (h->x == NULL) return 0;
+  int status = xchg_req_body(h->x, data, len);
+  if (status) {
+    h->broken = true;
+    return status;
+  }
+  return 0;
+}
+
+static int on_end(void *ctx) {
+  struct h1d *h = ctx;
+  h->requests++;
+  if (h->x && !h->req_done) {
+    h->req_done = true;
+    xchg_req_end(h->x);
+  }
+  return 0;
+}
+
+static const struct h1_parser_ops parser_ops = {on_header, on_head, on_body, on_end};
+
+/* ---------------------------------------------------------------------------
+ * Input.
+ */
+static void write_local_error(struct h1d *h, int status, const char *why) {
+  struct down_conn *c = h->c;
+  h->broken = true;
+  h->keep_alive = false;
+  if (h->x && h->x->state != XS_REQ_HEAD) {
+    /* The exchange exists: let it answer (or break the response). */
+    if (!h->head_written) xchg_respond_local(h->x, status, why);
+    else down_close(c, false);
+    return;
+  }
+  char body[256];
+  int n = snprintf(body, sizeof body, "%d %s: %s\n", status, http_reason(status), why);
+  if (n < 0 || n >= (int)sizeof body) n = (int)sizeof body - 1;
+  evbuffer_add_printf(bufferevent_get_output(c->bev),
+                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "content-length: %d\r\nconnection: close\r\n\r\n%.*s",
+                      status, http_reason(status), n, n, body);
+  if (h->x) {
+    xchg_down_detach(h->x);
+    h->x = NULL;
+  }
+  down_close(c, false);
+}
+
+/* Feeds buffered input to the parser while the current exchange has room. */
+static void process_input(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  struct evbuffer *in = bufferevent_get_input(c->bev);
+  h->want_input = false;
+  while (c->state == DC_OPEN && !h->broken && evbuffer_get_length(in) > 0) {
+    if (h1_parser_message_done(&h->parser)) break; /* pipelined: wait for this response */
+    if (h->x && xchg_req_buffered(h->x) >= c->rt->conf->body_buffer) break; /* backpressure */
+    if (h->x == NULL && !h1_parser_in_message(&h->parser))
+      down_set_timer(c, c->rt->conf->client_header_timeout_ms, request_timeout);
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
+    ssize_t n = h1_parser_feed(&h->parser, v.iov_base, v.iov_len);
+    if (n < 0) {
+      log_debug("conn %llu: bad request: %s", (unsigned long long)c->id, h->parser.error_reason);
+      evbuffer_drain(in, evbuffer_get_length(in));
+      write_local_error(h, h->parser.error_status, h->parser.error_reason);
+      break;
+    }
+    evbuffer_drain(in, (size_t)n);
+  }
+}
+
+static void idle_timeout(struct down_conn *c) { down_close(c, false); }
+
+static void request_timeout(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  if (h->x == NULL || h->x->state == XS_REQ_HEAD) {
+    if (h1_parser_in_message(&h->parser) || h->x) write_local_error(h, 408, "request head not received in time");
+    else down_close(c, false);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Response.
+ */
+static void write_head(struct h1d *h) {
+  struct xchg *x = h->x;
+  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", x->status, http_reason(x->status));
+  bool has_length = false, has_alt_svc = false;
+  for (uint32_t i = 0; i < x->resp.n; i++) {
+    const struct hdr *f = &x->resp.v[i];
+    if (f->flags & HDR_DROPPED) continue;
+    const char *name = x->resp.arena + f->name_off;
+    if (name[0] == ':') continue;
+    if (f->name_len == 14 && memcmp(name, "content-length", 14) == 0) has_length = true;
+    if (f->name_len == 7 && memcmp(name, "alt-svc", 7) == 0) has_alt_svc = true;
+    evbuffer_add(out, name, f->name_len);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, x->resp.arena + f->value_off, f->value_len);
+    evbuffer_add(out, "\r\n", 2);
+  }
+  /* The app's own Alt-Svc wins; otherwise we advertise HTTP/3. */
+  const char *alt = down_alt_svc(h->c);
+  if (alt && !has_alt_svc) evbuffer_add_printf(out, "alt-svc: %s\r\n", alt);
+  h->no_body = h->is_head || x->status == 204 || x->status == 304 || x->status < 200;
+  if (!h->no_body && !has_length) {
+    if (x->resp_end && x->resp_trailers.n == 0) {
+      evbuffer_add_printf(out, "content-length: %zu\r\n", evbuffer_get_length(x->resp_body));
+    } else if (h->version_minor >= 1) {
+      h->chunked = true;
+      evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+    } else {
+      h->close_delimited = true;
+      h->keep_alive = false;
+    }
+  }
+  if (!h->keep_alive || h->broken) evbuffer_add(out, "connection: close\r\n", 19);
+  else if (h->version_minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
+  evbuffer_add(out, "\r\n", 2);
+  h->head_written = true;
+}
+
+static void write_trailers(struct h1d *h) {
+  struct xchg *x = h->x;
+  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  evbuffer_add(out, "0\r\n", 3);
+  for (uint32_t i = 0; i < x->resp_trailers.n; i++) {
+    const struct hdr *f = &x->resp_trailers.v[i];
+    evbuffer_add(out, x->resp_trailers.arena + f->name_off, f->name_len);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, x->resp_trailers.arena + f->value_off, f->value_len);
+    evbuffer_add(out, "\r\n", 2);
+  }
+  evbuffer_add(out, "\r\n", 2);
+}
+
+/* The response is out: next request, or close. */
+static void finish_exchange(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  struct xchg *x = h->x;
+  h->x = NULL;
+  xchg_down_detach(x);
+  if (!h->keep_alive || !h->req_done || h->broken || c->draining) {
+    down_close(c, false);
+    return;
+  }
+  h1_parser_next(&h->parser);
+  down_set_timer(c, c->rt->conf->keepalive_timeout_ms, idle_timeout);
+  process_input(c);
+}
+
+static void write_response(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  struct xchg *x = h->x;
+  if (x == NULL || x->status == 0 || (x->state != XS_RESPONDING && x->state != XS_DONE)) return;
+  if (!h->head_written) write_head(h);
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  size_t moved = 0;
+  while (evbuffer_get_length(x->resp_body) > 0 && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+    size_t n = evbuffer_get_length(x->resp_body);
+    if (n > OUT_HIGH_WATER) n = OUT_HIGH_WATER;
+    if (h->no_body) {
+      evbuffer_drain(x->resp_body, n);
+    } else {
+      if (h->chunked) evbuffer_add_printf(out, "%zx\r\n", n);
+      evbuffer_remove_buffer(x->resp_body, out, n);
+      if (h->chunked) evbuffer_add(out, "\r\n", 2);
+    }
+    moved += n;
+  }
+  if (moved) xchg_resp_consumed(x, moved);
+  if (x->resp_end && evbuffer_get_length(x->resp_body) == 0) {
+    if (h->chunked) write_trailers(h);
+    finish_exchange(c);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Exchange callbacks: thin, the flush pass does the work.
+ */
+static void on_resp_head(struct xchg *x) { down_want_flush(((struct h1d *)x->down_ctx)->c); }
+static void on_resp_body(struct xchg *x) { down_want_flush(((struct h1d *)x->down_ctx)->c); }
+
+static void on_req_credit(struct xchg *x, size_t n) {
+  (void)n;
+  struct h1d *h = x->down_ctx;
+  h->want_input = true;
+  down_want_flush(h->c);
+}
+
+static void on_abort(struct xchg *x) {
+  struct h1d *h = x->down_ctx;
+  /* HTTP/1.1 can only say "broken" by closing before the body's end. */
+  h->broken = true;
+  h->keep_alive = false;
+  if (!h->head_written) {
+    down_close(h->c, false);
+    return;
+  }
+  down_close(h->c, false);
+}
+
+static const struct xchg_down_ops xchg_ops = {on_resp_head, on_resp_body, on_req_credit, on_abort};
+
+/* ---------------------------------------------------------------------------
+ * Proto ops.
+ */
+static int h1_start(struct down_conn *c) {
+  struct h1d *h = calloc(1, sizeof *h);
+  if (h == NULL) return -1;
+  h->c = c;
+  struct h1_limits limits = {
+      .max_head_bytes = c->rt->conf->max_header_bytes,
+      .max_fields = c->rt->conf->max_header_count,
+  };
+  h1_parser_init(&h->parser, &parser_ops, h, &limits);
+  c->pd = h;
+  bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH_WATER);
+  down_set_timer(c, c->rt->conf->client_header_timeout_ms, request_timeout);
+  return 0;
+}
+
+static void h1_on_read(struct down_conn *c) { process_input(c); }
+
+static void h1_flush(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  if (h->want_input) process_input(c);
+  write_response(c);
+}
+
+static void h1_shutdown(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  h->keep_alive = false;
+  if (h->x == NULL && !h1_parser_in_message(&h->parser)) down_close(c, false);
+}
+
+static void h1_destroy(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  if (h == NULL) return;
+  if (h->x) xchg_down_detach(h->x);
+  h1_parser_free(&h->parser);
+  free(h);
+  c->pd = NULL;
+}
+
+static bool h1_idle(const struct down_conn *c) { return h1d((struct down_conn *)c)->x == NULL; }
+
+const struct down_proto h1_down_proto = {
+    .name = "http/1.1",
+    .start = h1_start,
+    .on_read = h1_on_read,
+    .flush = h1_flush,
+    .shutdown = h1_shutdown,
+    .destroy = h1_destroy,
+    .idle = h1_idle,
+};

@@ -1,0 +1,253 @@
+/* Listeners and TLS (OpenSSL 3.0): accept, the handshake with ALPN, and
+ * the cleartext preface sniff; then the connection belongs to h1 or h2.
+ *
+ * Table of contents:
+ *   TLS context
+ *   binding and accepting
+ *   connection set-up (handshake, sniffing)
+ */
+#include "listener.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+
+#include "down.h"
+#include "gw.h"
+#include "log.h"
+#include "sock.h"
+
+enum { ACCEPT_BATCH = 64, BACKLOG = 4096 };
+
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/* ---------------------------------------------------------------------------
+ * TLS.
+ */
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg) {
+  (void)ssl;
+  (void)arg;
+  static const unsigned char ours[] = "\x02h2\x08http/1.1";
+  /* Our preference order, h2 first. */
+  if (SSL_select_next_proto((unsigned char **)out, outlen, ours, sizeof ours - 1, in, inlen) ==
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_OK;
+  return SSL_TLSEXT_ERR_NOACK; /* no ALPN match: HTTP/1.1 */
+}
+
+static void openssl_error(char *err, size_t size, const char *what, const char *file) {
+  unsigned long e = ERR_get_error();
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  snprintf(err, size, "%s %s: %s", what, file, e ? buf : strerror(errno));
+  ERR_clear_error();
+}
+
+static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t size) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == NULL) {
+    openssl_error(err, size, "cannot create a TLS context for", conf->address);
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                               SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  if (SSL_CTX_use_certificate_chain_file(ctx, conf->certificate) != 1) {
+    openssl_error(err, size, "cannot load certificate", conf->certificate);
+    goto err_free;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, conf->key, SSL_FILETYPE_PEM) != 1) {
+    openssl_error(err, size, "cannot load key", conf->key);
+    goto err_free;
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    openssl_error(err, size, "key does not match certificate", conf->certificate);
+    goto err_free;
+  }
+  SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+  return ctx;
+
+err_free:
+  SSL_CTX_free(ctx);
+  return NULL;
+}
+
+int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
+                     char *err, size_t err_size) {
+  memset(l, 0, sizeof *l);
+  l->conf = conf;
+  l->fd = -1;
+  if (conf->tls && (l->ssl_ctx = make_ssl_ctx(conf, err, err_size)) == NULL) return -1;
+  if (gconf->alt_svc && conf->alt_svc && conf->http3) {
+    unsigned port = conf->http3_port ? conf->http3_port : conf->addr.port;
+    snprintf(l->alt_svc, sizeof l->alt_svc, "h3=\":%u\"; ma=%llu", port,
+             (unsigned long long)(gconf->alt_svc_max_age / 1000));
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Accepting.
+ */
+static void on_accept(evutil_socket_t fd, short what, void *arg);
+
+int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size) {
+  if (inherit_fd >= 0) {
+    l->fd = inherit_fd;
+  } else {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (h3g_hostport_to_sockaddr(&l->conf->addr, &ss, &len) != 0) {
+      snprintf(err, err_size, "listen %s: the host must be a numeric address", l->conf->address);
+      return -1;
+    }
+    int fd = h3g_listen((struct sockaddr *)&ss, len, BACKLOG, false);
+    if (fd < 0) {
+      snprintf(err, err_size, "cannot listen on %s: %s", l->conf->address, strerror(-fd));
+      return -1;
+    }
+    l->fd = fd;
+  }
+  l->ev = event_new(gw.base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
+  return l->ev ? 0 : -1;
+}
+
+void listener_start(struct listener *l) {
+  if (l->ev && !l->paused) event_add(l->ev, NULL);
+}
+
+int listener_release_fd(struct listener *l) {
+  if (l->ev) {
+    event_free(l->ev);
+    l->ev = NULL;
+  }
+  int fd = l->fd;
+  l->fd = -1;
+  return fd;
+}
+
+void listener_free(struct listener *l) {
+  if (l == NULL) return;
+  if (l->ev) event_free(l->ev);
+  if (l->fd >= 0) close(l->fd);
+  if (l->ssl_ctx) SSL_CTX_free(l->ssl_ctx);
+  free(l);
+}
+
+void listeners_pause_all(bool paused) {
+  struct gw_runtime *rt = gw.rt;
+  for (size_t i = 0; i < rt->n_listeners; i++) {
+    struct listener *l = rt->listeners[i];
+    if (l->paused == paused || l->ev == NULL) continue;
+    l->paused = paused;
+    if (paused) event_del(l->ev);
+    else event_add(l->ev, NULL);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Connection set-up.
+ */
+static void start_protocol(struct down_conn *c, const struct down_proto *proto) {
+  c->proto = proto;
+  c->state = DC_OPEN;
+  if (proto->start(c) != 0) {
+    down_conn_fail(c, "out of memory");
+    return;
+  }
+  down_conn_opened(c);
+  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) c->proto->on_read(c);
+  down_want_flush(c);
+}
+
+static void sniff_read(struct bufferevent *bev, void *arg) {
+  struct down_conn *c = arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t have = evbuffer_get_length(in), want = sizeof H2_PREFACE - 1;
+  size_t n = have < want ? have : want;
+  unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)n);
+  bool h2 = p && memcmp(p, H2_PREFACE, n) == 0;
+  if (h2 && have < want) return; /* the rest of the preface is on its way */
+  start_protocol(c, h2 ? &h2_down_proto : &h1_down_proto);
+}
+
+static void handshake_event(struct bufferevent *bev, short what, void *arg) {
+  struct down_conn *c = arg;
+  if (what & BEV_EVENT_CONNECTED) {
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    bool h2 = alpn_len == 2 && memcmp(alpn, "h2", 2) == 0;
+    start_protocol(c, h2 ? &h2_down_proto : &h1_down_proto);
+    return;
+  }
+  unsigned long e = bufferevent_get_openssl_error(bev);
+  char buf[160] = "connection closed";
+  if (e) ERR_error_string_n(e, buf, sizeof buf);
+  down_conn_fail(c, buf);
+}
+
+static void setup(struct listener *l, int fd, const struct sockaddr *peer) {
+  struct down_conn *c = down_conn_new(l, fd, peer);
+  if (c == NULL) {
+    close(fd);
+    return;
+  }
+  if (l->ssl_ctx) {
+    SSL *ssl = SSL_new(l->ssl_ctx);
+    c->bev = ssl ? bufferevent_openssl_socket_new(gw.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                  BEV_OPT_CLOSE_ON_FREE)
+                 : NULL;
+    if (c->bev == NULL) {
+      if (ssl) SSL_free(ssl);
+      close(fd);
+      down_conn_fail(c, "cannot start TLS");
+      return;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    c->tls = true;
+    c->state = DC_HANDSHAKE;
+    bufferevent_setcb(c->bev, NULL, NULL, handshake_event, c);
+  } else {
+    c->bev = bufferevent_socket_new(gw.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+      close(fd);
+      down_conn_fail(c, "out of memory");
+      return;
+    }
+    c->state = DC_SNIFF;
+    bufferevent_setcb(c->bev, sniff_read, NULL, handshake_event, c);
+  }
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg) {
+  (void)what;
+  struct listener *l = arg;
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    if (down_count() >= gw.rt->conf->max_connections) {
+      log_warn("max_connections (%u) reached: pausing accept", gw.rt->conf->max_connections);
+      listeners_pause_all(true);
+      return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) log_warn("accept: %s", strerror(errno));
+      return;
+    }
+    h3g_set_nodelay(fd);
+    setup(l, fd, (struct sockaddr *)&ss);
+  }
+}

@@ -1,0 +1,33 @@
+/* TCP listeners (TLS with ALPN h2/http/1.1, or cleartext HTTP/1.1 + h2c). */
+#ifndef H3G_GATEWAY_LISTENER_H
+#define H3G_GATEWAY_LISTENER_H
+
+#include <stdbool.h>
+#include <openssl/ssl.h>
+
+#include "config.h"
+
+struct listener {
+  const struct conf_listen *conf;
+  int fd;
+  SSL_CTX *ssl_ctx;
+  struct event *ev;
+  bool paused;          /* max_connections reached */
+  bool h3_running;      /* a QUIC listener serves this port: advertise it */
+  char alt_svc[96];
+};
+
+/* Builds the TLS context (certificates checked here: -t fails on a bad one).
+ * 0, or -1 with a message in err. */
+int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
+                     char *err, size_t err_size);
+/* Binds, or adopts fd from the previous generation (-1: bind anew). */
+int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size);
+/* Starts accepting. */
+void listener_start(struct listener *l);
+/* Stops accepting and gives the fd away (for the next generation); returns it. */
+int listener_release_fd(struct listener *l);
+void listener_free(struct listener *l);
+void listeners_pause_all(bool paused);
+
+#endif

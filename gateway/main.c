@@ -1,0 +1,296 @@
+/* h3gate: the gateway. Loads the YAML config, builds a runtime generation
+ * (listeners, upstream pools), runs the loop; SIGHUP builds the next
+ * generation and hands it the listening sockets; SIGTERM/SIGQUIT/SIGINT
+ * stop gracefully.
+ *
+ *   h3gate -c FILE        run
+ *   h3gate -t -c FILE     check the config (and certificates) and exit
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "access_log.h"
+#include "down.h"
+#include "gw.h"
+#include "listener.h"
+#include "log.h"
+#include "upstream.h"
+
+#define H3GATE_VERSION "0.1.0"
+
+static const char usage_text[] =
+    "usage: h3gate [-t] -c FILE\n"
+    "  -c, --config FILE   the YAML configuration (see configs/gateway.yaml)\n"
+    "  -t, --test          check the configuration and certificates, then exit\n"
+    "  -v, --version\n"
+    "  -h, --help\n"
+    "Signals: TERM/QUIT/INT graceful stop, HUP reload config and certificates.\n";
+
+static struct {
+  const char *config_path;
+  struct event *stop_check;
+  uint64_t stop_deadline_us;
+  uint64_t generations;
+} M;
+
+/* ---------------------------------------------------------------------------
+ * Building a runtime generation.
+ */
+static void runtime_discard(struct gw_runtime *rt) {
+  for (size_t i = 0; i < rt->n_listeners; i++) listener_free(rt->listeners[i]);
+  for (size_t i = 0; i < rt->n_pools; i++)
+    if (rt->pools[i]) up_pool_free(rt->pools[i]);
+  free(rt->listeners);
+  free(rt->pools);
+  free(rt);
+}
+
+/* The listener of the previous generation with the same address, if any. */
+static struct listener *find_old(struct gw_runtime *old, const struct conf_listen *cl) {
+  if (old == NULL) return NULL;
+  for (size_t i = 0; i < old->n_listeners; i++) {
+    struct listener *l = old->listeners[i];
+    if (l->fd >= 0 && l->conf->addr.port == cl->addr.port &&
+        strcmp(l->conf->addr.host, cl->addr.host) == 0)
+      return l;
+  }
+  return NULL;
+}
+
+/* Builds everything that can fail, without touching the running generation. */
+static struct gw_runtime *runtime_build(struct gw_conf *conf, struct gw_runtime *old, char *err,
+                                        size_t err_size) {
+  struct gw_runtime *rt = calloc(1, sizeof *rt);
+  rt->conf = conf;
+  rt->listeners = calloc(conf->n_listens, sizeof *rt->listeners);
+  rt->pools = calloc(conf->n_upstreams, sizeof *rt->pools);
+  for (size_t i = 0; i < conf->n_listens; i++) {
+    struct listener *l = calloc(1, sizeof *l);
+    rt->listeners[rt->n_listeners++] = l;
+    if (listener_prepare(l, &conf->listens[i], conf, err, err_size) != 0) goto err;
+    l->fd = -1;
+    /* Fresh addresses are bound now; shared ones move over at the switch. */
+    if (find_old(old, &conf->listens[i]) == NULL && listener_open(l, -1, err, err_size) != 0)
+      goto err;
+  }
+  for (size_t i = 0; i < conf->n_upstreams; i++) {
+    rt->pools[i] = up_pool_new(&conf->upstreams[i], conf);
+    rt->n_pools++;
+    if (rt->pools[i] == NULL) {
+      snprintf(err, err_size, "out of memory");
+      goto err;
+    }
+  }
+  return rt;
+
+err:
+  rt->conf = NULL;
+  runtime_discard(rt);
+  return NULL;
+}
+
+static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {
+  for (size_t i = 0; i < rt->n_listeners; i++) {
+    struct listener *l = rt->listeners[i];
+    if (l->fd < 0) {
+      struct listener *o = find_old(old, l->conf);
+      char err[256];
+      if (listener_open(l, listener_release_fd(o), err, sizeof err) != 0) log_error("%s", err);
+    }
+  }
+  if (old) {
+    /* Addresses the new config dropped stop accepting now. */
+    for (size_t i = 0; i < old->n_listeners; i++) {
+      int fd = listener_release_fd(old->listeners[i]);
+      if (fd >= 0) close(fd);
+    }
+    for (size_t i = 0; i < old->n_pools; i++) up_pool_retire(old->pools[i]);
+  }
+  rt->refs = 1;
+  rt->generation = ++M.generations;
+  gw.rt = rt;
+  for (size_t i = 0; i < rt->n_listeners; i++) listener_start(rt->listeners[i]);
+  for (size_t i = 0; i < rt->n_pools; i++) up_pool_start(rt->pools[i]);
+  if (old) gw_runtime_unref(old);
+}
+
+static int setup_dns(const struct gw_conf *conf) {
+  if (gw.dns == NULL) {
+    gw.dns = evdns_base_new(gw.base, 0);
+    if (gw.dns == NULL) return -1;
+  } else {
+    evdns_base_clear_nameservers_and_suspend(gw.dns);
+  }
+  int rc;
+  if (conf->resolver)
+    rc = evdns_base_nameserver_ip_add(gw.dns, conf->resolver);
+  else
+    rc = evdns_base_resolv_conf_parse(gw.dns, DNS_OPTION_NAMESERVERS | DNS_OPTION_MISC,
+                                      "/etc/resolv.conf");
+  char timeout[32];
+  snprintf(timeout, sizeof timeout, "%.3f", (double)conf->resolver_timeout_ms / 1000);
+  evdns_base_set_option(gw.dns, "timeout:", timeout);
+  evdns_base_set_option(gw.dns, "attempts:", "2");
+  evdns_base_load_hosts(gw.dns, NULL);
+  evdns_base_resume(gw.dns);
+  if (rc != 0) log_warn("resolver: could not set the name server%s%s", conf->resolver ? " " : "",
+                        conf->resolver ? conf->resolver : " from /etc/resolv.conf");
+  return 0;
+}
+
+static int apply_logs(const struct gw_conf *conf) {
+  h3g_log_min_level = conf->log_level;
+  int rc = h3g_log_open(conf->error_log);
+  if (rc != 0) {
+    log_error("cannot open error log %s: %s", conf->error_log, strerror(-rc));
+    return -1;
+  }
+  rc = access_log_open(conf);
+  if (rc != 0) {
+    log_error("cannot open access log %s: %s", conf->access_log, strerror(-rc));
+    return -1;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Signals.
+ */
+static void on_stop_check(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  (void)arg;
+  if (down_count() == 0) {
+    log_info("all connections closed: exiting");
+    event_base_loopexit(gw.base, NULL);
+    return;
+  }
+  if (gw_now_us() >= M.stop_deadline_us) {
+    log_warn("graceful timeout: closing %zu connections", down_count());
+    event_base_loopexit(gw.base, NULL);
+  }
+}
+
+static void begin_stop(int sig) {
+  if (gw.stopping) {
+    if (sig == SIGINT || sig == SIGQUIT) event_base_loopexit(gw.base, NULL); /* again: now */
+    return;
+  }
+  gw.stopping = true;
+  log_info("%s: stopping; %zu connections finish within %.1fs", strsignal(sig), down_count(),
+           (double)gw.rt->conf->graceful_timeout_ms / 1000);
+  for (size_t i = 0; i < gw.rt->n_listeners; i++) {
+    int lfd = listener_release_fd(gw.rt->listeners[i]);
+    if (lfd >= 0) close(lfd);
+  }
+  down_shutdown_all(false);
+  M.stop_deadline_us = gw_now_us() + gw.rt->conf->graceful_timeout_ms * 1000;
+  struct timeval tv = {0, 100000};
+  M.stop_check = event_new(gw.base, -1, EV_PERSIST, on_stop_check, NULL);
+  event_add(M.stop_check, &tv);
+}
+
+static void reload(void) {
+  char err[1024];
+  struct gw_conf *conf = conf_load(M.config_path, err, sizeof err);
+  if (conf == NULL) {
+    log_error("reload failed, keeping the running configuration: %s", err);
+    return;
+  }
+  struct gw_runtime *rt = runtime_build(conf, gw.rt, err, sizeof err);
+  if (rt == NULL) {
+    log_error("reload failed, keeping the running configuration: %s", err);
+    conf_free(conf);
+    return;
+  }
+  apply_logs(conf);
+  setup_dns(conf);
+  runtime_switch(rt, gw.rt);
+  /* Old-generation connections finish what they are doing, then close. */
+  down_shutdown_all(true);
+  log_info("configuration reloaded (generation %llu)", (unsigned long long)rt->generation);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  (void)arg;
+  if (sig == SIGHUP) {
+    if (!gw.stopping) reload();
+  } else {
+    begin_stop((int)sig);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * main.
+ */
+int main(int argc, char **argv) {
+  h3g_log_init("h3gate");
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+      {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  bool test_only = false;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "c:tvh", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'c': M.config_path = optarg; break;
+    case 't': test_only = true; break;
+    case 'v': printf("h3gate %s\n", H3GATE_VERSION); return 0;
+    case 'h': fputs(usage_text, stdout); return 0;
+    default: fputs(usage_text, stderr); return 2;
+    }
+  }
+  if (M.config_path == NULL || optind != argc) {
+    fputs(usage_text, stderr);
+    return 2;
+  }
+  char err[1024];
+  struct gw_conf *conf = conf_load(M.config_path, err, sizeof err);
+  if (conf == NULL) {
+    fprintf(stderr, "h3gate: %s\n", err);
+    return 1;
+  }
+  if (test_only) {
+    for (size_t i = 0; i < conf->n_listens; i++) {
+      struct listener l;
+      if (listener_prepare(&l, &conf->listens[i], conf, err, sizeof err) != 0) {
+        fprintf(stderr, "h3gate: %s\n", err);
+        return 1;
+      }
+      if (l.ssl_ctx) SSL_CTX_free(l.ssl_ctx);
+    }
+    printf("h3gate: configuration file %s test is successful\n", M.config_path);
+    conf_free(conf);
+    return 0;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  if (gw_loop_init() != 0 || apply_logs(conf) != 0 || setup_dns(conf) != 0) return 1;
+  struct gw_runtime *rt = runtime_build(conf, NULL, err, sizeof err);
+  if (rt == NULL) {
+    log_error("%s", err);
+    return 1;
+  }
+  runtime_switch(rt, NULL);
+  int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP};
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+    struct event *ev = evsignal_new(gw.base, sigs[i], on_signal, NULL);
+    evsignal_add(ev, NULL);
+  }
+  for (size_t i = 0; i < conf->n_listens; i++)
+    log_info("listening on %s (%s)", conf->listens[i].address,
+             conf->listens[i].tls ? "TLS: HTTP/2, HTTP/1.1" : "cleartext: HTTP/1.1, h2c");
+  log_info("h3gate %s ready", H3GATE_VERSION);
+  event_base_dispatch(gw.base);
+  log_info("stopped");
+  return 0;
+}

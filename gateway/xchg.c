@@ -1,0 +1,526 @@
+/* The exchange. See xchg.h.
+ *
+ * Table of contents:
+ *   life cycle (new, detach, free)
+ *   request head: fields, validation, header rewriting, routing
+ *   request body pipe
+ *   response from the upstream
+ *   local (error) responses, retries, timers
+ */
+#include "xchg.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#include "access_log.h"
+#include "cidr.h"
+#include "gw.h"
+#include "http_status.h"
+#include "log.h"
+#include "upstream.h"
+
+enum {
+  REPLAY_LIMIT = 64 * 1024, /* request body kept for a retry on another server */
+};
+
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* ---------------------------------------------------------------------------
+ * Life cycle.
+ */
+struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct xchg_down_ops *ops,
+                      void *ctx) {
+  struct xchg *x = calloc(1, sizeof *x);
+  if (x == NULL) return NULL;
+  x->req_body = evbuffer_new();
+  x->resp_body = evbuffer_new();
+  x->req_replay = evbuffer_new();
+  if (!x->req_body || !x->resp_body || !x->req_replay) {
+    if (x->req_body) evbuffer_free(x->req_body);
+    if (x->resp_body) evbuffer_free(x->resp_body);
+    if (x->req_replay) evbuffer_free(x->req_replay);
+    free(x);
+    return NULL;
+  }
+  x->id = ++gw.next_id;
+  x->rt = gw_runtime_ref(rt);
+  x->proto = proto;
+  x->state = XS_REQ_HEAD;
+  x->i_method = x->i_scheme = x->i_authority = x->i_path = -1;
+  x->req_content_length = -1;
+  x->req_replayable = true;
+  x->down = ops;
+  x->down_ctx = ctx;
+  x->down_attached = true;
+  x->start_us = gw_now_us();
+  event_assign(&x->timer, gw.base, -1, 0, on_timer, x);
+  return x;
+}
+
+static void xchg_free(void *p) {
+  struct xchg *x = p;
+  access_log_write(x);
+  event_del(&x->timer);
+  evbuffer_free(x->req_body);
+  evbuffer_free(x->resp_body);
+  evbuffer_free(x->req_replay);
+  hdr_list_free(&x->req);
+  hdr_list_free(&x->req_trailers);
+  hdr_list_free(&x->resp);
+  hdr_list_free(&x->resp_trailers);
+  gw_runtime_unref(x->rt);
+  free(x);
+}
+
+static bool queued(const struct xchg *x) { return x->state == XS_QUEUED && x->up.conn == NULL; }
+
+static void maybe_free(struct xchg *x) {
+  if (x->down_attached || x->up.conn != NULL) return;
+  event_del(&x->timer);
+  gw_defer_free(xchg_free, x);
+}
+
+void xchg_down_detach(struct xchg *x) {
+  x->down_attached = false;
+  x->down = NULL;
+  /* The client left before the response ended: stop the backend. */
+  if ((x->up.conn != NULL && !x->resp_end) || queued(x)) up_cancel(x);
+  maybe_free(x);
+}
+
+void xchg_up_detach(struct xchg *x) {
+  x->up.conn = NULL;
+  maybe_free(x);
+}
+
+const char *xchg_protocol_name(const struct xchg *x) {
+  switch (x->proto) {
+  case XCHG_HTTP_1_0: return "HTTP/1.0";
+  case XCHG_HTTP_1_1: return "HTTP/1.1";
+  case XCHG_HTTP_2: return "HTTP/2";
+  case XCHG_HTTP_3: return "HTTP/3";
+  }
+  return "?";
+}
+
+/* ---------------------------------------------------------------------------
+ * Request head.
+ */
+static bool name_eq(const char *name, size_t nlen, const char *lit) {
+  size_t n = strlen(lit);
+  return nlen == n && strncasecmp(name, lit, n) == 0;
+}
+
+int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *value, size_t vlen) {
+  const struct gw_conf *conf = x->rt->conf;
+  if (x->req.n >= conf->max_header_count + 4) return 431;
+  if (x->req.bytes + nlen + vlen > conf->max_header_bytes) return 431;
+  int idx = hdr_add(&x->req, name, nlen, value, vlen);
+  if (idx < 0) return 503;
+  if (nlen > 0 && name[0] == ':') {
+    int *slot = name_eq(name, nlen, ":method")      ? &x->i_method
+                : name_eq(name, nlen, ":path")      ? &x->i_path
+                : name_eq(name, nlen, ":scheme")    ? &x->i_scheme
+                : name_eq(name, nlen, ":authority") ? &x->i_authority
+                                                    : NULL;
+    if (slot == NULL) return 400; /* :protocol comes with WebSockets */
+    if (*slot >= 0) return 400;   /* repeated pseudo-header */
+    *slot = idx;
+    return 0;
+  }
+  if (name_eq(name, nlen, "content-length")) {
+    int64_t v = 0;
+    if (vlen == 0 || vlen > 18) return 400;
+    for (size_t i = 0; i < vlen; i++) {
+      if (!isdigit((unsigned char)value[i])) return 400;
+      v = v * 10 + (value[i] - '0');
+    }
+    if (x->req_content_length >= 0 && x->req_content_length != v) return 400;
+    x->req_content_length = v;
+    if (conf->max_body_size && (uint64_t)v > conf->max_body_size) return 413;
+  } else if (name_eq(name, nlen, "expect")) {
+    if (vlen == 12 && strncasecmp(value, "100-continue", 12) == 0) x->expect_continue = true;
+    x->req.v[idx].flags |= HDR_DROPPED; /* we answer 100 ourselves */
+  }
+  return 0;
+}
+
+/* Drops a field and adds its replacement value at the end. */
+static int replace_field(struct xchg *x, const char *name, const char *value) {
+  int i = hdr_find(&x->req, name, strlen(name), 0);
+  while (i >= 0) {
+    x->req.v[i].flags |= HDR_DROPPED;
+    i = hdr_find(&x->req, name, strlen(name), i + 1);
+  }
+  return hdr_add(&x->req, name, strlen(name), value, strlen(value)) < 0 ? -1 : 0;
+}
+
+/* The existing value of a field (the last one), or NULL. */
+static const char *field_value(struct xchg *x, const char *name) {
+  const char *v = NULL;
+  for (int i = hdr_find(&x->req, name, strlen(name), 0); i >= 0;
+       i = hdr_find(&x->req, name, strlen(name), i + 1))
+    v = hdr_value(&x->req, i);
+  return v;
+}
+
+/* Hop-by-hop fields (RFC 9110 7.6.1) and what Connection names. */
+static void drop_hop_by_hop(struct xchg *x) {
+  static const char *const always[] = {"connection", "keep-alive", "proxy-connection",
+                                       "transfer-encoding", "upgrade", "http2-settings"};
+  for (uint32_t i = 0; i < x->req.n; i++) {
+    struct hdr *h = &x->req.v[i];
+    if (!hdr_name_is(&x->req, (int)i, "connection")) continue;
+    const char *v = hdr_value(&x->req, (int)i);
+    for (uint32_t j = 0; j < x->req.n; j++) {
+      const char *n = hdr_name(&x->req, (int)j);
+      if (n[0] != ':' && hdr_value_has_token(v, h->value_len, n)) x->req.v[j].flags |= HDR_DROPPED;
+    }
+  }
+  for (uint32_t i = 0; i < x->req.n; i++) {
+    for (size_t k = 0; k < sizeof always / sizeof always[0]; k++)
+      if (hdr_name_is(&x->req, (int)i, always[k])) x->req.v[i].flags |= HDR_DROPPED;
+    /* TE survives only as "trailers" (RFC 9113 8.2.2). */
+    if (hdr_name_is(&x->req, (int)i, "te") &&
+        !(x->req.v[i].value_len == 8 && strcasecmp(hdr_value(&x->req, (int)i), "trailers") == 0))
+      x->req.v[i].flags |= HDR_DROPPED;
+  }
+}
+
+static bool request_id_ok(const char *v) {
+  size_t n = strlen(v);
+  if (n == 0 || n > 200) return false;
+  for (size_t i = 0; i < n; i++)
+    if (v[i] <= ' ' || v[i] >= 0x7f) return false;
+  return true;
+}
+
+/* X-Forwarded-*, Forwarded, Via and X-Request-ID: what the backend may
+ * believe. A client's own values are kept only from trusted proxies. */
+static int add_forwarding_fields(struct xchg *x) {
+  const struct gw_conf *conf = x->rt->conf;
+  bool trusted = cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip));
+  const char *scheme = hdr_value(&x->req, x->i_scheme);
+  const char *authority = hdr_value(&x->req, x->i_authority);
+  char buf[2048];
+  const char *old;
+
+  old = trusted ? field_value(x, "x-forwarded-for") : NULL;
+  snprintf(buf, sizeof buf, "%s%s%s", old ? old : "", old ? ", " : "", x->client_ip);
+  if (replace_field(x, "x-forwarded-for", buf)) return -1;
+  old = trusted ? field_value(x, "x-forwarded-proto") : NULL;
+  if (replace_field(x, "x-forwarded-proto", old ? old : scheme)) return -1;
+  old = trusted ? field_value(x, "x-forwarded-host") : NULL;
+  if (old) old = strdup(old);
+  int rc = replace_field(x, "x-forwarded-host", old ? old : authority);
+  free((void *)old);
+  if (rc) return -1;
+
+  bool v6 = strchr(x->client_ip, ':') != NULL;
+  if (conf->forwarded_header) {
+    old = trusted ? field_value(x, "forwarded") : NULL;
+    snprintf(buf, sizeof buf, "%s%sfor=\"%s%s%s:%u\";proto=%s;host=\"%s\"", old ? old : "",
+             old ? ", " : "", v6 ? "[" : "", x->client_ip, v6 ? "]" : "", x->client_port, scheme,
+             authority);
+    if (replace_field(x, "forwarded", buf)) return -1;
+  } else if (!trusted) {
+    replace_field(x, "forwarded", "");
+    x->req.v[x->req.n - 1].flags |= HDR_DROPPED;
+  }
+
+  static const char *const via_version[] = {"1.0", "1.1", "2", "3"};
+  old = trusted ? field_value(x, "via") : NULL;
+  snprintf(buf, sizeof buf, "%s%s%s h3gate", old ? old : "", old ? ", " : "",
+           via_version[x->proto]);
+  if (replace_field(x, "via", buf)) return -1;
+
+  old = field_value(x, "x-request-id");
+  if (old == NULL || !request_id_ok(old)) {
+    uint8_t r[16];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) memset(r, 0, sizeof r);
+    for (size_t i = 0; i < sizeof r; i++) snprintf(buf + 2 * i, 3, "%02x", r[i]);
+    if (replace_field(x, "x-request-id", buf)) return -1;
+  }
+  if (x->early_data && replace_field(x, "early-data", "1")) return -1;
+  return 0;
+}
+
+/* Host without port, lower-case. */
+static void host_of(const char *authority, char *out, size_t n) {
+  size_t i = 0;
+  const char *p = authority;
+  if (*p == '[') { /* [v6]:port */
+    while (*p && *p != ']' && i + 1 < n) out[i++] = *p++;
+    if (*p == ']' && i + 1 < n) out[i++] = *p;
+  } else {
+    while (*p && *p != ':' && i + 1 < n) out[i++] = (char)tolower((unsigned char)*p++);
+  }
+  out[i] = '\0';
+}
+
+static bool host_matches(const char *pattern, const char *host) {
+  if (pattern[0] == '*' && pattern[1] == '.') {
+    size_t pl = strlen(pattern + 1), hl = strlen(host);
+    return hl > pl && strcasecmp(host + hl - pl, pattern + 1) == 0;
+  }
+  return strcasecmp(pattern, host) == 0;
+}
+
+/* The most specific route: one naming the host beats one that doesn't,
+ * then the longest path prefix. */
+static struct up_pool *route(struct xchg *x) {
+  const struct gw_conf *conf = x->rt->conf;
+  char host[256];
+  host_of(hdr_value(&x->req, x->i_authority), host, sizeof host);
+  const char *path = hdr_value(&x->req, x->i_path);
+  long best = -1;
+  size_t best_score = 0;
+  for (size_t i = 0; i < conf->n_routes; i++) {
+    const struct conf_route *r = &conf->routes[i];
+    if (r->host && !host_matches(r->host, host)) continue;
+    size_t plen = strlen(r->path_prefix);
+    if (strncmp(path, r->path_prefix, plen) != 0) continue;
+    size_t score = (r->host ? 1u << 20 : 0) + plen + 1;
+    if (score > best_score) best_score = score, best = (long)i;
+  }
+  return best < 0 ? NULL : x->rt->pools[conf->routes[best].upstream_index];
+}
+
+int xchg_req_head_done(struct xchg *x) {
+  if (x->i_authority < 0) {
+    int host = hdr_find(&x->req, "host", 4, 0);
+    if (host >= 0) {
+      char *v = strdup(hdr_value(&x->req, host));
+      x->i_authority = v ? hdr_add(&x->req, ":authority", 10, v, strlen(v)) : -1;
+      free(v);
+    }
+  }
+  int status = 0;
+  const char *why = NULL;
+  if (x->i_method < 0 || x->i_path < 0) status = 400, why = "missing method or path";
+  else if (x->i_authority < 0) status = 400, why = "missing Host";
+  else if (hdr_value(&x->req, x->i_path)[0] != '/' &&
+           strcmp(hdr_value(&x->req, x->i_path), "*") != 0)
+    status = 400, why = "request target must be a path";
+  if (status) {
+    xchg_respond_local(x, status, why);
+    return status;
+  }
+  if (x->i_scheme < 0) {
+    const char *s = x->tls ? "https" : "http";
+    x->i_scheme = hdr_add(&x->req, ":scheme", 7, s, strlen(s));
+  }
+  /* :authority stands for Host upstream (RFC 9113 8.3.1). */
+  for (int i = hdr_find(&x->req, "host", 4, 0); i >= 0; i = hdr_find(&x->req, "host", 4, i + 1))
+    x->req.v[i].flags |= HDR_DROPPED;
+  drop_hop_by_hop(x);
+  if (add_forwarding_fields(x) != 0) {
+    xchg_respond_local(x, 503, "out of memory");
+    return 503;
+  }
+  x->pool = route(x);
+  if (x->pool == NULL) {
+    xchg_respond_local(x, 404, "no route for this host and path");
+    return 404;
+  }
+  x->state = XS_QUEUED;
+  x->queued_us = gw_now_us();
+  up_pool_dispatch(x->pool, x);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Request body.
+ */
+int xchg_req_body(struct xchg *x, const void *data, size_t len) {
+  const struct gw_conf *conf = x->rt->conf;
+  x->req_bytes += len;
+  if (conf->max_body_size && x->req_bytes > conf->max_body_size) {
+    if (x->state != XS_RESPONDING && x->state != XS_DONE) {
+      if (x->up.conn || queued(x)) up_cancel(x);
+      xchg_respond_local(x, 413, "request body too large");
+    }
+    return 413;
+  }
+  if (x->state == XS_DONE && x->up.conn == NULL) return 0; /* nobody will read it */
+  evbuffer_add(x->req_body, data, len);
+  if (x->up.conn) up_resume_req(x);
+  return 0;
+}
+
+void xchg_req_end(struct xchg *x) {
+  x->req_end = true;
+  if (x->up.conn) up_resume_req(x);
+}
+
+size_t xchg_req_buffered(const struct xchg *x) { return evbuffer_get_length(x->req_body); }
+
+size_t xchg_up_take_req_body(struct xchg *x, uint8_t *buf, size_t max) {
+  int n = evbuffer_remove(x->req_body, buf, max);
+  if (n <= 0) return 0;
+  if (x->req_replayable) {
+    if (evbuffer_get_length(x->req_replay) + (size_t)n <= REPLAY_LIMIT) {
+      evbuffer_add(x->req_replay, buf, (size_t)n);
+    } else {
+      x->req_replayable = false;
+      evbuffer_drain(x->req_replay, evbuffer_get_length(x->req_replay));
+    }
+  }
+  /* Credit goes back once per byte, even when a retry sends it again. */
+  x->req_taken += (size_t)n;
+  if (x->req_taken > x->req_credited) {
+    size_t credit = (size_t)(x->req_taken - x->req_credited);
+    x->req_credited = x->req_taken;
+    if (x->down_attached && x->down->on_req_credit) x->down->on_req_credit(x, credit);
+  }
+  return (size_t)n;
+}
+
+bool xchg_up_req_body_eof(const struct xchg *x) {
+  return x->req_end && evbuffer_get_length(x->req_body) == 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Response.
+ */
+static void arm_timer(struct xchg *x, uint64_t ms) {
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  event_add(&x->timer, &tv);
+}
+
+void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->rt->conf->response_header_timeout_ms); }
+
+static void drop_response_hop_by_hop(struct xchg *x) {
+  static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
+                                      "transfer-encoding", "upgrade"};
+  for (uint32_t i = 0; i < x->resp.n; i++)
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+      if (hdr_name_is(&x->resp, (int)i, names[k])) x->resp.v[i].flags |= HDR_DROPPED;
+}
+
+void xchg_up_resp_head(struct xchg *x) {
+  x->state = XS_RESPONDING;
+  /* Past this point a retry could duplicate a response: drop the copy. */
+  x->req_replayable = false;
+  evbuffer_drain(x->req_replay, evbuffer_get_length(x->req_replay));
+  drop_response_hop_by_hop(x);
+  arm_timer(x, x->rt->conf->idle_timeout_ms);
+  if (x->down_attached) x->down->on_resp_head(x);
+}
+
+void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len) {
+  x->resp_bytes += len;
+  if (!x->down_attached) return;
+  evbuffer_add(x->resp_body, data, len);
+  arm_timer(x, x->rt->conf->idle_timeout_ms);
+  x->down->on_resp_body(x);
+}
+
+void xchg_up_resp_end(struct xchg *x) {
+  x->resp_end = true;
+  x->state = XS_DONE;
+  event_del(&x->timer);
+  if (x->down_attached) x->down->on_resp_body(x);
+}
+
+void xchg_resp_consumed(struct xchg *x, size_t n) {
+  if (x->up.conn) up_consumed(x, n);
+  if (x->state == XS_RESPONDING) arm_timer(x, x->rt->conf->idle_timeout_ms);
+}
+
+/* ---------------------------------------------------------------------------
+ * Local responses, retries, timers.
+ */
+
+void xchg_respond_local(struct xchg *x, int status, const char *text) {
+  event_del(&x->timer);
+  if (status >= 500)
+    log_error("xchg %llu: %d %s: %s", (unsigned long long)x->id, status, http_reason(status), text);
+  else
+    log_debug("xchg %llu: %d %s: %s", (unsigned long long)x->id, status, http_reason(status), text);
+  if (x->state == XS_RESPONDING) {
+    /* The head went out already: all we can do is break the response. */
+    x->state = XS_DONE;
+    x->resp_end = true;
+    if (x->down_attached) x->down->on_abort(x);
+    return;
+  }
+  char body[256];
+  int n = snprintf(body, sizeof body, "%d %s: %s\n", status, http_reason(status), text);
+  if (n < 0 || n >= (int)sizeof body) n = (int)sizeof body - 1;
+  char len[16];
+  snprintf(len, sizeof len, "%d", n);
+  hdr_list_clear(&x->resp);
+  hdr_list_clear(&x->resp_trailers);
+  hdr_add(&x->resp, "content-type", 12, "text/plain; charset=utf-8", 25);
+  hdr_add(&x->resp, "content-length", 14, len, strlen(len));
+  x->status = status;
+  evbuffer_drain(x->resp_body, evbuffer_get_length(x->resp_body));
+  bool head_only = x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "HEAD") == 0;
+  if (!head_only) evbuffer_add(x->resp_body, body, (size_t)n);
+  x->resp_local = true;
+  x->resp_end = true;
+  x->state = XS_DONE;
+  x->resp_bytes = (uint64_t)n;
+  if (x->down_attached) {
+    x->down->on_resp_head(x);
+    if (x->down_attached) x->down->on_resp_body(x);
+  }
+}
+
+static bool idempotent(struct xchg *x) {
+  static const char *const methods[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+  const char *m = hdr_value(&x->req, x->i_method);
+  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+    if (strcmp(m, methods[i]) == 0) return true;
+  return false;
+}
+
+void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why) {
+  x->up = (struct xchg_up){0};
+  if (!x->down_attached) { /* nobody is waiting */
+    maybe_free(x);
+    return;
+  }
+  /* Safe to send again: the backend never saw it (refused stream, past a
+   * GOAWAY, connection failed), or the method is idempotent; and we still
+   * hold every body byte sent. */
+  if (x->state != XS_RESPONDING && x->req_replayable && x->attempts <= up_pool_retries(x->pool) &&
+      (!reached || idempotent(x))) {
+    size_t replay = evbuffer_get_length(x->req_replay);
+    evbuffer_prepend_buffer(x->req_body, x->req_replay);
+    x->req_taken -= replay;
+    x->state = XS_QUEUED;
+    log_info("xchg %llu: retrying on another server after: %s", (unsigned long long)x->id, why);
+    up_pool_dispatch(x->pool, x);
+    return;
+  }
+  xchg_respond_local(x, status, why);
+  maybe_free(x);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct xchg *x = arg;
+  switch (x->state) {
+  case XS_QUEUED:
+    up_cancel(x);
+    xchg_respond_local(x, 504, "no upstream connection in time");
+    break;
+  case XS_SENT:
+    up_cancel(x);
+    xchg_respond_local(x, 504, "upstream response header timeout");
+    break;
+  case XS_RESPONDING:
+    up_cancel(x);
+    xchg_respond_local(x, 504, "upstream idle timeout");
+    break;
+  default:
+    break;
+  }
+}
