@@ -58,6 +58,7 @@ static void finish_close(struct down_conn *c) {
     c->bev = NULL;
   }
   evtimer_del(c->timer);
+  gw_flush_cancel(&c->flush);
   LIST_REMOVE(c, link);
   n_conns--;
   if (n_conns + 1 == gw.rt->conf->max_connections || n_conns < gw.rt->conf->max_connections)

@@ -17,6 +17,7 @@ struct deferred {
 
 static struct {
   TAILQ_HEAD(, flushable) queue;
+  TAILQ_HEAD(, flushable) batch;
   struct event *ev;
   bool scheduled;
   struct deferred *frees;
@@ -43,12 +44,12 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
   (void)arg;
   F.scheduled = false;
   /* Items queued while flushing go to the next pass (next iteration). */
-  TAILQ_HEAD(, flushable) batch = TAILQ_HEAD_INITIALIZER(batch);
-  TAILQ_CONCAT(&batch, &F.queue, link);
   struct flushable *f;
-  while ((f = TAILQ_FIRST(&batch)) != NULL) {
-    TAILQ_REMOVE(&batch, f, link);
-    f->queued = false;
+  TAILQ_FOREACH(f, &F.queue, link) f->in_batch = true;
+  TAILQ_CONCAT(&F.batch, &F.queue, link);
+  while ((f = TAILQ_FIRST(&F.batch)) != NULL) {
+    TAILQ_REMOVE(&F.batch, f, link);
+    f->queued = f->in_batch = false;
     f->flush(f);
   }
   run_deferred();
@@ -65,6 +66,13 @@ void gw_want_flush(struct flushable *f) {
   f->queued = true;
   TAILQ_INSERT_TAIL(&F.queue, f, link);
   schedule();
+}
+
+void gw_flush_cancel(struct flushable *f) {
+  if (!f->queued) return;
+  if (f->in_batch) TAILQ_REMOVE(&F.batch, f, link);
+  else TAILQ_REMOVE(&F.queue, f, link);
+  f->queued = f->in_batch = false;
 }
 
 void gw_defer_free(void (*fn)(void *), void *p) {
@@ -86,6 +94,7 @@ int gw_loop_init(void) {
   event_config_free(cfg);
   if (gw.base == NULL || event_base_priority_init(gw.base, 3) != 0) return -1;
   TAILQ_INIT(&F.queue);
+  TAILQ_INIT(&F.batch);
   F.ev = event_new(gw.base, -1, 0, on_flush, NULL);
   if (F.ev == NULL) return -1;
   event_priority_set(F.ev, GW_PRIO_FLUSH);

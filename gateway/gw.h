@@ -23,6 +23,7 @@ struct flushable {
   void (*flush)(struct flushable *f);
   TAILQ_ENTRY(flushable) link;
   bool queued;
+  bool in_batch; /* on the list the current pass is working through */
 };
 
 struct gw_runtime {
@@ -52,6 +53,8 @@ enum {
 
 int gw_loop_init(void);
 void gw_want_flush(struct flushable *f);
+/* Takes f off the flush lists: call before f is freed. */
+void gw_flush_cancel(struct flushable *f);
 /* Frees p with fn after the current flush pass: never inside a callback
  * that may still be standing on p. */
 void gw_defer_free(void (*fn)(void *), void *p);

@@ -1,10 +1,12 @@
 /* HTTP/1.1 from clients (TLS or cleartext), into exchanges.
  *
  * One request at a time: later pipelined requests stay unread in the input
- * buffer (whose high watermark stops the socket reads) until the current
- * response is complete, so answers go out in order. A request body is fed
- * to the exchange only while its buffer has room: reading pauses above
- * body_buffer and resumes when the upstream takes bytes.
+ * buffer until the current response is complete, so answers go out in
+ * order. A request body is fed to the exchange only while its buffer has
+ * room: above body_buffer reading pauses, and resumes when the upstream
+ * takes bytes. Pausing disables EV_READ on the bufferevent: a read high
+ * watermark would not do, since libevent 2.1.12 re-runs the read callback
+ * for as long as the input sits at the watermark (bufferevent_inbuf_wm_check).
  *
  * Table of contents:
  *   parser callbacks -> exchange
@@ -26,7 +28,6 @@
 #include "xchg.h"
 
 enum {
-  IN_HIGH_WATER = 64 * 1024,   /* unread input kept before the socket is left alone */
   OUT_HIGH_WATER = 256 * 1024, /* response bytes queued for the socket */
 };
 
@@ -43,6 +44,7 @@ struct h1d {
   bool no_body;
   bool is_head;
   bool want_input;        /* credit came back: feed the parser in the flush pass */
+  bool read_paused;       /* EV_READ off: pipelined request waiting, or body backpressure */
   bool broken;            /* the request can't be read further: close after the answer */
   uint32_t requests;
 };
@@ -164,14 +166,27 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
   down_close(c, false);
 }
 
-/* Feeds buffered input to the parser while the current exchange has room. */
+static void pause_reading(struct h1d *h, bool pause) {
+  if (h->read_paused == pause || h->c->bev == NULL) return;
+  h->read_paused = pause;
+  if (pause) bufferevent_disable(h->c->bev, EV_READ);
+  else bufferevent_enable(h->c->bev, EV_READ);
+}
+
+/* Feeds buffered input to the parser while the current exchange has room;
+ * stops reading the socket when it can't take more. */
 static void process_input(struct down_conn *c) {
   struct h1d *h = h1d(c);
   struct evbuffer *in = bufferevent_get_input(c->bev);
   h->want_input = false;
+  bool blocked = false;
   while (c->state == DC_OPEN && !h->broken && evbuffer_get_length(in) > 0) {
-    if (h1_parser_message_done(&h->parser)) break; /* pipelined: wait for this response */
-    if (h->x && xchg_req_buffered(h->x) >= c->rt->conf->body_buffer) break; /* backpressure */
+    /* pipelined: wait for this response; or backpressure on the body */
+    if (h1_parser_message_done(&h->parser) ||
+        (h->x && xchg_req_buffered(h->x) >= c->rt->conf->body_buffer)) {
+      blocked = true;
+      break;
+    }
     if (h->x == NULL && !h1_parser_in_message(&h->parser))
       down_set_timer(c, c->rt->conf->client_header_timeout_ms, request_timeout);
     struct evbuffer_iovec v;
@@ -185,6 +200,7 @@ static void process_input(struct down_conn *c) {
     }
     evbuffer_drain(in, (size_t)n);
   }
+  if (c->state == DC_OPEN) pause_reading(h, blocked);
 }
 
 static void idle_timeout(struct down_conn *c) { down_close(c, false); }
@@ -333,7 +349,6 @@ static int h1_start(struct down_conn *c) {
   };
   h1_parser_init(&h->parser, &parser_ops, h, &limits);
   c->pd = h;
-  bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH_WATER);
   down_set_timer(c, c->rt->conf->client_header_timeout_ms, request_timeout);
   return 0;
 }

@@ -46,6 +46,11 @@ static struct up_conn_impl *impl(struct up_conn *c) { return (struct up_conn_imp
 static void conn_flush(struct flushable *f);
 static void conn_broken(struct up_conn *c, const char *why, bool failed);
 
+/* A closed connection waits only for its deferred free: never queue it. */
+static void want_flush(struct up_conn *c) {
+  if (c->state != UC_CLOSED) gw_want_flush(&c->flush);
+}
+
 /* ---------------------------------------------------------------------------
  * Callbacks.
  */
@@ -171,7 +176,7 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
     xchg_up_failed(x, x->up.headers_sent && !refused, 502, why);
   }
   if (srv) up_server_settle(srv);
-  gw_want_flush(&c->flush);
+  want_flush(c);
   return 0;
 }
 
@@ -240,13 +245,13 @@ static void on_read(struct bufferevent *bev, void *arg) {
     }
     evbuffer_drain(in, used);
   }
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
   (void)bev;
   struct up_conn *c = arg;
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }
 
 static void connected(struct up_conn *c) {
@@ -258,7 +263,7 @@ static void connected(struct up_conn *c) {
   c->idle_since_us = gw_now_us();
   evutil_socket_t fd = bufferevent_getfd(c->bev);
   if (c->server && c->server->addr.ss_family != AF_UNIX) h3g_set_nodelay(fd);
-  gw_want_flush(&c->flush);
+  want_flush(c);
   if (c->server) up_server_conn_ready(c->server, c);
 }
 
@@ -324,6 +329,7 @@ static void conn_broken(struct up_conn *c, const char *why, bool failed) {
     xchg_up_failed(x, x->up.headers_sent, 502, msg);
   }
   if (srv) up_server_settle(srv);
+  gw_flush_cancel(&c->flush);
   gw_defer_free(conn_free, c);
 }
 
@@ -404,7 +410,7 @@ void up_conn_drain(struct up_conn *c) {
     c->state = UC_DRAINING;
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
   }
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -446,7 +452,7 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
   c->server->outstanding++;
   x->state = XS_SENT;
   xchg_arm_response_timer(x);
-  gw_want_flush(&c->flush);
+  want_flush(c);
   return 0;
 }
 
@@ -462,7 +468,7 @@ void up_conn_reset_stream(struct xchg *x) {
     up_server_stream_done(c->server, true);
     up_server_settle(c->server);
   }
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }
 
 void up_conn_resume_stream(struct xchg *x) {
@@ -470,12 +476,12 @@ void up_conn_resume_stream(struct xchg *x) {
   if (c == NULL || !x->up.body_deferred) return;
   x->up.body_deferred = false;
   nghttp2_session_resume_data(c->session, x->up.stream_id);
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }
 
 void up_conn_consume(struct xchg *x, size_t n) {
   struct up_conn *c = x->up.conn;
   if (c == NULL || c->state == UC_CLOSED) return;
   nghttp2_session_consume_stream(c->session, x->up.stream_id, n);
-  gw_want_flush(&c->flush);
+  want_flush(c);
 }

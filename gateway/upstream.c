@@ -283,7 +283,10 @@ void up_pool_dispatch(struct up_pool *p, struct xchg *x) {
       event_add(&x->timer, &tv);
       return;
     }
-    xchg_up_failed(x, false, 503, "no healthy upstream server");
+    if (x->last_status) /* a retry found nowhere to go: report what went wrong */
+      xchg_up_failed(x, false, x->last_status, x->last_why);
+    else
+      xchg_up_failed(x, false, 503, "no healthy upstream server");
     return;
   }
   x->server = s;

@@ -491,6 +491,8 @@ void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why) {
    * hold every body byte sent. */
   if (x->state != XS_RESPONDING && x->req_replayable && x->attempts <= up_pool_retries(x->pool) &&
       (!reached || idempotent(x))) {
+    x->last_status = status;
+    snprintf(x->last_why, sizeof x->last_why, "%s", why);
     size_t replay = evbuffer_get_length(x->req_replay);
     evbuffer_prepend_buffer(x->req_body, x->req_replay);
     x->req_taken -= replay;

@@ -102,6 +102,8 @@ struct xchg {
   struct up_pool *pool;
   struct up_server *server; /* the server of the current or last attempt */
   uint8_t attempts;
+  int last_status;          /* why the previous attempt failed, for the final answer */
+  char last_why[160];
   bool pinned;              /* must go to x->server (health probes) */
   TAILQ_ENTRY(xchg) queue_link; /* in the pool's waiting queue */
   TAILQ_ENTRY(xchg) up_link;    /* in its upstream connection's stream list */

@@ -160,3 +160,65 @@ def curl_json(*args, timeout=60):
     r = curl(*args, timeout=timeout)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def make_cert(directory):
+    """A self-signed certificate for localhost and 127.0.0.1."""
+    cert, key = pathlib.Path(directory) / "cert.pem", pathlib.Path(directory) / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True)
+    return cert, key
+
+
+class Gateway(Process):
+    """h3gate with a config written from a template; {tls_port}, {plain_port}
+    and names given in fmt are filled in."""
+
+    def __init__(self, config_text, directory=None, wait=True, env=None, **fmt):
+        self.dir = pathlib.Path(directory or tempfile.mkdtemp(prefix="h3gw-"))
+        if not (self.dir / "cert.pem").exists():
+            make_cert(self.dir)
+        self.tls_port = fmt.pop("tls_port", None) or free_port()
+        self.plain_port = fmt.pop("plain_port", None) or free_port()
+        self.config = self.dir / "gateway.yaml"
+        self.write_config(config_text, **fmt)
+        super().__init__([BIN / "h3gate", "-c", self.config], cwd=self.dir, env=env, name="gateway")
+        if wait:
+            assert self.wait_log("ready", timeout=20), self.log()[-3000:]
+
+    def write_config(self, text, **fmt):
+        self.config_text = text
+        self.config.write_text(text.format(tls_port=self.tls_port, plain_port=self.plain_port, **fmt))
+
+    def tls_url(self, path="/"):
+        return f"https://127.0.0.1:{self.tls_port}{path}"
+
+    def plain_url(self, path="/"):
+        return f"http://127.0.0.1:{self.plain_port}{path}"
+
+    def peak_rss_kb(self):
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+
+BASIC_CONFIG = """
+listen:
+  - address: 127.0.0.1:{tls_port}
+    tls: {{certificate: cert.pem, key: key.pem}}
+  - address: 127.0.0.1:{plain_port}
+log:
+  level: info
+timeouts:
+  connect: 2s
+  response_header: {response_timeout}
+upstreams:
+  - name: app
+    servers: [{servers}]
+    resolve_interval: 1s
+routes:
+  - path_prefix: /
+    upstream: app
+"""

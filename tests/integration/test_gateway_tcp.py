@@ -1,0 +1,317 @@
+"""h3gate over TCP: HTTP/1.1 and HTTP/2 from real clients (curl, nghttp,
+h2load, python-h2) through the gateway to h3gate-worker, hypercorn and
+deliberately faulty backends."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, Worker, curl, curl_json,
+                   free_port, run, wait_port)
+
+SIZE = 100 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker("probe:app", workers=2)
+    yield w
+    assert w.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def gateway(worker):
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="30s")
+    yield g
+    assert g.stop() == 0
+    g.assert_clean()
+
+
+CLIENTS = [
+    ("tls-h1", ["-k", "--http1.1"], "tls_url", "1.1", "https"),
+    ("tls-h2", ["-k", "--http2"], "tls_url", "2", "https"),
+    ("h2c", ["--http2-prior-knowledge"], "plain_url", "2", "http"),
+    ("plain-h1", ["--http1.1"], "plain_url", "1.1", "http"),
+]
+
+
+@pytest.mark.parametrize("name,flags,url,version,scheme", CLIENTS, ids=[c[0] for c in CLIENTS])
+def test_forwarded_headers_as_the_app_sees_them(gateway, name, flags, url, version, scheme):
+    s = curl_json(*flags, "-H", "X-Forwarded-For: 6.6.6.6", "-H", "Via: 1.0 evil",
+                  "-H", "Connection: keep-alive, X-Hop", "-H", "X-Hop: secret",
+                  getattr(gateway, url)("/scope?q=1"))
+    headers = {}
+    for k, v in s["headers"]:
+        headers.setdefault(k, []).append(v)
+    assert s["http_version"] == version
+    assert s["scheme"] == scheme
+    assert s["client"][0] == "127.0.0.1"
+    assert s["client"][1] > 0  # the client's port, via Forwarded
+    assert s["query_string"] == "q=1"
+    # a client's own forwarding headers are replaced, not trusted
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-forwarded-proto"] == [scheme]
+    port = gateway.tls_port if url == "tls_url" else gateway.plain_port
+    assert headers["x-forwarded-host"] == [f"127.0.0.1:{port}"]
+    assert headers["host"] == [f"127.0.0.1:{port}"]
+    assert headers["via"] == [f"{version} h3gate"]
+    assert headers["forwarded"][0].startswith('for="127.0.0.1:')
+    assert len(headers["x-request-id"][0]) == 32
+    # hop-by-hop fields, and what Connection names, do not cross (curl sends
+    # no Connection over HTTP/2, where X-Hop is an ordinary field)
+    assert "connection" not in headers
+    if version == "1.1":
+        assert "x-hop" not in headers
+
+
+def test_client_request_id_is_kept(gateway):
+    s = curl_json("-H", "X-Request-ID: abc-123", gateway.plain_url("/scope"))
+    assert ["x-request-id", "abc-123"] in s["headers"]
+
+
+def test_h2load_and_nghttp_through_the_gateway(gateway):
+    r = run(["h2load", "-n", "5000", "-c", "10", "-m", "10", gateway.tls_url("/pid")], timeout=120)
+    assert "5000 succeeded, 0 failed" in r.stdout, r.stdout
+    r = run(["h2load", "--h1", "-n", "2000", "-c", "10", gateway.tls_url("/pid")], timeout=120)
+    assert "2000 succeeded, 0 failed" in r.stdout, r.stdout
+    r = run(["nghttp", "-nv", gateway.plain_url("/stream?n=3")], timeout=30)
+    assert r.returncode == 0 and ":status: 200" in r.stdout
+
+
+def test_requests_reach_every_worker_process(gateway, worker):
+    pids = {curl_json(gateway.plain_url("/pid"))["pid"] for _ in range(40)}
+    assert pids == set(worker.worker_pids())
+
+
+def test_trailers_cross_the_gateway(gateway):
+    r = run(["nghttp", "-v", "-H", "te: trailers", gateway.plain_url("/trailers")], timeout=30)
+    assert "x-checksum: abc123" in r.stdout
+
+
+def test_http1_pipelining_in_order(gateway):
+    reqs = b"".join(f"GET /scope?n={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(5))
+    reqs += b"GET /scope?n=last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.plain_port), timeout=10) as s:
+        s.sendall(reqs)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    bodies = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1 200")[0])
+              for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert [b["query_string"] for b in bodies] == [f"n={i}" for i in range(5)] + ["n=last"]
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+    b"GET / HTTP/1.1\r\n Content-Length: 1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+], ids=["cl-and-te", "bare-cr", "leading-space", "space-before-colon", "no-host"])
+def test_smuggling_shapes_get_400_and_close(gateway, raw):
+    with socket.create_connection(("127.0.0.1", gateway.plain_port), timeout=10) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    assert b"connection: close" in data.lower()
+
+
+def test_chunked_upload_and_expect_continue(gateway):
+    r = curl("--http1.1", "-H", "Transfer-Encoding: chunked", "-H", "Expect: 100-continue", "-v",
+             "--data-binary", "z" * 5000, gateway.plain_url("/upload"))
+    assert "HTTP/1.1 100 Continue" in r.stderr
+    assert json.loads(r.stdout)["size"] == 5000
+
+
+def test_oversized_headers_get_431(worker):
+    # curl and nghttp refuse to send HTTP/2 header blocks over 64 KiB
+    # themselves, so the limit is set lower here.
+    cfg = BASIC_CONFIG.replace("log:\n", "limits:\n  max_header_bytes: 16k\nlog:\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    try:
+        big = "y" * 8000
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            r = curl(*flags, "-H", f"A: {big}", "-H", f"B: {big}", "-H", f"C: {big}",
+                     "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/scope"))
+            assert r.stdout == "431", (flags, r.stdout, r.stderr)
+        assert curl_json(g.plain_url("/pid"))["pid"] > 0
+    finally:
+        g.stop()
+
+
+def test_no_route_is_404():
+    w = Worker("probe:app")
+    cfg = BASIC_CONFIG.replace("path_prefix: /\n", "path_prefix: /api/\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{w.port}", response_timeout="5s")
+    try:
+        assert curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/other")).stdout == "404"
+        assert curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/api/pid")).stdout == "404"
+        assert curl_json(g.plain_url("/api/scope"))["path"] == "/api/scope"
+    finally:
+        g.stop()
+        w.stop()
+
+
+def expected_sha(size, chunk=65536):
+    block = bytes(range(256)) * (chunk // 256 + 1)
+    h = hashlib.sha256()
+    sent = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        h.update(block[:n])
+        sent += n
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("flags", [["-k", "--http2"], ["-k", "--http1.1"]], ids=["h2", "h1"])
+def test_100mb_download_and_upload_in_bounded_gateway_memory(gateway, flags):
+    before = gateway.peak_rss_kb()
+    r = run(["sh", "-c", f"curl -sS {' '.join(flags)} '{gateway.tls_url(f'/download?size={SIZE}')}'"
+             " | sha256sum"], timeout=300)
+    assert r.stdout.split()[0] == expected_sha(SIZE)
+    with tempfile.NamedTemporaryFile() as f:
+        block = os.urandom(1 << 20)
+        h = hashlib.sha256()
+        for _ in range(SIZE >> 20):
+            f.write(block)
+            h.update(block)
+        f.flush()
+        info = curl_json(*flags, "--data-binary", f"@{f.name}", gateway.tls_url("/upload"),
+                         timeout=300)
+    assert info["size"] == SIZE and info["sha256"] == h.hexdigest()
+    growth = gateway.peak_rss_kb() - before
+    assert growth < 48 * 1024, f"gateway peak RSS grew {growth} KiB"
+
+
+# Faulty-backend tests answer several requests from one server: passive
+# health must not eject it between them.
+NO_EJECT_CONFIG = BASIC_CONFIG.replace("    resolve_interval: 1s\n",
+                                       "    resolve_interval: 1s\n    max_fails: 0\n")
+
+
+def faulty(mode):
+    port = free_port()
+    p = Process([PYTHON, APPS / "faulty_h2.py", str(port), mode], name=f"faulty-{mode}")
+    assert p.wait_log("faulty backend ready")
+    return p, port
+
+
+@pytest.mark.parametrize("mode,status", [("close", "502"), ("hang", "504"), ("refuse", "502")])
+def test_faulty_backends_get_502_or_504_never_a_hang(mode, status):
+    p, port = faulty(mode)
+    g = Gateway(NO_EJECT_CONFIG, servers=f"127.0.0.1:{port}", response_timeout="1s")
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            r = curl(*flags, "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/x"), timeout=20)
+            assert r.stdout == status, (flags, r.stdout, r.stderr, g.log()[-2000:])
+    finally:
+        g.stop()
+        p.stop()
+
+
+@pytest.mark.parametrize("mode", ["reset-mid", "die-mid"])
+def test_backend_failing_mid_response_breaks_the_response(mode):
+    p, port = faulty(mode)
+    g = Gateway(NO_EJECT_CONFIG, servers=f"127.0.0.1:{port}", response_timeout="5s")
+    try:
+        r = curl("--http2-prior-knowledge", g.plain_url("/x"), timeout=20)
+        assert r.returncode not in (0, 28), r  # an error, not a clean end and not a hang
+        r = curl("--http1.1", g.plain_url("/x"), timeout=20)
+        assert r.returncode not in (0, 28), r
+    finally:
+        g.stop()
+        p.stop()
+
+
+def test_unreachable_backend_is_502_and_no_healthy_server_is_503():
+    port = free_port()  # nothing listens there
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{port}", response_timeout="5s")
+    try:
+        r = curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/x"), timeout=20)
+        assert r.stdout == "502"
+        # the refused server is ejected for a while: nothing healthy is left
+        r = curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/x"), timeout=20)
+        assert r.stdout == "503"
+        assert "ejected" in g.log()
+    finally:
+        g.stop()
+
+
+def test_backend_restarted_during_get_load_loses_nothing():
+    a = Worker("probe:app", workers=1)
+    b = Worker("probe:app", workers=1)
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{a.port}, 127.0.0.1:{b.port}",
+                response_timeout="10s")
+    try:
+        load = subprocess.Popen(["h2load", "-n", "6000", "-c", "4", "-m", "4",
+                                 g.plain_url("/sleep?s=0.002")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
+        a.stop()                      # SIGTERM: GOAWAY, in-flight finish
+        a2 = Worker("probe:app", workers=1, port=a.port)
+        out, _ = load.communicate(timeout=120)
+        assert "6000 succeeded, 0 failed" in out, out + g.log()[-3000:]
+        a2.stop()
+    finally:
+        g.stop()
+        b.stop()
+
+
+def test_sighup_reload_under_load():
+    w = Worker("probe:app", workers=2)
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    try:
+        load = subprocess.Popen(["h2load", "--h1", "-n", "3000", "-c", "4",
+                                 g.tls_url("/sleep?s=0.002")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
+        g.write_config(BASIC_CONFIG.replace("level: info", "level: debug"),
+                       servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+        g.signal(signal.SIGHUP)
+        assert g.wait_log("configuration reloaded")
+        out, _ = load.communicate(timeout=120)
+        assert "3000 succeeded, 0 failed" in out, out + g.log()[-3000:]
+        assert curl_json("-k", g.tls_url("/pid"))["pid"] in w.worker_pids()
+    finally:
+        g.stop()
+        w.stop()
+
+
+def test_hypercorn_as_backend():
+    port = free_port()
+    h = Process([PYTHON, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "probe:app"],
+                cwd=APPS, name="hypercorn")
+    try:
+        assert wait_port(port)
+        g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{port}", response_timeout="10s")
+        try:
+            for flags in (["-k", "--http2"], ["-k", "--http1.1"]):
+                s = curl_json(*flags, "-d", "abc", g.tls_url("/scope"))
+                assert s["body"]["size"] == 3 and s["method"] == "POST"
+            r = run(["h2load", "-n", "500", "-c", "4", "-m", "4", g.tls_url("/pid")], timeout=60)
+            assert "500 succeeded, 0 failed" in r.stdout, r.stdout[r.stdout.find("requests:"):][:200]
+        finally:
+            g.stop()
+    finally:
+        h.stop()
+
+
+def test_graceful_stop_finishes_in_flight_requests(worker):
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    load = subprocess.Popen(["h2load", "-n", "20", "-c", "2", "-m", "10",
+                             g.plain_url("/sleep?s=1")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    g.signal(signal.SIGTERM)
+    out, _ = load.communicate(timeout=60)
+    assert "20 succeeded, 0 failed" in out, out
+    assert g.proc.wait(timeout=30) == 0
