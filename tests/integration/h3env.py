@@ -189,7 +189,9 @@ class Gateway(Process):
 
     def write_config(self, text, **fmt):
         self.config_text = text
-        self.config.write_text(text.format(tls_port=self.tls_port, plain_port=self.plain_port, **fmt))
+        if "{tls_port}" in text or "{plain_port}" in text or fmt:
+            text = text.format(tls_port=self.tls_port, plain_port=self.plain_port, **fmt)
+        self.config.write_text(text)
 
     def tls_url(self, path="/"):
         return f"https://127.0.0.1:{self.tls_port}{path}"
