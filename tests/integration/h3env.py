@@ -1,6 +1,7 @@
 """Test environment: starts our binaries and real third-party peers on
 loopback, and tears them down. Every wait is bounded."""
 
+import atexit
 import json
 import os
 import pathlib
@@ -81,6 +82,20 @@ def sanitizer_env():
     return env
 
 
+_STARTED = []
+
+
+@atexit.register
+def _kill_leftovers():
+    """Nothing a test started may outlive the test run, even after a failure."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig_mod.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 class Process:
     """A server we started; its output goes to a log file we can read."""
 
@@ -91,6 +106,7 @@ class Process:
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env or sanitizer_env(),
                                      stdout=self.logfile, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        _STARTED.append(self.proc)
 
     @property
     def pid(self):

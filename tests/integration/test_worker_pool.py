@@ -121,6 +121,7 @@ def test_sigterm_during_load_loses_no_in_flight_request():
 
 def test_sighup_reloads_code_with_no_refused_request():
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="h3reload-"))
+    w = None
     try:
         shutil.copy(APPS / "versioned.py", tmp / "versioned.py")
         w = Worker("versioned:app", workers=2, app_dir=tmp)
@@ -160,6 +161,8 @@ def test_sighup_reloads_code_with_no_refused_request():
         assert curl(w.url("/")).stdout.startswith("v2 ")
         assert w.stop() == 0
     finally:
+        if w:
+            w.stop()
         shutil.rmtree(tmp)
 
 
