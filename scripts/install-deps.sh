@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages h3gate needs to build, run and test.
-# Usage: scripts/install-deps.sh [build|run|test]   (default: test, the superset)
+# Usage: scripts/install-deps.sh [build|run|test|bench]   (default: test)
 # Only installs what is missing, so it is cheap to run again.
 set -euo pipefail
 
@@ -19,11 +19,14 @@ test_pkgs=(
   chromium iproute2 dnsmasq-base docker-compose procps
 )
 
+bench_pkgs=(nghttp2-server haproxy caddy uvicorn python3-hypercorn python3-httptools python3-uvloop)
+
 case "$profile" in
   build) want=("${build_pkgs[@]}") ;;
+  bench) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
   run) want=("${build_pkgs[@]}" "${run_pkgs[@]}") ;;
   test) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|run|test]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=()

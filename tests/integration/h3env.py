@@ -140,6 +140,7 @@ class Process:
             os.killpg(self.proc.pid, sig_mod.SIGKILL)
         except ProcessLookupError:
             pass
+        self.assert_clean()  # a sanitizer report anywhere fails the test
         return self.proc.returncode
 
     def assert_clean(self):

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The same fast static HTTP/2 origin (nghttpd --no-tls) behind h3gate, HAProxy
+# 2.6 (one thread, server "proto h2") and Caddy 2.6 (reverse_proxy h2c://), in
+# one run; h2load over TLS for HTTP/2 (-c 20 -m 10) and HTTP/1.1 (-c 20).
+# Prints req/s, p99 latency and each proxy's CPU per 100k requests (from
+# /proc), and the ratios to HAProxy.
+source "$(dirname "$0")/lib.sh"
+prepare
+N=${N:-200000}
+
+mkdir -p "$WORK/www"
+printf 'Hello from the origin: a small static file for proxy benchmarks.\n' >"$WORK/www/index.html"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$WORK/key.pem" \
+  -out "$WORK/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
+cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/combined.pem"
+
+p_origin=$(free_port); p_h3g=$(free_port); p_ha=$(free_port); p_caddy=$(free_port)
+origin=$(start origin nghttpd --no-tls -d "$WORK/www" $p_origin)
+
+cat >"$WORK/h3gate.yaml" <<YAML
+log: {access_log: "off", level: warning}
+listen:
+  - address: 127.0.0.1:$p_h3g
+    tls: {certificate: cert.pem, key: key.pem}
+upstreams:
+  - name: origin
+    servers: [127.0.0.1:$p_origin]
+routes:
+  - path_prefix: /
+    upstream: origin
+YAML
+cat >"$WORK/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$p_ha ssl crt $WORK/combined.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  server origin 127.0.0.1:$p_origin proto h2
+CFG
+cat >"$WORK/Caddyfile" <<CADDY
+{
+  admin off
+  auto_https off
+  log { level ERROR }
+}
+https://127.0.0.1:$p_caddy {
+  tls $WORK/cert.pem $WORK/key.pem
+  reverse_proxy h2c://127.0.0.1:$p_origin
+}
+CADDY
+
+h3g=$(start h3gate "$BIN/h3gate" -c "$WORK/h3gate.yaml")
+ha=$(start haproxy haproxy -db -f "$WORK/haproxy.cfg")
+caddy=$(start caddy env HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" caddy run --config "$WORK/Caddyfile" --adapter caddyfile)
+wait_port $p_origin; wait_port $p_h3g; wait_port $p_ha; wait_port $p_caddy
+sleep 1
+
+measure() { # name pid port h2load-args...
+  local name=$1 pid=$2 port=$3; shift 3
+  h2load -n 5000 "$@" "https://127.0.0.1:$port/index.html" >/dev/null 2>&1 # warm-up
+  local before after rps p99 ok
+  before=$(cpu_seconds "$pid")
+  read -r rps p99 ok < <(load -n "$N" "$@" "https://127.0.0.1:$port/index.html")
+  after=$(cpu_seconds "$pid")
+  local us=$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n * 1e6; else print "n/a" }')
+  local per100k=$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN { if (n > 0) printf "%.2f", (a - b) / n * 100000; else print "n/a" }')
+  printf '%-10s %12.0f %10s %14s %12s %10s\n' "$name" "$rps" "$p99" "$per100k" "$us" "$ok"
+  eval "R_${name}=$rps; C_${name}=$us"
+}
+
+for mode in h2 h1; do
+  if [ $mode = h2 ]; then args=(-c 20 -m 10); title="HTTP/2 over TLS (h2load -c 20 -m 10)";
+  else args=(--h1 -c 20); title="HTTP/1.1 over TLS (h2load --h1 -c 20)"; fi
+  printf '\n%s, %s requests\n' "$title" "$N"
+  printf '%-10s %12s %10s %14s %12s %10s\n' proxy req/s p99_ms cpu_s/100k us/req ok
+  measure h3gate "$h3g" $p_h3g "${args[@]}"
+  measure haproxy "$ha" $p_ha "${args[@]}"
+  measure caddy "$caddy" $p_caddy "${args[@]}"
+  printf 'h3gate/haproxy req/s: %s x   CPU per request: %s x (target: >= 1 and <= 1)\n' \
+    "$(ratio "$R_h3gate" "$R_haproxy")" "$(ratio "$C_h3gate" "$C_haproxy")"
+  printf 'h3gate/caddy   req/s: %s x   CPU per request: %s x\n' \
+    "$(ratio "$R_h3gate" "$R_caddy")" "$(ratio "$C_h3gate" "$C_caddy")"
+done
