@@ -32,7 +32,9 @@ uint64_t asgi_active_tasks(void) { return active_tasks; }
 static struct {
   PyObject *type, *asgi, *http_version, *server, *client, *scheme, *method, *root_path, *path,
       *raw_path, *query_string, *headers, *state, *extensions, *body, *more_body, *status,
-      *trailers, *add_done_callback, *set_result, *done, *cancelled, *exception, *message;
+      *trailers, *set_result, *done, *throw_, *message;
+  PyObject *cancelled_error;
+  PyObject *task_name, *name_kwnames;
   PyObject *v_http, *v_https, *v_http_request, *v_http_disconnect, *v_resp_start, *v_resp_body,
       *v_resp_trailers, *v_ext_trailers, *v_1_1, *v_2, *v_3, *v_1_0;
   PyObject *empty_bytes, *asgi_version, *empty_dict;
@@ -60,11 +62,10 @@ int asgi_init_constants(void) {
   INTERN(more_body, "more_body");
   INTERN(status, "status");
   INTERN(trailers, "trailers");
-  INTERN(add_done_callback, "add_done_callback");
   INTERN(set_result, "set_result");
   INTERN(done, "done");
-  INTERN(cancelled, "cancelled");
-  INTERN(exception, "exception");
+  INTERN(throw_, "throw");
+  INTERN(task_name, "h3gate-request");
   INTERN(message, "message");
   INTERN(v_http, "http");
   INTERN(v_https, "https");
@@ -84,6 +85,13 @@ int asgi_init_constants(void) {
   K.asgi_version = Py_BuildValue("{s:s,s:s}", "version", "3.0", "spec_version", "2.3");
   K.empty_dict = PyDict_New();
   if (!K.empty_bytes || !K.host_header || !K.asgi_version || !K.empty_dict) return -1;
+  K.name_kwnames = Py_BuildValue("(s)", "name");
+  if (K.name_kwnames == NULL) return -1;
+  PyObject *exceptions = PyImport_ImportModule("asyncio.exceptions");
+  if (exceptions == NULL) return -1;
+  K.cancelled_error = PyObject_GetAttrString(exceptions, "CancelledError");
+  Py_DECREF(exceptions);
+  if (K.cancelled_error == NULL) return -1;
   return 0;
 }
 
@@ -194,7 +202,6 @@ struct asgi_stream {
   PyObject *send_waiter;
 
   /* app */
-  PyObject *task;
   bool app_running;
   bool app_done;
   uint64_t started_ms;
@@ -226,7 +233,6 @@ static void stream_dealloc(struct asgi_stream *s) {
   Py_XDECREF(s->send_waiter);
   Py_XDECREF(s->resp_headers);
   Py_XDECREF(s->resp_trailers);
-  Py_XDECREF(s->task);
   stream_clear_out(s);
   PyMem_Free(s->out);
   bytebuf_free(&s->in);
@@ -517,7 +523,13 @@ err:
   return NULL;
 }
 
-static PyMethodDef receive_def, send_def, done_def;
+static PyMethodDef receive_def, send_def;
+
+typedef struct {
+  PyObject_HEAD PyObject *coro;
+  struct asgi_stream *stream; /* strong reference until the app ends */
+} runner_obj;
+static PyTypeObject runner_type;
 
 static void log_python_error(const char *what) {
   PyObject *type, *value, *tb;
@@ -548,8 +560,8 @@ static void set_internal_error(struct asgi_stream *s) {
 }
 
 int asgi_stream_start_app(struct asgi_stream *s) {
-  PyObject *scope = NULL, *recv = NULL, *send = NULL, *coro = NULL, *task = NULL, *cb = NULL;
-  PyObject *r = NULL;
+  PyObject *scope = NULL, *recv = NULL, *send = NULL, *coro = NULL, *task = NULL;
+  runner_obj *runner = NULL;
   if (s->method == NULL || s->raw_path == NULL) {
     asgi_stream_respond_error(s, 400, "Bad Request: missing method or path\n");
     return -1;
@@ -560,45 +572,41 @@ int asgi_stream_start_app(struct asgi_stream *s) {
   if (scope == NULL || recv == NULL || send == NULL) goto err;
   coro = PyObject_CallFunctionObjArgs(asgi_env.app, scope, recv, send, NULL);
   if (coro == NULL) goto err;
-  task = PyObject_CallOneArg(asgi_env.create_task, coro);
-  if (task == NULL) goto err;
-  cb = PyCFunction_NewEx(&done_def, (PyObject *)s, NULL);
-  if (cb == NULL) goto err;
-  r = PyObject_CallMethodOneArg(task, K.add_done_callback, cb);
-  if (r == NULL) goto err;
-  s->task = task;
+  runner = PyObject_New(runner_obj, &runner_type);
+  if (runner == NULL) goto err;
+  runner->coro = coro;
+  runner->stream = (struct asgi_stream *)Py_NewRef(s);
+  coro = NULL;
   s->app_running = true;
   s->started_ms = server_now_ms();
   active_tasks++;
-  Py_DECREF(r);
-  Py_DECREF(cb);
-  Py_DECREF(coro);
-  Py_DECREF(scope);
-  Py_DECREF(recv);
-  Py_DECREF(send);
-  /* The scope owns the header list now; the stream does not need it. */
-  return 0;
+  /* A shared name spares asyncio a "Task-%d" string per request. */
+  PyObject *args[] = {(PyObject *)runner, K.task_name};
+  task = PyObject_Vectorcall(asgi_env.create_task, args, 1, K.name_kwnames);
+  Py_DECREF(runner);
+  if (task == NULL) {
+    /* runner_dealloc already counted the app as finished */
+    log_python_error("could not start the ASGI app for a request:");
+    goto out;
+  }
+  Py_DECREF(task); /* the loop keeps it while it runs */
+  goto out;
 
 err:
   log_python_error("could not start the ASGI app for a request:");
-  if (task) {
-    PyObject *x = PyObject_CallMethod(task, "cancel", NULL);
-    Py_XDECREF(x);
-    PyErr_Clear();
-  } else if (coro && PyCoro_CheckExact(coro)) {
+  if (coro && PyCoro_CheckExact(coro)) {
     PyObject *x = PyObject_CallMethod(coro, "close", NULL);
     Py_XDECREF(x);
     PyErr_Clear();
   }
-  Py_XDECREF(task);
-  Py_XDECREF(cb);
   Py_XDECREF(coro);
+  s->app_done = true;
+  set_internal_error(s);
+out:
   Py_XDECREF(scope);
   Py_XDECREF(recv);
   Py_XDECREF(send);
-  s->app_done = true;
-  set_internal_error(s);
-  return -1;
+  return s->app_done && !s->app_running ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -902,43 +910,143 @@ static PyObject *stream_send(struct asgi_stream *s, PyObject *msg) {
 }
 
 /* ---------------------------------------------------------------------------
- * App task completion.
+ * App completion.
  */
-static PyObject *stream_app_done(struct asgi_stream *s, PyObject *task) {
+static void app_finished(struct asgi_stream *s, PyObject *exc) {
   s->app_done = true;
   s->app_running = false;
   active_tasks--;
-  PyObject *exc = NULL;
-  PyObject *cancelled = PyObject_CallMethodNoArgs(task, K.cancelled);
-  if (cancelled == Py_False) {
-    exc = PyObject_CallMethodNoArgs(task, K.exception);
-    if (exc == Py_None) Py_CLEAR(exc);
-  }
-  Py_XDECREF(cancelled);
-  PyErr_Clear();
-  Py_CLEAR(s->task);
   if (exc != NULL) {
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     log_python_error("exception in ASGI application:");
   }
-  if (!s->disconnected) {
-    if (!s->head_sent && !(s->resp_started && s->resp_body_done && exc == NULL)) {
-      if (exc == NULL) log_error("ASGI callable returned without completing the response");
-      set_internal_error(s);
-    } else if (!s->resp_body_done || (s->resp_wants_trailers && s->resp_trailers == NULL)) {
-      if (exc == NULL) log_error("ASGI callable returned without completing the response");
-      if (s->conn) s->conn->proto->abort_stream(s->conn, s);
-    }
+  bool complete = s->resp_body_done && !(s->resp_wants_trailers && s->resp_trailers == NULL);
+  if (!s->disconnected && !(complete && exc == NULL)) {
+    if (exc == NULL) log_error("ASGI callable returned without completing the response");
+    if (!s->resp_started)
+      set_internal_error(s); /* nothing was promised yet: a clean 500 */
+    else if (s->conn)
+      s->conn->proto->abort_stream(s->conn, s); /* after http.response.start: reset */
   }
-  Py_XDECREF(exc);
   if (s->conn) s->conn->proto->app_finished(s->conn, s);
   server_count_request();
-  Py_RETURN_NONE;
 }
+
+/* The app's coroutine inside a coroutine-like object of ours, so that the
+ * asyncio Task running it tells us when it ends without a done callback
+ * (which costs a bound method, add_done_callback and one more call_soon per
+ * request). Registered as a collections.abc.Coroutine, so asyncio accepts
+ * it; current_task() inside the app is the real Task. */
+static void runner_done(runner_obj *r, PyObject *exc) {
+  struct asgi_stream *s = r->stream;
+  r->stream = NULL;
+  if (s == NULL) return;
+  app_finished(s, exc);
+  Py_DECREF(s);
+}
+
+/* Turns one step's outcome into what Task expects back. */
+static PyObject *runner_outcome(runner_obj *r, PySendResult rc, PyObject *result) {
+  if (rc == PYGEN_NEXT) return result; /* the app awaits a future */
+  if (rc == PYGEN_RETURN) {
+    Py_DECREF(result);
+    runner_done(r, NULL);
+    PyErr_SetNone(PyExc_StopIteration);
+    return NULL;
+  }
+  /* The app raised. Cancellation and interpreter exits go on to the Task;
+   * anything else is the app's error: logged here, the Task ends cleanly. */
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb && value) PyException_SetTraceback(value, tb);
+  bool passes = value && (PyErr_GivenExceptionMatches(value, PyExc_SystemExit) ||
+                          PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt) ||
+                          PyErr_GivenExceptionMatches(type, K.cancelled_error));
+  if (passes) {
+    runner_done(r, NULL);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+  }
+  runner_done(r, value);
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+  PyErr_SetNone(PyExc_StopIteration);
+  return NULL;
+}
+
+static PyObject *runner_send(runner_obj *r, PyObject *arg) {
+  PyObject *result = NULL;
+  PySendResult rc = PyIter_Send(r->coro, arg, &result);
+  return runner_outcome(r, rc, result);
+}
+
+static PyObject *runner_iternext(runner_obj *r) { return runner_send(r, Py_None); }
+
+static PyObject *runner_throw(runner_obj *r, PyObject *args) {
+  PyObject *result = PyObject_Call(PyObject_GetAttr(r->coro, K.throw_), args, NULL);
+  if (result != NULL) return result;
+  /* StopIteration from throw() means the app returned. */
+  if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+    PyErr_Clear();
+    return runner_outcome(r, PYGEN_RETURN, Py_NewRef(Py_None));
+  }
+  return runner_outcome(r, PYGEN_ERROR, NULL);
+}
+
+static PyObject *runner_close(runner_obj *r, PyObject *unused) {
+  (void)unused;
+  PyObject *x = PyObject_CallMethod(r->coro, "close", NULL);
+  if (r->stream) runner_done(r, NULL);
+  return x;
+}
+
+static PySendResult runner_am_send(runner_obj *r, PyObject *arg, PyObject **result) {
+  *result = runner_send(r, arg);
+  if (*result) return PYGEN_NEXT;
+  if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+    PyErr_Clear();
+    *result = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+  }
+  return PYGEN_ERROR;
+}
+
+static void runner_dealloc(runner_obj *r) {
+  if (r->stream) runner_done(r, NULL); /* dropped without finishing */
+  Py_XDECREF(r->coro);
+  PyObject_Free(r);
+}
+
+static PyObject *runner_await(PyObject *self) { return Py_NewRef(self); }
+
+static PyMethodDef runner_methods[] = {
+    {"send", (PyCFunction)runner_send, METH_O, NULL},
+    {"throw", (PyCFunction)runner_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)runner_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods runner_async = {
+    .am_await = runner_await,
+    .am_send = (sendfunc)runner_am_send,
+};
+
+static PyTypeObject runner_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_h3gate.AppRunner",
+    .tp_basicsize = sizeof(runner_obj),
+    .tp_dealloc = (destructor)runner_dealloc,
+    .tp_as_async = &runner_async,
+    .tp_iter = runner_await,
+    .tp_iternext = (iternextfunc)runner_iternext,
+    .tp_methods = runner_methods,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Runs one request's ASGI coroutine and reports its end.",
+};
 
 static PyMethodDef receive_def = {"receive", (PyCFunction)stream_receive, METH_NOARGS, NULL};
 static PyMethodDef send_def = {"send", (PyCFunction)stream_send, METH_O, NULL};
-static PyMethodDef done_def = {"_app_done", (PyCFunction)stream_app_done, METH_O, NULL};
 
 static PyTypeObject stream_type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_h3gate.Stream",
@@ -949,10 +1057,12 @@ static PyTypeObject stream_type = {
 };
 
 int asgi_init_types(PyObject *module) {
-  if (PyType_Ready(&ready_type) < 0 || PyType_Ready(&stream_type) < 0) return -1;
+  if (PyType_Ready(&ready_type) < 0 || PyType_Ready(&stream_type) < 0 ||
+      PyType_Ready(&runner_type) < 0)
+    return -1;
+  if (PyModule_AddObjectRef(module, "AppRunner", (PyObject *)&runner_type) < 0) return -1;
   ready_none = ready_new(NULL);
   if (ready_none == NULL) return -1;
-  (void)module;
   return 0;
 }
 

@@ -200,3 +200,12 @@ def _cancel_all(loop):
     if tasks:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def _register_runner():
+    # asyncio accepts what collections.abc calls a Coroutine.
+    import collections.abc
+    collections.abc.Coroutine.register(_h3gate.AppRunner)
+
+
+_register_runner()
