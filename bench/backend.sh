@@ -11,12 +11,15 @@ N=${N:-300000}
 APPS=$ROOT/bench/apps
 
 p_ours=$(free_port); p_uv=$(free_port); p_hc=$(free_port)
-ours=$(start ours "$BIN/h3gate-worker" --workers 1 --bind 127.0.0.1:$p_ours --app-dir "$APPS" \
-  --lifespan off hello:app)
-uv=$(start uvicorn env -C "$APPS" $PY -m uvicorn --host 127.0.0.1 --port $p_uv --workers 1 \
-  --loop uvloop --http httptools --no-access-log --lifespan off hello:app)
-hc=$(start hypercorn env -C "$APPS" $PY -m hypercorn --bind 127.0.0.1:$p_hc --workers 1 hello:app)
-wait_port $p_ours; wait_port $p_uv; wait_port $p_hc
+start ours "$BIN/h3gate-worker" --workers 1 --bind 127.0.0.1:$p_ours --app-dir "$APPS" \
+  --lifespan off hello:app
+ours=$LAST_PID
+start uvicorn env -C "$APPS" $PY -m uvicorn --host 127.0.0.1 --port $p_uv --workers 1 \
+  --loop uvloop --http httptools --no-access-log --lifespan off hello:app
+uv=$LAST_PID
+start hypercorn env -C "$APPS" $PY -m hypercorn --bind 127.0.0.1:$p_hc --workers 1 hello:app
+hc=$LAST_PID
+wait_port_of ours $p_ours; wait_port_of uvicorn $p_uv; wait_port_of hypercorn $p_hc
 sleep 1
 ours_worker=$(pgrep -P "$ours" | head -1)
 

@@ -11,11 +11,13 @@ N=${N:-200000}
 mkdir -p "$WORK/www"
 printf 'Hello from the origin: a small static file for proxy benchmarks.\n' >"$WORK/www/index.html"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$WORK/key.pem" \
-  -out "$WORK/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
+  -out "$WORK/cert.pem" -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/combined.pem"
 
 p_origin=$(free_port); p_h3g=$(free_port); p_ha=$(free_port); p_caddy=$(free_port)
-origin=$(start origin nghttpd --no-tls -d "$WORK/www" $p_origin)
+start origin nghttpd --no-tls -d "$WORK/www" $p_origin
+origin=$LAST_PID
 
 cat >"$WORK/h3gate.yaml" <<YAML
 log: {access_log: "off", level: warning}
@@ -48,7 +50,9 @@ cat >"$WORK/Caddyfile" <<CADDY
 {
   admin off
   auto_https off
-  log { level ERROR }
+  log {
+    level ERROR
+  }
 }
 https://127.0.0.1:$p_caddy {
   tls $WORK/cert.pem $WORK/key.pem
@@ -56,10 +60,13 @@ https://127.0.0.1:$p_caddy {
 }
 CADDY
 
-h3g=$(start h3gate "$BIN/h3gate" -c "$WORK/h3gate.yaml")
-ha=$(start haproxy haproxy -db -f "$WORK/haproxy.cfg")
-caddy=$(start caddy env HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" caddy run --config "$WORK/Caddyfile" --adapter caddyfile)
-wait_port $p_origin; wait_port $p_h3g; wait_port $p_ha; wait_port $p_caddy
+start h3gate "$BIN/h3gate" -c "$WORK/h3gate.yaml"
+h3g=$LAST_PID
+start haproxy haproxy -db -f "$WORK/haproxy.cfg"
+ha=$LAST_PID
+start caddy env HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" caddy run --config "$WORK/Caddyfile" --adapter caddyfile
+caddy=$LAST_PID
+wait_port_of origin $p_origin; wait_port_of h3gate $p_h3g; wait_port_of haproxy $p_ha; wait_port_of caddy $p_caddy
 sleep 1
 
 measure() { # name pid port h2load-args...

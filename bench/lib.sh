@@ -10,7 +10,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -22,12 +22,18 @@ prepare() {
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start NAME CMD...: runs CMD in its own process group, logs to $WORK/NAME.log
+# start NAME CMD...: runs CMD in its own process group, logs to $WORK/NAME.log,
+# and sets LAST_PID (not run in $(...), so the cleanup trap knows the PID).
 start() {
   local name=$1; shift
   setsid "$@" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  echo $!
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# Shows a server's log when it fails to come up.
+wait_port_of() { # name port
+  wait_port "$2" || { echo "--- $1 log:"; cat "$WORK/$1.log"; return 1; }
 }
 
 wait_port() {
@@ -42,7 +48,8 @@ wait_port() {
 # CPU seconds (user+system) a process and its children have used so far.
 cpu_seconds() {
   local total=0 pid
-  for pid in "$@" $(pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')" 2>/dev/null); do
+  # every process of the group (the server and any children), each once
+  for pid in $( (echo "$@"; pgrep -g "$(ps -o pgid= "$1" | tr -d ' ')") | tr ' ' '\n' | sort -u); do
     [ -r /proc/$pid/stat ] || continue
     total=$(awk -v t="$total" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' /proc/$pid/stat)
   done
@@ -52,13 +59,16 @@ cpu_seconds() {
 # Peak RSS (KiB) of a process.
 peak_rss_kb() { awk '/VmHWM/ {print $2}' /proc/"$1"/status; }
 
-# h2load wrapper: prints "req/s p99_ms ok_requests"; extra args go to h2load.
+# h2load wrapper: prints "req/s p99_ms done_requests"; extra args go to h2load.
+# "done" rather than "succeeded": h2load's HTTP/1 parser leaves the status at
+# 0 when a response has no reason phrase (HAProxy's h2-to-h1 responses), and
+# counts those as failed although they are complete 200s.
 load() {
   local log=$WORK/h2load.$RANDOM.tsv out
   out=$(h2load --log-file="$log" "$@" 2>&1)
   local rps ok p99
   rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-  ok=$(echo "$out" | awk '/^requests:/ {print $8}')
+  ok=$(echo "$out" | awk '/^requests:/ {print $6}')
   # log columns: start time, status, duration (microseconds)
   p99=$(awk '{print $3}' "$log" | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
   echo "$rps $p99 $ok"
