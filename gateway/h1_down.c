@@ -29,6 +29,7 @@
 
 enum {
   OUT_HIGH_WATER = 256 * 1024, /* response bytes queued for the socket */
+  DRAIN_IDLE_MS = 1000,        /* stopping: an idle connection closes after this */
 };
 
 struct h1d {
@@ -274,12 +275,12 @@ static void finish_exchange(struct down_conn *c) {
   struct xchg *x = h->x;
   h->x = NULL;
   xchg_down_detach(x);
-  if (!h->keep_alive || !h->req_done || h->broken || c->draining) {
+  if (!h->keep_alive || !h->req_done || h->broken) {
     down_close(c, false);
     return;
   }
   h1_parser_next(&h->parser);
-  down_set_timer(c, c->rt->conf->keepalive_timeout_ms, idle_timeout);
+  down_set_timer(c, c->draining ? DRAIN_IDLE_MS : c->rt->conf->keepalive_timeout_ms, idle_timeout);
   process_input(c);
 }
 
@@ -361,10 +362,14 @@ static void h1_flush(struct down_conn *c) {
   write_response(c);
 }
 
+/* Graceful stop or reload: the current (or next) response says
+ * "connection: close". An idle connection closes only after a moment of
+ * silence: closing it at once races the client's next request on it. */
 static void h1_shutdown(struct down_conn *c) {
   struct h1d *h = h1d(c);
   h->keep_alive = false;
-  if (h->x == NULL && !h1_parser_in_message(&h->parser)) down_close(c, false);
+  if (h->x == NULL && !h1_parser_in_message(&h->parser))
+    down_set_timer(c, DRAIN_IDLE_MS, idle_timeout);
 }
 
 static void h1_destroy(struct down_conn *c) {

@@ -18,10 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <event2/dns.h>
 #include <event2/util.h>
 
+#include "fastrand.h"
 #include "log.h"
 #include "up_internal.h"
 
@@ -171,11 +171,7 @@ void up_pool_free(struct up_pool *p) {
 /* ---------------------------------------------------------------------------
  * Choosing.
  */
-static uint32_t random_u32(void) {
-  uint32_t r;
-  if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) r = (uint32_t)gw_now_us();
-  return r;
-}
+static uint32_t random_u32(void) { return (uint32_t)fastrand64(); }
 
 static bool server_usable(struct up_server *s, uint64_t now) {
   switch (s->state) {

@@ -14,10 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "access_log.h"
 #include "cidr.h"
+#include "fastrand.h"
 #include "gw.h"
 #include "http_status.h"
 #include "log.h"
@@ -32,9 +32,20 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 /* ---------------------------------------------------------------------------
  * Life cycle.
  */
-struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct xchg_down_ops *ops,
-                      void *ctx) {
-  struct xchg *x = calloc(1, sizeof *x);
+/* Finished exchanges wait here for reuse: their evbuffers and header
+ * arenas stay allocated, so a request costs no malloc in the common case. */
+enum { POOL_MAX = 1024, ARENA_KEEP = 16 * 1024 };
+static struct xchg *pool_head;
+static size_t pool_size;
+
+static struct xchg *xchg_alloc(void) {
+  struct xchg *x = pool_head;
+  if (x) {
+    pool_head = x->pool_next;
+    pool_size--;
+    return x;
+  }
+  x = calloc(1, sizeof *x);
   if (x == NULL) return NULL;
   x->req_body = evbuffer_new();
   x->resp_body = evbuffer_new();
@@ -46,6 +57,36 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
     free(x);
     return NULL;
   }
+  return x;
+}
+
+static void keep_list(struct hdr_list *l) {
+  if (l->arena_cap > ARENA_KEEP) hdr_list_free(l);
+  else hdr_list_clear(l);
+}
+
+/* Clears an exchange for its next use, keeping its buffers. */
+static void xchg_recycle(struct xchg *x) {
+  struct evbuffer *req_body = x->req_body, *resp_body = x->resp_body, *replay = x->req_replay;
+  struct hdr_list lists[4] = {x->req, x->req_trailers, x->resp, x->resp_trailers};
+  for (int i = 0; i < 4; i++) keep_list(&lists[i]);
+  evbuffer_drain(req_body, evbuffer_get_length(req_body));
+  evbuffer_drain(resp_body, evbuffer_get_length(resp_body));
+  evbuffer_drain(replay, evbuffer_get_length(replay));
+  memset(x, 0, sizeof *x);
+  x->req_body = req_body;
+  x->resp_body = resp_body;
+  x->req_replay = replay;
+  x->req = lists[0];
+  x->req_trailers = lists[1];
+  x->resp = lists[2];
+  x->resp_trailers = lists[3];
+}
+
+struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct xchg_down_ops *ops,
+                      void *ctx) {
+  struct xchg *x = xchg_alloc();
+  if (x == NULL) return NULL;
   x->id = ++gw.next_id;
   x->rt = gw_runtime_ref(rt);
   x->proto = proto;
@@ -65,6 +106,14 @@ static void xchg_free(void *p) {
   struct xchg *x = p;
   access_log_write(x);
   event_del(&x->timer);
+  gw_runtime_unref(x->rt);
+  xchg_recycle(x);
+  if (pool_size < POOL_MAX) {
+    x->pool_next = pool_head;
+    pool_head = x;
+    pool_size++;
+    return;
+  }
   evbuffer_free(x->req_body);
   evbuffer_free(x->resp_body);
   evbuffer_free(x->req_replay);
@@ -72,7 +121,6 @@ static void xchg_free(void *p) {
   hdr_list_free(&x->req_trailers);
   hdr_list_free(&x->resp);
   hdr_list_free(&x->resp_trailers);
-  gw_runtime_unref(x->rt);
   free(x);
 }
 
@@ -149,103 +197,168 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
   return 0;
 }
 
-/* Drops a field and adds its replacement value at the end. */
-static int replace_field(struct xchg *x, const char *name, const char *value) {
-  int i = hdr_find(&x->req, name, strlen(name), 0);
-  while (i >= 0) {
-    x->req.v[i].flags |= HDR_DROPPED;
-    i = hdr_find(&x->req, name, strlen(name), i + 1);
-  }
-  return hdr_add(&x->req, name, strlen(name), value, strlen(value)) < 0 ? -1 : 0;
-}
+/* What a request field is to the gateway, by name. */
+enum field_role {
+  F_PLAIN,      /* forwarded as is */
+  F_HOP,        /* hop-by-hop (RFC 9110 7.6.1): dropped */
+  F_CONNECTION, /* dropped, and the fields it names */
+  F_TE,         /* dropped unless it is exactly "trailers" (RFC 9113 8.2.2) */
+  F_HOST,       /* replaced by :authority */
+  F_XFF,        /* the forwarding fields: replaced, or extended when trusted */
+  F_XFP,
+  F_XFH,
+  F_FORWARDED,
+  F_VIA,
+  F_REQUEST_ID, /* kept when sane, else generated */
+  F_ROLES,
+};
 
-/* The existing value of a field (the last one), or NULL. */
-static const char *field_value(struct xchg *x, const char *name) {
-  const char *v = NULL;
-  for (int i = hdr_find(&x->req, name, strlen(name), 0); i >= 0;
-       i = hdr_find(&x->req, name, strlen(name), i + 1))
-    v = hdr_value(&x->req, i);
-  return v;
-}
-
-/* Hop-by-hop fields (RFC 9110 7.6.1) and what Connection names. */
-static void drop_hop_by_hop(struct xchg *x) {
-  static const char *const always[] = {"connection", "keep-alive", "proxy-connection",
-                                       "transfer-encoding", "upgrade", "http2-settings"};
-  for (uint32_t i = 0; i < x->req.n; i++) {
-    struct hdr *h = &x->req.v[i];
-    if (!hdr_name_is(&x->req, (int)i, "connection")) continue;
-    const char *v = hdr_value(&x->req, (int)i);
-    for (uint32_t j = 0; j < x->req.n; j++) {
-      const char *n = hdr_name(&x->req, (int)j);
-      if (n[0] != ':' && hdr_value_has_token(v, h->value_len, n)) x->req.v[j].flags |= HDR_DROPPED;
-    }
-  }
-  for (uint32_t i = 0; i < x->req.n; i++) {
-    for (size_t k = 0; k < sizeof always / sizeof always[0]; k++)
-      if (hdr_name_is(&x->req, (int)i, always[k])) x->req.v[i].flags |= HDR_DROPPED;
-    /* TE survives only as "trailers" (RFC 9113 8.2.2). */
-    if (hdr_name_is(&x->req, (int)i, "te") &&
-        !(x->req.v[i].value_len == 8 && strcasecmp(hdr_value(&x->req, (int)i), "trailers") == 0))
-      x->req.v[i].flags |= HDR_DROPPED;
+#define IS(lit) (len == sizeof(lit) - 1 && memcmp(n, lit, sizeof(lit) - 1) == 0)
+static enum field_role classify(const char *n, uint32_t len) {
+  switch (len) {
+  case 2: return IS("te") ? F_TE : F_PLAIN;
+  case 3: return IS("via") ? F_VIA : F_PLAIN;
+  case 4: return IS("host") ? F_HOST : F_PLAIN;
+  case 7: return IS("upgrade") ? F_HOP : F_PLAIN;
+  case 9: return IS("forwarded") ? F_FORWARDED : F_PLAIN;
+  case 10: return IS("connection") ? F_CONNECTION : IS("keep-alive") ? F_HOP : F_PLAIN;
+  case 12: return IS("x-request-id") ? F_REQUEST_ID : F_PLAIN;
+  case 14: return IS("http2-settings") ? F_HOP : F_PLAIN;
+  case 15: return IS("x-forwarded-for") ? F_XFF : F_PLAIN;
+  case 16: return IS("proxy-connection") ? F_HOP : IS("x-forwarded-host") ? F_XFH : F_PLAIN;
+  case 17: return IS("transfer-encoding") ? F_HOP : IS("x-forwarded-proto") ? F_XFP : F_PLAIN;
+  default: return F_PLAIN;
   }
 }
+#undef IS
 
-static bool request_id_ok(const char *v) {
-  size_t n = strlen(v);
+/* A small string builder for field values: no printf on the hot path. */
+struct strbuf {
+  char b[2048];
+  size_t n;
+};
+
+static void sb_add(struct strbuf *sb, const char *s, size_t n) {
+  if (sb->n + n >= sizeof sb->b) n = sizeof sb->b - 1 - sb->n; /* truncated, never overflown */
+  memcpy(sb->b + sb->n, s, n);
+  sb->n += n;
+}
+static void sb_str(struct strbuf *sb, const char *s) { sb_add(sb, s, strlen(s)); }
+static void sb_uint(struct strbuf *sb, unsigned v) {
+  char d[12];
+  int i = sizeof d;
+  do d[--i] = (char)('0' + v % 10); while ((v /= 10) && i > 0);
+  sb_add(sb, d + i, sizeof d - (size_t)i);
+}
+static void sb_field(struct strbuf *sb, const struct hdr_list *l, int i) {
+  if (i >= 0) sb_add(sb, hdr_value(l, i), l->v[i].value_len);
+}
+
+static bool request_id_ok(const char *v, uint32_t n) {
   if (n == 0 || n > 200) return false;
-  for (size_t i = 0; i < n; i++)
+  for (uint32_t i = 0; i < n; i++)
     if (v[i] <= ' ' || v[i] >= 0x7f) return false;
   return true;
 }
 
-/* X-Forwarded-*, Forwarded, Via and X-Request-ID: what the backend may
- * believe. A client's own values are kept only from trusted proxies. */
-static int add_forwarding_fields(struct xchg *x) {
+/* Drops the fields Connection lists (rare: a second pass only then). */
+static void drop_connection_listed(struct xchg *x, int conn_idx) {
+  const char *v = hdr_value(&x->req, conn_idx);
+  uint32_t vlen = x->req.v[conn_idx].value_len;
+  for (uint32_t j = 0; j < x->req.n; j++) {
+    const char *n = hdr_name(&x->req, (int)j);
+    if (n[0] != ':' && hdr_value_has_token(v, vlen, n)) x->req.v[j].flags |= HDR_DROPPED;
+  }
+}
+
+/* One pass over the request fields: hop-by-hop fields go, the forwarding
+ * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
+ * Forwarded, Via and X-Request-ID are added. */
+static int rewrite_request_fields(struct xchg *x) {
   const struct gw_conf *conf = x->rt->conf;
-  bool trusted = cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip));
-  const char *scheme = hdr_value(&x->req, x->i_scheme);
-  const char *authority = hdr_value(&x->req, x->i_authority);
-  char buf[2048];
-  const char *old;
+  bool trusted = conf->trusted_proxies.any || conf->trusted_proxies.n
+                     ? cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip))
+                     : false;
+  int last[F_ROLES];
+  for (int r = 0; r < F_ROLES; r++) last[r] = -1;
+  uint32_t n = x->req.n;
+  for (uint32_t i = 0; i < n; i++) {
+    struct hdr *h = &x->req.v[i];
+    const char *name = x->req.arena + h->name_off;
+    if (name[0] == ':' || (h->flags & HDR_DROPPED)) continue;
+    enum field_role role = classify(name, h->name_len);
+    switch (role) {
+    case F_PLAIN: continue;
+    case F_TE:
+      if (h->value_len == 8 && strcasecmp(x->req.arena + h->value_off, "trailers") == 0) continue;
+      break;
+    case F_REQUEST_ID:
+      if (request_id_ok(x->req.arena + h->value_off, h->value_len)) {
+        last[role] = (int)i;
+        continue;
+      }
+      break;
+    case F_CONNECTION:
+      drop_connection_listed(x, (int)i);
+      break;
+    default:
+      if (role >= F_XFF && role <= F_VIA && trusted) last[role] = (int)i;
+      break;
+    }
+    h->flags |= HDR_DROPPED;
+  }
 
-  old = trusted ? field_value(x, "x-forwarded-for") : NULL;
-  snprintf(buf, sizeof buf, "%s%s%s", old ? old : "", old ? ", " : "", x->client_ip);
-  if (replace_field(x, "x-forwarded-for", buf)) return -1;
-  old = trusted ? field_value(x, "x-forwarded-proto") : NULL;
-  if (replace_field(x, "x-forwarded-proto", old ? old : scheme)) return -1;
-  old = trusted ? field_value(x, "x-forwarded-host") : NULL;
-  if (old) old = strdup(old);
-  int rc = replace_field(x, "x-forwarded-host", old ? old : authority);
-  free((void *)old);
-  if (rc) return -1;
-
-  bool v6 = strchr(x->client_ip, ':') != NULL;
+  int i_scheme = x->i_scheme, i_auth = x->i_authority;
+  struct strbuf sb;
+  /* X-Forwarded-For: the client, after what a trusted proxy said */
+  sb.n = 0;
+  if (last[F_XFF] >= 0) sb_field(&sb, &x->req, last[F_XFF]), sb_add(&sb, ", ", 2);
+  sb_str(&sb, x->client_ip);
+  if (hdr_add(&x->req, "x-forwarded-for", 15, sb.b, sb.n) < 0) return -1;
+  /* X-Forwarded-Proto and -Host: a trusted proxy's stand */
+  int proto = last[F_XFP] >= 0 ? last[F_XFP] : i_scheme;
+  int host = last[F_XFH] >= 0 ? last[F_XFH] : i_auth;
+  sb.n = 0;
+  sb_field(&sb, &x->req, proto);
+  if (hdr_add(&x->req, "x-forwarded-proto", 17, sb.b, sb.n) < 0) return -1;
+  sb.n = 0;
+  sb_field(&sb, &x->req, host);
+  if (hdr_add(&x->req, "x-forwarded-host", 16, sb.b, sb.n) < 0) return -1;
+  /* Forwarded (RFC 7239), with the client's port */
   if (conf->forwarded_header) {
-    old = trusted ? field_value(x, "forwarded") : NULL;
-    snprintf(buf, sizeof buf, "%s%sfor=\"%s%s%s:%u\";proto=%s;host=\"%s\"", old ? old : "",
-             old ? ", " : "", v6 ? "[" : "", x->client_ip, v6 ? "]" : "", x->client_port, scheme,
-             authority);
-    if (replace_field(x, "forwarded", buf)) return -1;
-  } else if (!trusted) {
-    replace_field(x, "forwarded", "");
-    x->req.v[x->req.n - 1].flags |= HDR_DROPPED;
+    bool v6 = strchr(x->client_ip, ':') != NULL;
+    sb.n = 0;
+    if (last[F_FORWARDED] >= 0) sb_field(&sb, &x->req, last[F_FORWARDED]), sb_add(&sb, ", ", 2);
+    sb_str(&sb, v6 ? "for=\"[" : "for=\"");
+    sb_str(&sb, x->client_ip);
+    sb_str(&sb, v6 ? "]:" : ":");
+    sb_uint(&sb, x->client_port);
+    sb_str(&sb, "\";proto=");
+    sb_field(&sb, &x->req, i_scheme);
+    sb_str(&sb, ";host=\"");
+    sb_field(&sb, &x->req, i_auth);
+    sb_str(&sb, "\"");
+    if (hdr_add(&x->req, "forwarded", 9, sb.b, sb.n) < 0) return -1;
+  } else if (last[F_FORWARDED] >= 0) {
+    x->req.v[last[F_FORWARDED]].flags &= (uint8_t)~HDR_DROPPED; /* a trusted proxy's, as is */
   }
-
-  static const char *const via_version[] = {"1.0", "1.1", "2", "3"};
-  old = trusted ? field_value(x, "via") : NULL;
-  snprintf(buf, sizeof buf, "%s%s%s h3gate", old ? old : "", old ? ", " : "",
-           via_version[x->proto]);
-  if (replace_field(x, "via", buf)) return -1;
-
-  old = field_value(x, "x-request-id");
-  if (old == NULL || !request_id_ok(old)) {
-    uint8_t r[16];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) memset(r, 0, sizeof r);
-    for (size_t i = 0; i < sizeof r; i++) snprintf(buf + 2 * i, 3, "%02x", r[i]);
-    if (replace_field(x, "x-request-id", buf)) return -1;
+  /* Via: the protocol the client used, which the worker reads back */
+  static const char *const via[] = {"1.0 h3gate", "1.1 h3gate", "2 h3gate", "3 h3gate"};
+  sb.n = 0;
+  if (last[F_VIA] >= 0) sb_field(&sb, &x->req, last[F_VIA]), sb_add(&sb, ", ", 2);
+  sb_str(&sb, via[x->proto]);
+  if (hdr_add(&x->req, "via", 3, sb.b, sb.n) < 0) return -1;
+  /* X-Request-ID */
+  if (last[F_REQUEST_ID] < 0) {
+    static const char hex[] = "0123456789abcdef";
+    char id[32];
+    for (int w = 0; w < 2; w++) {
+      uint64_t r = fastrand64();
+      for (int k = 0; k < 16; k++, r >>= 4) id[w * 16 + k] = hex[r & 15];
+    }
+    if (hdr_add(&x->req, "x-request-id", 12, id, sizeof id) < 0) return -1;
   }
-  if (x->early_data && replace_field(x, "early-data", "1")) return -1;
+  if (x->early_data && hdr_add(&x->req, "early-data", 10, "1", 1) < 0) return -1;
   return 0;
 }
 
@@ -314,11 +427,9 @@ int xchg_req_head_done(struct xchg *x) {
     const char *s = x->tls ? "https" : "http";
     x->i_scheme = hdr_add(&x->req, ":scheme", 7, s, strlen(s));
   }
-  /* :authority stands for Host upstream (RFC 9113 8.3.1). */
-  for (int i = hdr_find(&x->req, "host", 4, 0); i >= 0; i = hdr_find(&x->req, "host", 4, i + 1))
-    x->req.v[i].flags |= HDR_DROPPED;
-  drop_hop_by_hop(x);
-  if (add_forwarding_fields(x) != 0) {
+  /* Host goes (:authority stands for it, RFC 9113 8.3.1), with the
+   * hop-by-hop fields; forwarding fields are set. */
+  if (rewrite_request_fields(x) != 0) {
     xchg_respond_local(x, 503, "out of memory");
     return 503;
   }

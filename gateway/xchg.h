@@ -108,6 +108,9 @@ struct xchg {
   TAILQ_ENTRY(xchg) queue_link; /* in the pool's waiting queue */
   TAILQ_ENTRY(xchg) up_link;    /* in its upstream connection's stream list */
 
+  /* the free list's link while the exchange waits for reuse */
+  struct xchg *pool_next;
+
   /* timers and accounting */
   struct event timer;
   uint64_t start_us;
