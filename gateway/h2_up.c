@@ -209,19 +209,38 @@ static ssize_t read_req_body(nghttp2_session *session, int32_t id, uint8_t *buf,
 /* ---------------------------------------------------------------------------
  * Flush and I/O.
  */
+
+/* Frames nghttp2 has ready, gathered in one buffer and appended at once:
+ * one evbuffer chain (and socket write) rather than one per frame. */
+static int flush_session(nghttp2_session *session, struct evbuffer *out, size_t high_water) {
+  uint8_t batch[16384];
+  size_t used = 0;
+  while (evbuffer_get_length(out) + used < high_water) {
+    const uint8_t *data;
+    ssize_t n = nghttp2_session_mem_send(session, &data);
+    if (n < 0) return -1;
+    if (n == 0) break;
+    if (used + (size_t)n > sizeof batch) {
+      evbuffer_add(out, batch, used);
+      used = 0;
+    }
+    if ((size_t)n > sizeof batch) {
+      evbuffer_add(out, data, (size_t)n);
+    } else {
+      memcpy(batch + used, data, (size_t)n);
+      used += (size_t)n;
+    }
+  }
+  if (used) evbuffer_add(out, batch, used);
+  return 0;
+}
 static void conn_flush(struct flushable *f) {
   struct up_conn *c = (struct up_conn *)f;
   if (c->state == UC_CLOSED || c->state == UC_CONNECTING) return;
   struct evbuffer *out = bufferevent_get_output(c->bev);
-  while (evbuffer_get_length(out) < OUT_HIGH_WATER) {
-    const uint8_t *data;
-    ssize_t n = nghttp2_session_mem_send(c->session, &data);
-    if (n < 0) {
-      conn_broken(c, nghttp2_strerror((int)n), true);
-      return;
-    }
-    if (n == 0) break;
-    evbuffer_add(out, data, (size_t)n);
+  if (flush_session(c->session, out, OUT_HIGH_WATER) != 0) {
+    conn_broken(c, "HTTP/2 session error", true);
+    return;
   }
   bool done = !nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session);
   if (done || (c->state == UC_DRAINING && c->n_streams == 0 && evbuffer_get_length(out) == 0))
@@ -432,7 +451,7 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
     if ((h->flags & HDR_DROPPED) || x->req.arena[h->name_off] == ':') continue;
     nva[n++] = (nghttp2_nv){(uint8_t *)x->req.arena + h->name_off,
                             (uint8_t *)x->req.arena + h->value_off, h->name_len, h->value_len,
-                            NGHTTP2_NV_FLAG_NONE};
+                            (h->flags & HDR_UNIQUE) ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE};
   }
   nghttp2_data_provider prd = {.source.ptr = x, .read_callback = read_req_body};
   bool no_body = xchg_up_req_body_eof(x);

@@ -8,7 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { HDR_DROPPED = 1 }; /* not forwarded (hop-by-hop, replaced) */
+enum {
+  HDR_DROPPED = 1, /* not forwarded (hop-by-hop, replaced) */
+  HDR_UNIQUE = 2,  /* a value new with every request: not worth an HPACK table entry */
+};
 
 struct hdr {
   uint32_t name_off, value_off;

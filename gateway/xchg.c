@@ -338,7 +338,9 @@ static int rewrite_request_fields(struct xchg *x) {
     sb_str(&sb, ";host=\"");
     sb_field(&sb, &x->req, i_auth);
     sb_str(&sb, "\"");
-    if (hdr_add(&x->req, "forwarded", 9, sb.b, sb.n) < 0) return -1;
+    int f = hdr_add(&x->req, "forwarded", 9, sb.b, sb.n);
+    if (f < 0) return -1;
+    x->req.v[f].flags |= HDR_UNIQUE; /* carries the client's port */
   } else if (last[F_FORWARDED] >= 0) {
     x->req.v[last[F_FORWARDED]].flags &= (uint8_t)~HDR_DROPPED; /* a trusted proxy's, as is */
   }
@@ -356,7 +358,9 @@ static int rewrite_request_fields(struct xchg *x) {
       uint64_t r = fastrand64();
       for (int k = 0; k < 16; k++, r >>= 4) id[w * 16 + k] = hex[r & 15];
     }
-    if (hdr_add(&x->req, "x-request-id", 12, id, sizeof id) < 0) return -1;
+    int f = hdr_add(&x->req, "x-request-id", 12, id, sizeof id);
+    if (f < 0) return -1;
+    x->req.v[f].flags |= HDR_UNIQUE;
   }
   if (x->early_data && hdr_add(&x->req, "early-data", 10, "1", 1) < 0) return -1;
   return 0;
