@@ -201,6 +201,10 @@ struct asgi_stream {
   size_t out_bytes;
   PyObject *send_waiter;
 
+  /* access log (only with --access-log) */
+  PyObject *log_client; /* scope["client"], after forwarding headers */
+  const char *log_version;
+
   /* app */
   bool app_running;
   bool app_done;
@@ -233,6 +237,7 @@ static void stream_dealloc(struct asgi_stream *s) {
   Py_XDECREF(s->send_waiter);
   Py_XDECREF(s->resp_headers);
   Py_XDECREF(s->resp_trailers);
+  Py_XDECREF(s->log_client);
   stream_clear_out(s);
   PyMem_Free(s->out);
   bytebuf_free(&s->in);
@@ -485,6 +490,10 @@ static PyObject *build_scope(struct asgi_stream *s) {
   PyObject *scheme = Py_NewRef(s->scheme ? s->scheme : K.v_http);
   PyObject *version = Py_NewRef(version_object(s->http_version));
   if (c->peer_trusted) apply_forwarded(s, &client, &scheme, &version);
+  if (asgi_env.access_log) {
+    s->log_client = Py_NewRef(client);
+    s->log_version = PyUnicode_AsUTF8(version);
+  }
   PyObject *path = s->raw_path ? decode_path(s->raw_path) : NULL;
   PyObject *asgi = PyDict_Copy(K.asgi_version);
   PyObject *state = asgi_env.state ? PyDict_Copy(asgi_env.state) : PyDict_New();
@@ -1135,7 +1144,26 @@ size_t asgi_stream_read_body(struct asgi_stream *s, uint8_t *buf, size_t max) {
   return copied;
 }
 
+/* uvicorn's line: 127.0.0.1:54321 - "GET /path?q HTTP/1.1" 200 */
+static void access_log(struct asgi_stream *s) {
+  char client[96] = "-";
+  if (s->log_client && PyTuple_Check(s->log_client) && PyTuple_GET_SIZE(s->log_client) == 2) {
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(s->log_client, 0));
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(s->log_client, 1));
+    if (host) snprintf(client, sizeof client, "%s:%ld", host, port);
+    PyErr_Clear();
+  }
+  const char *method = s->method ? PyUnicode_AsUTF8(s->method) : "-";
+  log_info("%s - \"%s %.*s%s%.*s HTTP/%s\" %d", client, method ? method : "-",
+           s->raw_path ? (int)PyBytes_GET_SIZE(s->raw_path) : 1,
+           s->raw_path ? PyBytes_AS_STRING(s->raw_path) : "-",
+           s->query && PyBytes_GET_SIZE(s->query) ? "?" : "",
+           s->query ? (int)PyBytes_GET_SIZE(s->query) : 0, s->query ? PyBytes_AS_STRING(s->query) : "",
+           s->log_version ? s->log_version : s->http_version, s->status);
+}
+
 void asgi_stream_response_done(struct asgi_stream *s) {
+  if (asgi_env.access_log && !s->resp_complete) access_log(s);
   s->resp_complete = true;
   if (s->in_delivered) wake_receiver(s);
 }

@@ -353,8 +353,10 @@ static void h2_on_read(struct conn *c, const uint8_t *data, size_t len) {
   ssize_t rc = nghttp2_session_mem_recv(session, data, len);
   if (rc < 0) {
     log_debug("conn %llu: HTTP/2 error: %s", (unsigned long long)c->id, nghttp2_strerror((int)rc));
-    if (rc != NGHTTP2_ERR_BAD_CLIENT_MAGIC && rc != NGHTTP2_ERR_FLOODED)
-      nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    /* A flood (nghttp2's own outbound-ACK limit) is abuse like any other. */
+    if (rc != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+      nghttp2_session_terminate_session(session, rc == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                                           : NGHTTP2_PROTOCOL_ERROR);
     c->proto->produce(c); /* the GOAWAY, if nghttp2 queued one */
     conn_close(c, false);
   }

@@ -336,8 +336,11 @@ static void h2_on_read(struct down_conn *c) {
         log_debug("conn %llu %s: HTTP/2 error: %s", (unsigned long long)c->id, c->peer_ip,
                   nghttp2_strerror((int)rc));
         evbuffer_drain(in, evbuffer_get_length(in));
-        if (rc != NGHTTP2_ERR_BAD_CLIENT_MAGIC && rc != NGHTTP2_ERR_FLOODED)
-          nghttp2_session_terminate_session(h->session, NGHTTP2_PROTOCOL_ERROR);
+        /* A flood (nghttp2's own outbound-ACK limit) is abuse like any other. */
+        if (rc != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+          nghttp2_session_terminate_session(h->session, rc == NGHTTP2_ERR_FLOODED
+                                                            ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                            : NGHTTP2_PROTOCOL_ERROR);
         h->goaway = true;
         c->proto->flush(c); /* the GOAWAY */
         down_close(c, false);

@@ -315,3 +315,16 @@ def test_graceful_stop_finishes_in_flight_requests(worker):
     out, _ = load.communicate(timeout=60)
     assert "20 succeeded, 0 failed" in out, out
     assert g.proc.wait(timeout=30) == 0
+
+
+def test_unix_socket_upstream(tmp_path):
+    sock = tmp_path / "backend.sock"
+    w = Worker("probe:app", args=["--uds", str(sock)])
+    g = Gateway(BASIC_CONFIG, servers=f"unix:{sock}", response_timeout="10s")
+    try:
+        for flags in (["-k", "--http2"], ["-k", "--http1.1"]):
+            s = curl_json(*flags, g.tls_url("/scope"))
+            assert s["server"][0] == str(sock) and s["http_version"] in ("2", "1.1")
+    finally:
+        g.stop()
+        w.stop()

@@ -245,3 +245,35 @@ def test_forwarded_headers_from_untrusted_peer_change_nothing():
         assert ["via", "3 h3gate"] in s["headers"]
     finally:
         w.stop()
+
+
+def test_unix_socket_factory_and_access_log(tmp_path):
+    sock = tmp_path / "app.sock"
+    w = Worker("factory_app:create_app", args=["--factory", "--uds", str(sock), "--access-log"])
+    try:
+        for flag in ("--http1.1", "--http2-prior-knowledge"):
+            r = curl(flag, "--unix-socket", str(sock), "http://localhost/some/path?x=1")
+            assert r.stdout == "made by a factory"
+        assert curl(w.url("/")).stdout == "made by a factory"  # and the TCP bind too
+        assert w.wait_log('"GET /some/path?x=1 HTTP/2" 200')
+        assert w.wait_log('"GET /some/path?x=1 HTTP/1.1" 200')
+    finally:
+        assert w.stop() == 0
+    assert not sock.exists()  # removed on exit
+
+
+def test_factory_that_is_not_a_factory_fails_clearly():
+    from h3env import APPS, BIN, free_port, run
+    r = run([BIN / "h3gate-worker", "--bind", f"127.0.0.1:{free_port()}", "--app-dir", APPS,
+             "--factory", "probe:app"], timeout=60)
+    assert r.returncode == 1 and 'app factory "probe:app" raised' in r.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_event_loop_choice(loop):
+    w = Worker("probe:app", args=["--loop", loop, "--log-level", "debug"])
+    try:
+        assert curl_json("--http2-prior-knowledge", w.url("/scope"))["http_version"] == "2"
+        assert w.wait_log(f"worker serving with the {loop} event loop")
+    finally:
+        assert w.stop() == 0

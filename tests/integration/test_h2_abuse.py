@@ -1,0 +1,70 @@
+"""HTTP/2 abuse against the worker (from an untrusted peer) and the gateway's
+front: rapid reset (CVE-2023-44487), CONTINUATION floods, SETTINGS/PING
+floods and empty DATA frames end with GOAWAY and a closed connection, and
+never harm other clients."""
+
+import pytest
+
+from h2frames import (CONTINUATION, DATA, ENHANCE_YOUR_CALM, END_HEADERS, GET_BLOCK, HEADERS,
+                      PING, POST_BLOCK, RST_STREAM, SETTINGS, connect, frame, read_until_closed,
+                      send_quietly)
+from h3env import BASIC_CONFIG, Gateway, Worker, curl_json
+
+
+@pytest.fixture(scope="module")
+def targets():
+    # Loopback is trusted by default; here it is not, like a random client.
+    w = Worker("probe:app", args=["--forwarded-allow-ips", "10.9.9.9"])
+    backend = Worker("probe:app")
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{backend.port}", response_timeout="10s")
+    yield {"worker": w.port, "gateway": g.plain_port}
+    for p in (g, backend, w):
+        p.stop()
+
+
+def still_serving(port):
+    return curl_json("--http2-prior-knowledge", f"http://127.0.0.1:{port}/pid")["pid"] > 0
+
+
+@pytest.mark.parametrize("side", ["worker", "gateway"])
+def test_rapid_reset_flood_gets_goaway(targets, side):
+    s = connect(targets[side])
+    burst = b""
+    for i in range(3000):
+        sid = 2 * i + 1
+        burst += frame(HEADERS, END_HEADERS, sid, GET_BLOCK) + frame(RST_STREAM, 0, sid, b"\0\0\0\x08")
+    send_quietly(s, burst)
+    code = read_until_closed(s)
+    assert code is not None and code != 0, code
+    s.close()
+    assert still_serving(targets[side])
+
+
+@pytest.mark.parametrize("side", ["worker", "gateway"])
+def test_continuation_flood_gets_goaway(targets, side):
+    s = connect(targets[side])
+    data = frame(HEADERS, 0, 1, GET_BLOCK[:2])
+    data += b"".join(frame(CONTINUATION, 0, 1, b"") for _ in range(200))
+    send_quietly(s, data)
+    code = read_until_closed(s)
+    assert code is not None and code != 0
+    s.close()
+    assert still_serving(targets[side])
+
+
+@pytest.mark.parametrize("side", ["worker", "gateway"])
+@pytest.mark.parametrize("kind", ["settings", "ping", "empty-data"])
+def test_control_frame_floods_get_enhance_your_calm(targets, side, kind):
+    s = connect(targets[side])
+    if kind == "settings":
+        flood = b"".join(frame(SETTINGS, 0, 0) for _ in range(3000))
+    elif kind == "ping":
+        flood = b"".join(frame(PING, 0, 0, i.to_bytes(8, "big")) for i in range(3000))
+    else:
+        flood = frame(HEADERS, END_HEADERS, 1, POST_BLOCK)
+        flood += b"".join(frame(DATA, 0, 1, b"") for _ in range(3000))
+    send_quietly(s, flood)
+    code = read_until_closed(s)
+    assert code == ENHANCE_YOUR_CALM, code
+    s.close()
+    assert still_serving(targets[side])
