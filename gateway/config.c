@@ -112,6 +112,8 @@ struct map_spec {
 #define SEC(x) ((uint64_t)(x) * 1000)
 
 static const char *const balance_names[] = {"least_outstanding", "round_robin", NULL};
+static const char *const retry_names[] = {"auto", "always", "never", NULL};
+static const char *const cc_names[] = {"cubic", "reno", "bbr", NULL};
 static const char *const log_format_names[] = {"off", "combined", "json", NULL};
 
 /* listen */
@@ -282,6 +284,80 @@ static const struct key_spec forwarding_keys[] = {
 };
 static const struct map_spec forwarding_spec = {"forwarding", forwarding_keys, 0, NULL, NULL};
 
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static int quic_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *node) {
+  struct conf_quic *q = obj;
+  if (q->secret) {
+    if (strlen(q->secret) != 64)
+      return fail_at(ctx, node, "quic secret must be 64 hex digits (32 bytes)");
+    for (int i = 0; i < 32; i++) {
+      int hi = hexval(q->secret[2 * i]), lo = hexval(q->secret[2 * i + 1]);
+      if (hi < 0 || lo < 0) return fail_at(ctx, node, "quic secret must be 64 hex digits (32 bytes)");
+      q->secret_bytes[i] = (uint8_t)(hi * 16 + lo);
+    }
+    q->secret_set = true;
+  }
+  for (size_t i = 0; i < q->n_early_data_methods; i++)
+    for (char *m = q->early_data_methods[i]; *m; m++)
+      if (*m < 'A' || *m > 'Z') return fail_at(ctx, node, "early_data_methods are upper-case methods such as GET");
+  return 0;
+}
+
+static void quic_defaults(void *obj) {
+  struct conf_quic *q = obj;
+  q->retry = RETRY_AUTO;
+  q->retry_threshold = 200;
+  q->max_connections = 100000;
+  q->max_streams_bidi = 100;
+  q->stream_window = 1 << 20;
+  q->connection_window = 16 << 20;
+  q->max_field_section_size = 64 * 1024;
+  q->qpack_table_capacity = 4096;
+  q->qpack_blocked_streams = 100;
+  q->idle_timeout_ms = SEC(30);
+  q->handshake_timeout_ms = SEC(10);
+  q->early_data = true;
+  q->socket_receive_buffer = 8 << 20;
+  q->socket_send_buffer = 8 << 20;
+  q->gso = true;
+  q->congestion_control = CC_CUBIC;
+  q->stateless_reset_rate = 100;
+  q->version_negotiation_rate = 100;
+}
+
+static const struct key_spec quic_keys[] = {
+    KEY("secret", K_STR, struct conf_quic, secret),
+    KEY("retry", K_ENUM, struct conf_quic, retry, .names = retry_names),
+    KEY("retry_threshold", K_U32, struct conf_quic, retry_threshold, .min = 0, .max = 10000000),
+    KEY("max_connections", K_U32, struct conf_quic, max_connections, .min = 1, .max = 10000000),
+    KEY("max_streams_bidi", K_U32, struct conf_quic, max_streams_bidi, .min = 1, .max = 100000),
+    KEY("stream_window", K_SIZE, struct conf_quic, stream_window, .min = 16384, .max = 1u << 30),
+    KEY("connection_window", K_SIZE, struct conf_quic, connection_window, .min = 16384, .max = 1ull << 32),
+    KEY("max_field_section_size", K_SIZE, struct conf_quic, max_field_section_size, .min = 1024, .max = 16 << 20),
+    KEY("qpack_table_capacity", K_SIZE, struct conf_quic, qpack_table_capacity, .min = 0, .max = 1 << 20),
+    KEY("qpack_blocked_streams", K_U32, struct conf_quic, qpack_blocked_streams, .min = 0, .max = 10000),
+    KEY("idle_timeout", K_DURATION, struct conf_quic, idle_timeout_ms, .min = 100, .max = SEC(3600)),
+    KEY("handshake_timeout", K_DURATION, struct conf_quic, handshake_timeout_ms, .min = 100, .max = SEC(600)),
+    KEY("early_data", K_BOOL, struct conf_quic, early_data),
+    KEY("early_data_methods", K_STRLIST, struct conf_quic, early_data_methods,
+        .count_offset = offsetof(struct conf_quic, n_early_data_methods)),
+    KEY("socket_receive_buffer", K_SIZE, struct conf_quic, socket_receive_buffer, .min = 65536, .max = 1u << 30),
+    KEY("socket_send_buffer", K_SIZE, struct conf_quic, socket_send_buffer, .min = 65536, .max = 1u << 30),
+    KEY("gso", K_BOOL, struct conf_quic, gso),
+    KEY("congestion_control", K_ENUM, struct conf_quic, congestion_control, .names = cc_names),
+    KEY("stateless_reset_rate", K_U32, struct conf_quic, stateless_reset_rate, .min = 0, .max = 1000000),
+    KEY("version_negotiation_rate", K_U32, struct conf_quic, version_negotiation_rate, .min = 0, .max = 1000000),
+    KEY("qlog_dir", K_PATH, struct conf_quic, qlog_dir),
+    END_KEYS,
+};
+static const struct map_spec quic_spec = {"quic", quic_keys, 0, quic_defaults, quic_check};
+
 static const struct key_spec log_keys[] = {
     KEY("error_log", K_STR, struct gw_conf, error_log),
     KEY("level", K_LOGLEVEL, struct gw_conf, log_level),
@@ -312,6 +388,7 @@ static void top_defaults(void *obj) {
   c->alt_svc = true;
   c->alt_svc_max_age = 86400 * 1000ull;
   c->forwarded_header = true;
+  quic_defaults(&c->quic);
 }
 
 static const struct key_spec top_keys[] = {
@@ -323,6 +400,7 @@ static const struct key_spec top_keys[] = {
     SECTION("http2", http2_spec),
     SECTION("alt_svc", alt_svc_spec),
     SECTION("forwarding", forwarding_spec),
+    KEY("quic", K_MAP, struct gw_conf, quic, .sub = &quic_spec),
     KEY("listen", K_LIST, struct gw_conf, listens, .sub = &listen_spec,
         .count_offset = offsetof(struct gw_conf, n_listens), .required = true),
     KEY("upstreams", K_LIST, struct gw_conf, upstreams, .sub = &upstream_spec,
@@ -696,5 +774,8 @@ void conf_free(struct gw_conf *c) {
   free(c->error_log);
   free(c->access_log);
   free(c->resolver);
+  free(c->quic.secret);
+  free(c->quic.qlog_dir);
+  free_strs(c->quic.early_data_methods, c->quic.n_early_data_methods);
   free(c);
 }

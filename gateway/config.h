@@ -64,6 +64,45 @@ struct conf_route {
   size_t upstream_index;
 };
 
+enum quic_retry_mode {
+  RETRY_AUTO,   /* Retry only above retry_threshold new handshakes a second */
+  RETRY_ALWAYS,
+  RETRY_NEVER,
+};
+
+enum quic_cc {
+  CC_CUBIC,
+  CC_RENO,
+  CC_BBR,
+};
+
+struct conf_quic {
+  char *secret;             /* 64 hex digits; NULL: random at start (logged) */
+  uint8_t secret_bytes[32];
+  bool secret_set;
+  enum quic_retry_mode retry;
+  uint32_t retry_threshold;
+  uint32_t max_connections;
+  uint32_t max_streams_bidi;
+  uint64_t stream_window;
+  uint64_t connection_window;
+  uint64_t max_field_section_size;
+  uint64_t qpack_table_capacity;
+  uint32_t qpack_blocked_streams;
+  uint64_t idle_timeout_ms;
+  uint64_t handshake_timeout_ms;
+  bool early_data;
+  char **early_data_methods;
+  size_t n_early_data_methods;
+  uint64_t socket_receive_buffer;
+  uint64_t socket_send_buffer;
+  bool gso;
+  enum quic_cc congestion_control;
+  uint32_t stateless_reset_rate; /* a second */
+  uint32_t version_negotiation_rate;
+  char *qlog_dir;           /* debugging only: qlog for every connection */
+};
+
 struct gw_conf {
   char *path;               /* the config file */
   /* logs */
@@ -97,6 +136,7 @@ struct gw_conf {
   /* forwarding headers */
   struct cidr_list trusted_proxies;
   bool forwarded_header;    /* add RFC 7239 Forwarded */
+  struct conf_quic quic;
   /* lists */
   struct conf_listen *listens;
   size_t n_listens;

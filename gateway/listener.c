@@ -21,6 +21,7 @@
 #include "down.h"
 #include "gw.h"
 #include "log.h"
+#include "quic.h"
 #include "sock.h"
 
 enum { ACCEPT_BATCH = 64, BACKLOG = 4096 };
@@ -137,6 +138,7 @@ int listener_release_fd(struct listener *l) {
 
 void listener_free(struct listener *l) {
   if (l == NULL) return;
+  if (l->quic) quic_listener_close(l);
   if (l->ev) event_free(l->ev);
   if (l->fd >= 0) close(l->fd);
   if (l->ssl_ctx) SSL_CTX_free(l->ssl_ctx);

@@ -13,7 +13,8 @@ struct listener {
   SSL_CTX *ssl_ctx;
   struct event *ev;
   bool paused;          /* max_connections reached */
-  bool h3_running;      /* a QUIC listener serves this port: advertise it */
+  bool h3_running;      /* a QUIC endpoint serves this port: advertise it */
+  struct quic_endpoint *quic;
   char alt_svc[96];
 };
 

@@ -22,6 +22,7 @@
 #include "gw.h"
 #include "listener.h"
 #include "log.h"
+#include "quic.h"
 #include "upstream.h"
 
 #define H3GATE_VERSION "0.1.0"
@@ -58,7 +59,7 @@ static struct listener *find_old(struct gw_runtime *old, const struct conf_liste
   if (old == NULL) return NULL;
   for (size_t i = 0; i < old->n_listeners; i++) {
     struct listener *l = old->listeners[i];
-    if (l->fd >= 0 && l->conf->addr.port == cl->addr.port &&
+    if ((l->fd >= 0 || l->quic) && l->conf->addr.port == cl->addr.port &&
         strcmp(l->conf->addr.host, cl->addr.host) == 0)
       return l;
   }
@@ -97,20 +98,36 @@ err:
   return NULL;
 }
 
+/* HTTP/3 on a TLS listener: the previous generation's endpoint (socket and
+ * live connections) carries over; a new one is opened otherwise. Failing
+ * to open it disables HTTP/3 on that port only, and says why. */
+static void start_http3(struct listener *l, struct listener *old, const struct gw_conf *conf) {
+  if (!l->conf->tls || !l->conf->http3) return;
+  if (old && old->quic && old->conf->http3_port == l->conf->http3_port) {
+    quic_listener_adopt(l, old);
+    return;
+  }
+  char err[256] = "";
+  if (quic_listener_open(l, conf, err, sizeof err) != 0)
+    log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", l->conf->address, err);
+}
+
 static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {
   for (size_t i = 0; i < rt->n_listeners; i++) {
     struct listener *l = rt->listeners[i];
+    struct listener *o = find_old(old, l->conf);
     if (l->fd < 0) {
-      struct listener *o = find_old(old, l->conf);
       char err[256];
       if (listener_open(l, listener_release_fd(o), err, sizeof err) != 0) log_error("%s", err);
     }
+    start_http3(l, o, rt->conf);
   }
   if (old) {
     /* Addresses the new config dropped stop accepting now. */
     for (size_t i = 0; i < old->n_listeners; i++) {
       int fd = listener_release_fd(old->listeners[i]);
       if (fd >= 0) close(fd);
+      if (old->listeners[i]->quic) quic_listener_close(old->listeners[i]);
     }
     for (size_t i = 0; i < old->n_pools; i++) up_pool_retire(old->pools[i]);
   }
@@ -168,7 +185,7 @@ static void on_stop_check(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   (void)arg;
-  if (down_count() == 0) {
+  if (down_count() == 0 && quic_connection_count() == 0) {
     log_info("all connections closed: exiting");
     event_base_loopexit(gw.base, NULL);
     return;
@@ -192,6 +209,7 @@ static void begin_stop(int sig) {
     if (lfd >= 0) close(lfd);
   }
   down_shutdown_all(false);
+  quic_shutdown_all();
   M.stop_deadline_us = gw_now_us() + gw.rt->conf->graceful_timeout_ms * 1000;
   struct timeval tv = {0, 100000};
   M.stop_check = event_new(gw.base, -1, EV_PERSIST, on_stop_check, NULL);

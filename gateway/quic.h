@@ -1,0 +1,180 @@
+/* HTTP/3 over QUIC: the endpoint (UDP socket, connection-ID map, Retry,
+ * stateless reset, version negotiation), connections (ngtcp2 + GnuTLS) and
+ * HTTP/3 streams (nghttp3) into exchanges.
+ *
+ * Every ngtcp2, nghttp3 and GnuTLS call lives in quic_*.c and h3_down.c, so
+ * a move to ngtcp2 1.x touches these files only. The rest of the gateway
+ * sees the functions at the end of this header. */
+#ifndef H3G_GATEWAY_QUIC_H
+#define H3G_GATEWAY_QUIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <gnutls/gnutls.h>
+#include <nghttp3/nghttp3.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+
+#include "gw.h"
+
+struct listener;
+struct quic_conn;
+struct h3_strm;
+
+enum {
+  QUIC_SCID_LEN = 18,        /* our connection IDs; the first byte names the worker process */
+  QUIC_MAX_UDP_PAYLOAD = 1452,
+  QUIC_GSO_MAX_SEGMENTS = 64,
+};
+
+/* Connection IDs we issued, to their connections: open addressing with a
+ * keyed hash (SipHash with a random key), so clients can't aim collisions. */
+struct cid_entry {
+  uint8_t len;               /* 0: empty, 255: deleted */
+  uint8_t cid[NGTCP2_MAX_CIDLEN];
+  struct quic_conn *conn;
+};
+
+struct cid_map {
+  struct cid_entry *slots;
+  size_t cap, used, tombstones;
+  uint64_t key[2];
+};
+
+struct rate_limit {
+  double tokens;
+  uint64_t last_us;
+};
+
+/* Shared TLS state of an endpoint: credentials, session tickets, 0-RTT
+ * anti-replay. */
+struct quic_tls {
+  gnutls_certificate_credentials_t cred;
+  gnutls_datum_t ticket_key;
+  gnutls_anti_replay_t anti_replay;
+  gnutls_priority_t priority;
+};
+
+struct quic_endpoint {
+  struct listener *listener;       /* the current generation's */
+  int fd;
+  int family;
+  struct sockaddr_storage local;
+  socklen_t local_len;
+  uint16_t port;
+  struct event *ev_read;
+  struct event *ev_write;
+  bool gso;                        /* UDP_SEGMENT works here */
+  bool gro;
+  struct cid_map cids;
+  uint8_t secret[32];              /* Retry tokens, NEW_TOKEN, stateless resets */
+  uint8_t worker_index;
+  struct quic_tls tls;
+  struct rate_limit reset_rate, vn_rate;
+  uint32_t handshakes_this_second;
+  uint64_t handshake_second;
+  LIST_HEAD(, quic_conn) conns;
+  size_t n_conns;
+  /* Packets the socket refused with EAGAIN wait here (bounded: QUIC
+   * retransmits what is dropped). */
+  struct pending_pkt *pending;
+  size_t n_pending, cap_pending;
+  TAILQ_HEAD(, quic_conn) blocked; /* connections waiting for the socket */
+};
+
+struct quic_conn {
+  struct flushable flush;
+  uint64_t id;
+  struct quic_endpoint *ep;
+  struct gw_runtime *rt;
+  ngtcp2_conn *conn;
+  gnutls_session_t tls;
+  ngtcp2_crypto_conn_ref conn_ref;
+  nghttp3_conn *h3;
+  ngtcp2_path_storage ps;          /* the path of the last packet in */
+  struct event *timer;
+  ngtcp2_connection_close_error ccerr;
+  uint8_t *close_pkt;              /* CONNECTION_CLOSE, resent in the closing period */
+  size_t close_pkt_len;
+  bool closing;                    /* sent CONNECTION_CLOSE */
+  bool draining;                   /* peer closed: wait, then free */
+  bool dead;
+  bool blocked;                    /* waits for the socket to take more */
+  bool goaway;
+  bool early_data_ok;
+  char peer_ip[64];
+  uint16_t peer_port;
+  LIST_HEAD(, h3_strm) streams;
+  size_t n_streams;
+  LIST_ENTRY(quic_conn) link;
+  TAILQ_ENTRY(quic_conn) blocked_link;
+};
+
+/* quic_tls.c */
+int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_t secret[32],
+                  char *err, size_t err_size);
+void quic_tls_free(struct quic_tls *t);
+int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_t err_size);
+
+/* quic_endpoint.c */
+uint64_t quic_now_ns(void);
+int cid_map_put(struct cid_map *m, const uint8_t *cid, size_t len, struct quic_conn *conn);
+void cid_map_del(struct cid_map *m, const uint8_t *cid, size_t len);
+struct quic_conn *cid_map_get(const struct cid_map *m, const uint8_t *cid, size_t len);
+/* Sends datagrams of one size (the last may be shorter) to remote. 0, or
+ * -EAGAIN when the socket is full (the caller waits in the blocked list). */
+int quic_ep_send(struct quic_endpoint *ep, const ngtcp2_addr *remote, const uint8_t *data,
+                 size_t len, size_t segment);
+void quic_ep_wait_writable(struct quic_endpoint *ep, struct quic_conn *qc);
+void quic_generate_cid(struct quic_endpoint *ep, uint8_t *cid, size_t len);
+bool quic_rate_allow(struct rate_limit *r, uint32_t per_second);
+
+/* quic_conn.c */
+struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd *hd,
+                                   const ngtcp2_path *path, const ngtcp2_cid *odcid,
+                                   bool from_retry, const uint8_t *token, size_t tokenlen);
+/* A datagram for this connection. */
+void quic_conn_read(struct quic_conn *qc, const ngtcp2_path *path, const ngtcp2_pkt_info *pi,
+                    const uint8_t *data, size_t len);
+void quic_conn_want_flush(struct quic_conn *qc);
+/* Graceful: GOAWAY now, CONNECTION_CLOSE when the streams are done. */
+void quic_conn_shutdown(struct quic_conn *qc);
+void quic_conn_close_now(struct quic_conn *qc, uint64_t app_error);
+/* Credit back for n stream bytes the application took. */
+void quic_conn_extend_stream(struct quic_conn *qc, int64_t stream_id, size_t n);
+/* Stream-level calls h3_down.c makes on the transport. */
+void quic_conn_shutdown_stream(struct quic_conn *qc, int64_t stream_id, uint64_t app_error);
+int quic_conn_open_uni(struct quic_conn *qc, int64_t *stream_id);
+bool quic_conn_handshake_done(struct quic_conn *qc);
+
+/* h3_down.c: HTTP/3 on a connection. */
+int h3_conn_setup(struct quic_conn *qc);
+int h3_read_stream(struct quic_conn *qc, int64_t stream_id, const uint8_t *data, size_t len,
+                   bool fin);
+void h3_stream_close(struct quic_conn *qc, int64_t stream_id, uint64_t app_error);
+void h3_stream_reset(struct quic_conn *qc, int64_t stream_id);
+void h3_acked(struct quic_conn *qc, int64_t stream_id, uint64_t n);
+void h3_unblock(struct quic_conn *qc, int64_t stream_id);
+void h3_set_max_streams(struct quic_conn *qc, uint64_t max);
+/* Streams of HTTP/3 frames to write: fills vec, returns count or <0. */
+ssize_t h3_writev(struct quic_conn *qc, int64_t *stream_id, int *fin, ngtcp2_vec *vec,
+                  size_t veccnt);
+void h3_wrote(struct quic_conn *qc, int64_t stream_id, size_t n);
+void h3_block(struct quic_conn *qc, int64_t stream_id);
+void h3_shutdown_write(struct quic_conn *qc, int64_t stream_id);
+void h3_goaway(struct quic_conn *qc);
+bool h3_idle(const struct quic_conn *qc);
+void h3_conn_free(struct quic_conn *qc);
+
+/* For the rest of the gateway. */
+int quic_listener_open(struct listener *l, const struct gw_conf *conf, char *err, size_t err_size);
+/* Moves the endpoint (socket and live connections) to the next generation. */
+void quic_listener_adopt(struct listener *to, struct listener *from);
+void quic_listener_close(struct listener *l);
+void quic_shutdown_all(void);
+size_t quic_connection_count(void);
+
+#endif
