@@ -220,6 +220,9 @@ static int cb_end_headers(nghttp3_conn *conn, int64_t stream_id, int fin, void *
       return 0;
     }
   }
+  log_debug("quic conn %llu stream %lld: %s %s%s", (unsigned long long)s->qc->id,
+            (long long)s->id, x->i_method >= 0 ? hdr_value(&x->req, x->i_method) : "-",
+            x->i_path >= 0 ? hdr_value(&x->req, x->i_path) : "-", x->early_data ? " (early data)" : "");
   if (fin) x->req_end = true;
   xchg_req_head_done(x);
   return 0;

@@ -11,6 +11,7 @@
  *   closing, draining, freeing
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,17 @@ static const ngtcp2_callbacks callbacks = {
 /* ---------------------------------------------------------------------------
  * Accept.
  */
+/* H3GATE_NGTCP2_DEBUG=1: ngtcp2's own trace on stderr. Debugging only: it
+ * prints connection internals for every packet. */
+static void debug_printf(void *user, const char *fmt, ...) {
+  (void)user;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
 static ngtcp2_cc_algo cc_algo(enum quic_cc cc) {
   switch (cc) {
   case CC_RENO: return NGTCP2_CC_ALGO_RENO;
@@ -223,6 +235,7 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
   settings.max_stream_window = q->stream_window * 2;
   settings.handshake_timeout = q->handshake_timeout_ms * NGTCP2_MILLISECONDS;
   settings.max_tx_udp_payload_size = QUIC_MAX_UDP_PAYLOAD;
+  if (getenv("H3GATE_NGTCP2_DEBUG")) settings.log_printf = debug_printf;
 
   ngtcp2_transport_params params;
   ngtcp2_transport_params_default(&params);

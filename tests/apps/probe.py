@@ -161,6 +161,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(q.get("s", "1")))
         info = await _read_body(receive)
         await _json(send, info or {})
+    elif path == "/alt-svc":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"alt-svc", b'h3=":9999"; ma=60')]})
+        await send({"type": "http.response.body", "body": b"own alt-svc"})
     elif path == "/headers":
         # Django-style capitalised names and a repeated header
         await send({"type": "http.response.start", "status": 201,
