@@ -1,0 +1,671 @@
+/* h3load: an h2load-like HTTP/3 load and test client, on ngtcp2 (GnuTLS)
+ * and nghttp3, for sizing deployments and for h3gate's own tests (no
+ * packaged load tool speaks HTTP/3 on Debian 12).
+ *
+ *   h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]
+ *          [--sha256] [--token-file FILE] [--timeout SECONDS] URL
+ *
+ * Reports req/s, bytes, latency percentiles and status codes; --sha256
+ * prints the SHA-256 of response bodies (for integrity tests). The server
+ * certificate is not verified: this is a test tool. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <event2/event.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <nghttp3/nghttp3.h>
+#include <ngtcp2/ngtcp2.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+#include <ngtcp2/ngtcp2_crypto_gnutls.h>
+
+enum { MAX_UDP = 1452, CIDLEN = 18 };
+
+struct options {
+  char host[300], port[8], authority[300], path[2048], method[16];
+  int n, c, m, timeout_s;
+  uint8_t *body;
+  size_t body_len;
+  bool sha256, quiet;
+  const char *token_file;
+  const char *output; /* the body of the last response is written here */
+} O = {.n = 1, .c = 1, .m = 1, .timeout_s = 60, .method = "GET"};
+
+struct conn;
+
+struct stream {
+  struct conn *c;
+  int64_t id;
+  uint64_t start_ns;
+  int status;
+  uint64_t bytes;
+  gnutls_hash_hd_t hash;
+  size_t body_sent;
+  FILE *out;
+};
+
+struct conn {
+  int index;
+  int fd;
+  struct sockaddr_storage local, remote;
+  socklen_t local_len, remote_len;
+  struct event *ev_read, *timer;
+  ngtcp2_conn *q;
+  nghttp3_conn *h3;
+  gnutls_session_t tls;
+  ngtcp2_crypto_conn_ref ref;
+  int to_issue, inflight;
+  bool ready, closed;
+  ngtcp2_connection_close_error ccerr;
+};
+
+static struct {
+  struct event_base *base;
+  gnutls_certificate_credentials_t cred;
+  struct conn *conns;
+  uint64_t *latencies;
+  size_t n_lat;
+  uint64_t started_ns;
+  uint64_t bytes_in, done, failed, errored, retries;
+  uint64_t status_class[6];
+  char shas[16][65];
+  size_t n_shas;
+  int conns_open;
+} G;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void rand_bytes(uint8_t *p, size_t n) { gnutls_rnd(GNUTLS_RND_NONCE, p, n); }
+
+static void conn_close(struct conn *c);
+static void conn_write(struct conn *c);
+static void issue(struct conn *c);
+
+/* ---------------------------------------------------------------------------
+ * HTTP/3 callbacks.
+ */
+static int h3_recv_header(nghttp3_conn *h3, int64_t sid, int32_t token, nghttp3_rcbuf *name,
+                          nghttp3_rcbuf *value, uint8_t flags, void *user, void *su) {
+  (void)h3; (void)sid; (void)token; (void)flags; (void)user;
+  struct stream *s = su;
+  nghttp3_vec n = nghttp3_rcbuf_get_buf(name), v = nghttp3_rcbuf_get_buf(value);
+  if (s && n.len == 7 && memcmp(n.base, ":status", 7) == 0) {
+    s->status = 0;
+    for (size_t i = 0; i < v.len; i++) s->status = s->status * 10 + (v.base[i] - '0');
+  }
+  return 0;
+}
+
+static int h3_recv_data(nghttp3_conn *h3, int64_t sid, const uint8_t *data, size_t len, void *user,
+                        void *su) {
+  (void)h3;
+  struct conn *c = user;
+  struct stream *s = su;
+  ngtcp2_conn_extend_max_stream_offset(c->q, sid, len);
+  ngtcp2_conn_extend_max_offset(c->q, len);
+  if (s) {
+    s->bytes += len;
+    if (s->hash) gnutls_hash(s->hash, data, len);
+    if (s->out) fwrite(data, 1, len, s->out);
+  }
+  G.bytes_in += len;
+  return 0;
+}
+
+static int h3_deferred_consume(nghttp3_conn *h3, int64_t sid, size_t n, void *user, void *su) {
+  (void)h3; (void)su;
+  struct conn *c = user;
+  ngtcp2_conn_extend_max_stream_offset(c->q, sid, n);
+  ngtcp2_conn_extend_max_offset(c->q, n);
+  return 0;
+}
+
+static void record_sha(struct stream *s) {
+  uint8_t d[32];
+  char hex[65];
+  gnutls_hash_deinit(s->hash, d);
+  s->hash = NULL;
+  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+  for (size_t i = 0; i < G.n_shas; i++)
+    if (strcmp(G.shas[i], hex) == 0) return;
+  if (G.n_shas < 16) strcpy(G.shas[G.n_shas++], hex);
+}
+
+static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *user, void *su) {
+  (void)h3; (void)sid;
+  struct conn *c = user;
+  struct stream *s = su;
+  if (s == NULL) return 0;
+  c->inflight--;
+  if (s->status && err == NGHTTP3_H3_NO_ERROR) {
+    G.done++;
+    G.status_class[s->status / 100 < 6 ? s->status / 100 : 0]++;
+    if (s->status >= 400) G.failed++;
+    G.latencies[G.n_lat++] = now_ns() - s->start_ns;
+    if (s->hash) record_sha(s);
+  } else {
+    G.errored++;
+    if (!O.quiet) fprintf(stderr, "stream %lld failed (status %d, H3 error 0x%llx)\n",
+                          (long long)sid, s->status, (unsigned long long)err);
+  }
+  if (s->hash) gnutls_hash_deinit(s->hash, NULL);
+  if (s->out) fclose(s->out);
+  free(s);
+  issue(c);
+  return 0;
+}
+
+static int h3_acked(nghttp3_conn *h3, int64_t sid, uint64_t n, void *user, void *su) {
+  (void)h3; (void)sid; (void)n; (void)user; (void)su;
+  return 0; /* bodies are served from O.body, which lives until exit */
+}
+
+static const nghttp3_callbacks h3_cbs = {
+    .acked_stream_data = h3_acked,
+    .stream_close = h3_stream_close,
+    .recv_data = h3_recv_data,
+    .deferred_consume = h3_deferred_consume,
+    .recv_header = h3_recv_header,
+};
+
+static nghttp3_ssize read_body(nghttp3_conn *h3, int64_t sid, nghttp3_vec *vec, size_t veccnt,
+                               uint32_t *pflags, void *user, void *su) {
+  (void)h3; (void)sid; (void)veccnt; (void)user;
+  struct stream *s = su;
+  size_t left = O.body_len - s->body_sent;
+  size_t n = left > 1 << 20 ? 1 << 20 : left;
+  vec[0].base = O.body + s->body_sent;
+  vec[0].len = n;
+  s->body_sent += n;
+  if (s->body_sent == O.body_len) *pflags |= NGHTTP3_DATA_FLAG_EOF;
+  return 1;
+}
+
+/* Opens streams up to -m in flight while requests remain. */
+static void issue(struct conn *c) {
+  while (c->ready && c->to_issue > 0 && c->inflight < O.m) {
+    int64_t sid;
+    if (ngtcp2_conn_open_bidi_stream(c->q, &sid, NULL) != 0) break; /* wait for MAX_STREAMS */
+    struct stream *s = calloc(1, sizeof *s);
+    s->c = c;
+    s->id = sid;
+    s->start_ns = now_ns();
+    if (O.sha256) gnutls_hash_init(&s->hash, GNUTLS_DIG_SHA256);
+    if (O.output) s->out = fopen(O.output, "wb");
+    char len[24];
+    snprintf(len, sizeof len, "%zu", O.body_len);
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
+    nghttp3_nv nva[] = {NV(":method", O.method), NV(":scheme", "https"),
+                        NV(":authority", O.authority), NV(":path", O.path),
+                        NV("user-agent", "h3load"), NV("content-length", len)};
+#undef NV
+    static const nghttp3_data_reader reader = {read_body};
+    size_t nv = O.body ? 6 : 5;
+    if (nghttp3_conn_submit_request(c->h3, sid, nva, nv, O.body ? &reader : NULL, s) != 0) {
+      free(s);
+      G.errored++;
+      c->to_issue--;
+      continue;
+    }
+    c->to_issue--;
+    c->inflight++;
+  }
+  if (c->ready && c->to_issue == 0 && c->inflight == 0 && !c->closed) conn_close(c);
+}
+
+static int setup_h3(struct conn *c) {
+  nghttp3_settings settings;
+  nghttp3_settings_default(&settings);
+  settings.qpack_max_dtable_capacity = 4096;
+  settings.qpack_blocked_streams = 100;
+  if (nghttp3_conn_client_new(&c->h3, &h3_cbs, &settings, NULL, c) != 0) return -1;
+  int64_t ctrl, qenc, qdec;
+  if (ngtcp2_conn_open_uni_stream(c->q, &ctrl, NULL) || nghttp3_conn_bind_control_stream(c->h3, ctrl) ||
+      ngtcp2_conn_open_uni_stream(c->q, &qenc, NULL) || ngtcp2_conn_open_uni_stream(c->q, &qdec, NULL) ||
+      nghttp3_conn_bind_qpack_streams(c->h3, qenc, qdec))
+    return -1;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * QUIC callbacks.
+ */
+static void cb_rand(uint8_t *dest, size_t len, const ngtcp2_rand_ctx *ctx) {
+  (void)ctx;
+  rand_bytes(dest, len);
+}
+
+static int cb_new_cid(ngtcp2_conn *q, ngtcp2_cid *cid, uint8_t *token, size_t len, void *user) {
+  (void)q; (void)user;
+  rand_bytes(cid->data, len);
+  cid->datalen = len;
+  rand_bytes(token, NGTCP2_STATELESS_RESET_TOKENLEN);
+  return 0;
+}
+
+static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid, uint64_t off,
+                               const uint8_t *data, size_t len, void *user, void *su) {
+  (void)off; (void)su;
+  struct conn *c = user;
+  nghttp3_ssize n = nghttp3_conn_read_stream(c->h3, sid, data, len, flags & NGTCP2_STREAM_DATA_FLAG_FIN);
+  if (n < 0) {
+    ngtcp2_connection_close_error_set_application_error(
+        &c->ccerr, nghttp3_err_infer_quic_app_error_code((int)n), NULL, 0);
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
+  ngtcp2_conn_extend_max_stream_offset(q, sid, (uint64_t)n);
+  ngtcp2_conn_extend_max_offset(q, (uint64_t)n);
+  return 0;
+}
+
+static int cb_acked(ngtcp2_conn *q, int64_t sid, uint64_t off, uint64_t len, void *user, void *su) {
+  (void)q; (void)off; (void)su;
+  struct conn *c = user;
+  return nghttp3_conn_add_ack_offset(c->h3, sid, len) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
+}
+
+static int cb_stream_close(ngtcp2_conn *q, uint32_t flags, int64_t sid, uint64_t err, void *user,
+                           void *su) {
+  (void)q; (void)su;
+  struct conn *c = user;
+  if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)) err = NGHTTP3_H3_NO_ERROR;
+  if (c->h3) nghttp3_conn_close_stream(c->h3, sid, err);
+  return 0;
+}
+
+static int cb_reset(ngtcp2_conn *q, int64_t sid, uint64_t fs, uint64_t err, void *user, void *su) {
+  (void)q; (void)fs; (void)err; (void)su;
+  struct conn *c = user;
+  if (c->h3) nghttp3_conn_shutdown_stream_read(c->h3, sid);
+  return 0;
+}
+
+static int cb_extend_stream(ngtcp2_conn *q, int64_t sid, uint64_t max, void *user, void *su) {
+  (void)q; (void)max; (void)su;
+  struct conn *c = user;
+  if (c->h3) nghttp3_conn_unblock_stream(c->h3, sid);
+  return 0;
+}
+
+static int cb_extend_streams(ngtcp2_conn *q, uint64_t max, void *user) {
+  (void)q; (void)max;
+  issue(user);
+  return 0;
+}
+
+static int cb_handshake_completed(ngtcp2_conn *q, void *user) {
+  (void)q;
+  struct conn *c = user;
+  if (setup_h3(c) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
+  c->ready = true;
+  issue(c);
+  return 0;
+}
+
+static int cb_new_token(ngtcp2_conn *q, const ngtcp2_vec *token, void *user) {
+  (void)q; (void)user;
+  if (O.token_file == NULL) return 0;
+  FILE *f = fopen(O.token_file, "wb");
+  if (f) {
+    fwrite(token->base, 1, token->len, f);
+    fclose(f);
+  }
+  return 0;
+}
+
+static int cb_recv_retry(ngtcp2_conn *q, const ngtcp2_pkt_hd *hd, void *user) {
+  G.retries++;
+  return ngtcp2_crypto_recv_retry_cb(q, hd, user);
+}
+
+static const ngtcp2_callbacks q_cbs = {
+    .client_initial = ngtcp2_crypto_client_initial_cb,
+    .recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb,
+    .handshake_completed = cb_handshake_completed,
+    .encrypt = ngtcp2_crypto_encrypt_cb,
+    .decrypt = ngtcp2_crypto_decrypt_cb,
+    .hp_mask = ngtcp2_crypto_hp_mask_cb,
+    .recv_stream_data = cb_recv_stream_data,
+    .acked_stream_data_offset = cb_acked,
+    .stream_close = cb_stream_close,
+    .recv_retry = cb_recv_retry,
+    .extend_max_local_streams_bidi = cb_extend_streams,
+    .rand = cb_rand,
+    .get_new_connection_id = cb_new_cid,
+    .update_key = ngtcp2_crypto_update_key_cb,
+    .stream_reset = cb_reset,
+    .extend_max_stream_data = cb_extend_stream,
+    .recv_new_token = cb_new_token,
+    .delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb,
+    .delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb,
+    .get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb,
+    .version_negotiation = ngtcp2_crypto_version_negotiation_cb,
+};
+
+/* ---------------------------------------------------------------------------
+ * I/O.
+ */
+static void update_timer(struct conn *c) {
+  ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->q), now = now_ns();
+  uint64_t ns = exp > now ? exp - now : 0;
+  struct timeval tv = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
+  evtimer_add(c->timer, &tv);
+}
+
+static void conn_write(struct conn *c) {
+  if (c->closed) return;
+  uint8_t buf[MAX_UDP];
+  ngtcp2_path_storage ps;
+  ngtcp2_path_storage_zero(&ps);
+  ngtcp2_pkt_info pi;
+  uint64_t ts = now_ns();
+  for (int pkts = 0; pkts < 256; pkts++) {
+    int64_t sid = -1;
+    int fin = 0;
+    nghttp3_vec vec[16];
+    nghttp3_ssize vcnt = 0;
+    if (c->h3 && ngtcp2_conn_get_max_data_left(c->q)) {
+      vcnt = nghttp3_conn_writev_stream(c->h3, &sid, &fin, vec, 16);
+      if (vcnt < 0) {
+        conn_close(c);
+        return;
+      }
+    }
+    ngtcp2_ssize ndatalen;
+    uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
+    ngtcp2_ssize n = ngtcp2_conn_writev_stream(c->q, &ps.path, &pi, buf, sizeof buf, &ndatalen, flags,
+                                               sid, (const ngtcp2_vec *)vec, (size_t)vcnt, ts);
+    if (n < 0) {
+      if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+        nghttp3_conn_block_stream(c->h3, sid);
+        continue;
+      }
+      if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
+        nghttp3_conn_shutdown_stream_write(c->h3, sid);
+        continue;
+      }
+      if (n == NGTCP2_ERR_WRITE_MORE) {
+        nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
+        continue;
+      }
+      fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror((int)n));
+      conn_close(c);
+      return;
+    }
+    if (ndatalen >= 0 && c->h3) nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
+    if (n == 0) break;
+    if (send(c->fd, buf, (size_t)n, 0) < 0 && errno != EAGAIN && errno != ECONNREFUSED) {
+      fprintf(stderr, "send: %s\n", strerror(errno));
+      break;
+    }
+  }
+  ngtcp2_conn_update_pkt_tx_time(c->q, ts);
+  update_timer(c);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  struct conn *c = arg;
+  uint8_t buf[65536];
+  for (int i = 0; i < 64 && !c->closed; i++) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0) break;
+    ngtcp2_path path = {{(ngtcp2_sockaddr *)&c->local, c->local_len},
+                        {(ngtcp2_sockaddr *)&c->remote, c->remote_len}, NULL};
+    ngtcp2_pkt_info pi = {0};
+    int rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, buf, (size_t)n, now_ns());
+    if (rv != 0) {
+      if (!O.quiet && rv != NGTCP2_ERR_DRAINING)
+        fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror(rv));
+      conn_close(c);
+      return;
+    }
+  }
+  conn_write(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd; (void)what;
+  struct conn *c = arg;
+  if (c->closed) return;
+  if (ngtcp2_conn_handle_expiry(c->q, now_ns()) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_write(c);
+}
+
+static void conn_close(struct conn *c) {
+  if (c->closed) return;
+  c->closed = true;
+  if (!ngtcp2_conn_is_in_draining_period(c->q)) {
+    uint8_t buf[MAX_UDP];
+    ngtcp2_path_storage ps;
+    ngtcp2_path_storage_zero(&ps);
+    ngtcp2_pkt_info pi;
+    if (c->ccerr.error_code == 0)
+      ngtcp2_connection_close_error_set_application_error(&c->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
+    ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->q, &ps.path, &pi, buf, sizeof buf,
+                                                        &c->ccerr, now_ns());
+    if (n > 0) (void)!send(c->fd, buf, (size_t)n, 0);
+  }
+  G.errored += (uint64_t)(c->inflight + c->to_issue);
+  c->inflight = c->to_issue = 0;
+  event_del(c->ev_read);
+  event_del(c->timer);
+  if (--G.conns_open == 0) event_base_loopbreak(G.base);
+}
+
+static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) { return ((struct conn *)ref->user_data)->q; }
+
+static int conn_open(struct conn *c, const struct addrinfo *ai) {
+  c->fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (c->fd < 0 || connect(c->fd, ai->ai_addr, ai->ai_addrlen) != 0) return -1;
+  memcpy(&c->remote, ai->ai_addr, ai->ai_addrlen);
+  c->remote_len = ai->ai_addrlen;
+  c->local_len = sizeof c->local;
+  getsockname(c->fd, (struct sockaddr *)&c->local, &c->local_len);
+  ngtcp2_cid dcid, scid;
+  dcid.datalen = scid.datalen = CIDLEN;
+  rand_bytes(dcid.data, CIDLEN);
+  rand_bytes(scid.data, CIDLEN);
+  ngtcp2_settings settings;
+  ngtcp2_settings_default(&settings);
+  settings.initial_ts = now_ns();
+  settings.max_window = 64u << 20;
+  settings.max_stream_window = 16u << 20;
+  static uint8_t token[512];
+  if (O.token_file) {
+    FILE *f = fopen(O.token_file, "rb");
+    if (f) {
+      settings.token.len = fread(token, 1, sizeof token, f);
+      settings.token.base = token;
+      fclose(f);
+    }
+  }
+  ngtcp2_transport_params params;
+  ngtcp2_transport_params_default(&params);
+  params.initial_max_stream_data_bidi_local = 4u << 20;
+  params.initial_max_stream_data_uni = 1u << 20;
+  params.initial_max_data = 32u << 20;
+  params.initial_max_streams_uni = 3;
+  params.max_idle_timeout = 30 * NGTCP2_SECONDS;
+  ngtcp2_path path = {{(ngtcp2_sockaddr *)&c->local, c->local_len},
+                      {(ngtcp2_sockaddr *)&c->remote, c->remote_len}, NULL};
+  if (ngtcp2_conn_client_new(&c->q, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &q_cbs, &settings,
+                             &params, NULL, c) != 0)
+    return -1;
+  if (gnutls_init(&c->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA) < 0) return -1;
+  gnutls_priority_set_direct(c->tls, "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE", NULL);
+  gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, G.cred);
+  gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, O.host, strlen(O.host));
+  static const gnutls_datum_t h3 = {(unsigned char *)"h3", 2};
+  gnutls_alpn_set_protocols(c->tls, &h3, 1, GNUTLS_ALPN_MANDATORY);
+  if (ngtcp2_crypto_gnutls_configure_client_session(c->tls) != 0) return -1;
+  c->ref.get_conn = get_conn;
+  c->ref.user_data = c;
+  gnutls_session_set_ptr(c->tls, &c->ref);
+  ngtcp2_conn_set_tls_native_handle(c->q, c->tls);
+  c->ev_read = event_new(G.base, c->fd, EV_READ | EV_PERSIST, on_read, c);
+  c->timer = evtimer_new(G.base, on_timer, c);
+  event_add(c->ev_read, NULL);
+  conn_write(c);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * main.
+ */
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double pct(double p) {
+  if (G.n_lat == 0) return 0;
+  size_t i = (size_t)(p * (double)(G.n_lat - 1) + 0.5);
+  return (double)G.latencies[i] / 1e6;
+}
+
+static int parse_url(const char *url) {
+  const char *p = strncmp(url, "https://", 8) == 0 ? url + 8 : NULL;
+  if (p == NULL) return -1;
+  const char *slash = strchr(p, '/');
+  size_t alen = slash ? (size_t)(slash - p) : strlen(p);
+  if (alen >= sizeof O.authority) return -1;
+  memcpy(O.authority, p, alen);
+  O.authority[alen] = '\0';
+  snprintf(O.path, sizeof O.path, "%s", slash ? slash : "/");
+  const char *colon = strrchr(O.authority, ':');
+  const char *bracket = strchr(O.authority, ']');
+  if (colon && (!bracket || colon > bracket)) {
+    snprintf(O.port, sizeof O.port, "%s", colon + 1);
+    size_t hlen = (size_t)(colon - O.authority);
+    if (O.authority[0] == '[') snprintf(O.host, sizeof O.host, "%.*s", (int)hlen - 2, O.authority + 1);
+    else snprintf(O.host, sizeof O.host, "%.*s", (int)hlen, O.authority);
+  } else {
+    snprintf(O.port, sizeof O.port, "443");
+    snprintf(O.host, sizeof O.host, "%s", O.authority);
+  }
+  return 0;
+}
+
+static int load_body(const char *file) {
+  FILE *f = fopen(file, "rb");
+  if (f == NULL) return -1;
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  O.body = malloc(size > 0 ? (size_t)size : 1);
+  O.body_len = fread(O.body, 1, (size_t)size, f);
+  fclose(f);
+  return 0;
+}
+
+static void usage(void) {
+  fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
+        "              [--sha256] [-o FILE] [--token-file FILE] [--timeout SECONDS] [-q]\n"
+        "              https://HOST:PORT/PATH\n",
+        stderr);
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"requests", required_argument, NULL, 'n'}, {"clients", required_argument, NULL, 'c'},
+      {"max-concurrent-streams", required_argument, NULL, 'm'}, {"data", required_argument, NULL, 'd'},
+      {"upload-size", required_argument, NULL, 'U'}, {"method", required_argument, NULL, 'M'},
+      {"sha256", no_argument, NULL, 'S'}, {"token-file", required_argument, NULL, 'T'},
+      {"timeout", required_argument, NULL, 't'}, {"quiet", no_argument, NULL, 'q'},
+      {"output", required_argument, NULL, 'o'},
+      {NULL, 0, NULL, 0}};
+  int o;
+  while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:", opts, NULL)) != -1) {
+    switch (o) {
+    case 'n': O.n = atoi(optarg); break;
+    case 'c': O.c = atoi(optarg); break;
+    case 'm': O.m = atoi(optarg); break;
+    case 'd':
+      if (load_body(optarg) != 0) { perror(optarg); return 2; }
+      if (strcmp(O.method, "GET") == 0) strcpy(O.method, "POST");
+      break;
+    case 'U':
+      O.body_len = strtoull(optarg, NULL, 10);
+      O.body = malloc(O.body_len ? O.body_len : 1);
+      for (size_t i = 0; i < O.body_len; i++) O.body[i] = (uint8_t)(i * 7 + (i >> 16));
+      if (strcmp(O.method, "GET") == 0) strcpy(O.method, "POST");
+      break;
+    case 'M': snprintf(O.method, sizeof O.method, "%s", optarg); break;
+    case 'S': O.sha256 = true; break;
+    case 'T': O.token_file = optarg; break;
+    case 't': O.timeout_s = atoi(optarg); break;
+    case 'q': O.quiet = true; break;
+    case 'o': O.output = optarg; break;
+    default: usage(); return 2;
+    }
+  }
+  if (optind != argc - 1 || parse_url(argv[optind]) != 0 || O.n < 1 || O.c < 1 || O.m < 1) {
+    usage();
+    return 2;
+  }
+  if (O.c > O.n) O.c = O.n;
+  G.base = event_base_new();
+  gnutls_certificate_allocate_credentials(&G.cred);
+  G.latencies = calloc((size_t)O.n, sizeof *G.latencies);
+  G.conns = calloc((size_t)O.c, sizeof *G.conns);
+  struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *ai;
+  if (getaddrinfo(O.host, O.port, &hints, &ai) != 0) {
+    fprintf(stderr, "cannot resolve %s\n", O.host);
+    return 2;
+  }
+  G.started_ns = now_ns();
+  for (int i = 0; i < O.c; i++) {
+    struct conn *c = &G.conns[i];
+    c->index = i;
+    c->to_issue = O.n / O.c + (i < O.n % O.c);
+    ngtcp2_connection_close_error_default(&c->ccerr);
+    if (conn_open(c, ai) != 0) {
+      fprintf(stderr, "connection %d: set-up failed\n", i);
+      G.errored += (uint64_t)c->to_issue;
+      continue;
+    }
+    G.conns_open++;
+  }
+  freeaddrinfo(ai);
+  struct timeval limit = {O.timeout_s, 0};
+  if (G.conns_open) {
+    event_base_loopexit(G.base, &limit);
+    event_base_dispatch(G.base);
+  }
+  double secs = (double)(now_ns() - G.started_ns) / 1e9;
+  for (int i = 0; i < O.c; i++)
+    if (!G.conns[i].closed && G.conns[i].q) G.errored += (uint64_t)(G.conns[i].inflight + G.conns[i].to_issue);
+  qsort(G.latencies, G.n_lat, sizeof *G.latencies, cmp_u64);
+  uint64_t ok = G.done - G.failed;
+  printf("finished in %.2fs, %.2f req/s, %.2fMB/s\n", secs, (double)G.done / secs,
+         (double)G.bytes_in / secs / 1048576.0);
+  printf("requests: %d total, %llu done, %llu succeeded, %llu failed, %llu errored\n", O.n,
+         (unsigned long long)G.done, (unsigned long long)ok, (unsigned long long)G.failed,
+         (unsigned long long)G.errored);
+  printf("status codes: %llu 2xx, %llu 3xx, %llu 4xx, %llu 5xx\n", (unsigned long long)G.status_class[2],
+         (unsigned long long)G.status_class[3], (unsigned long long)G.status_class[4],
+         (unsigned long long)G.status_class[5]);
+  printf("traffic: %llu bytes of response bodies, %zu bytes uploaded per request\n",
+         (unsigned long long)G.bytes_in, O.body_len);
+  printf("latency ms: min %.2f p50 %.2f p90 %.2f p99 %.2f max %.2f\n", pct(0), pct(0.5), pct(0.9),
+         pct(0.99), pct(1));
+  for (size_t i = 0; i < G.n_shas; i++) printf("body sha256: %s\n", G.shas[i]);
+  printf("retries: %llu\n", (unsigned long long)G.retries);
+  return ok == (uint64_t)O.n ? 0 : 1;
+}

@@ -1,0 +1,78 @@
+"""HTTP/3 at scale with h3load (our own client on ngtcp2 and nghttp3):
+1,000 concurrent streams, 100 MB each way in bounded gateway memory, and
+NEW_TOKEN reuse that skips Retry."""
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from h3env import BIN, Gateway, Worker, run
+from test_http3 import H3_CONFIG, SECRET, expected_sha
+
+SIZE = 100 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker("probe:app", workers=2)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(worker):
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="30s",
+                secret=SECRET, retry="never")
+    yield g
+    assert g.stop() == 0
+
+
+def h3load(*args, timeout=120):
+    r = run([BIN / "h3load", "--timeout", str(timeout), *args], timeout=timeout + 30)
+    m = re.search(r"requests: (\d+) total, (\d+) done, (\d+) succeeded", r.stdout)
+    assert m, r.stdout + r.stderr
+    return r, int(m.group(3))
+
+
+def test_1000_concurrent_streams_over_10_connections(gateway):
+    url = f"https://127.0.0.1:{gateway.tls_port}/sleep?s=0.5"
+    r, ok = h3load("-n", "1000", "-c", "10", "-m", "100", url)
+    assert ok == 1000, r.stdout + r.stderr[-2000:]
+
+
+def test_100mb_download_and_upload_in_bounded_memory(gateway, tmp_path):
+    before = gateway.peak_rss_kb()
+    r, ok = h3load("-n", "1", "--sha256", f"https://127.0.0.1:{gateway.tls_port}/download?size={SIZE}")
+    assert ok == 1, r.stdout
+    assert f"body sha256: {expected_sha(SIZE)}" in r.stdout
+    out = tmp_path / "upload.json"
+    r, ok = h3load("-n", "1", "--upload-size", str(SIZE), "-o", str(out),
+                   f"https://127.0.0.1:{gateway.tls_port}/upload")
+    assert ok == 1, r.stdout
+    # h3load's pattern: byte i is (7i + i/65536) mod 256; as 7 * 65536 is 0
+    # mod 256, 64 KiB block k is the first block with k added to each byte.
+    blocks = [bytes(((j * 7 + k) & 255) for j in range(1 << 16)) for k in range(256)]
+    h = hashlib.sha256()
+    for k in range(SIZE >> 16):
+        h.update(blocks[k & 255])
+    info = json.loads(out.read_text())
+    assert info["size"] == SIZE and info["sha256"] == h.hexdigest()
+    growth = gateway.peak_rss_kb() - before
+    assert growth < 64 * 1024, f"gateway peak RSS grew {growth} KiB"
+
+
+def test_new_token_skips_retry(worker, tmp_path):
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s",
+                secret=SECRET, retry="always")
+    try:
+        token = tmp_path / "token"
+        url = f"https://127.0.0.1:{g.tls_port}/pid"
+        r, ok = h3load("-n", "1", "--token-file", str(token), url)
+        assert ok == 1 and "retries: 1" in r.stdout, r.stdout
+        assert token.read_bytes()[0] == 0x36  # a regular (NEW_TOKEN) token
+        r, ok = h3load("-n", "1", "--token-file", str(token), url)
+        assert ok == 1 and "retries: 0" in r.stdout, r.stdout
+    finally:
+        g.stop()
