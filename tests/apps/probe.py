@@ -165,6 +165,13 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"alt-svc", b'h3=":9999"; ma=60')]})
         await send({"type": "http.response.body", "body": b"own alt-svc"})
+    elif path == "/page":
+        html = (f"<!doctype html><html><body><p id=v>http_version={scope['http_version']}</p>"
+                f"<p>scheme={scope['scheme']}</p></body></html>").encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                                (b"content-length", str(len(html)).encode())]})
+        await send({"type": "http.response.body", "body": html})
     elif path == "/headers":
         # Django-style capitalised names and a repeated header
         await send({"type": "http.response.start", "status": 201,

@@ -1,0 +1,46 @@
+"""Headless Chromium (Debian's) loads a page from h3gate over HTTP/3, and
+the ASGI app records http_version "3"."""
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from h3env import Gateway, Worker, run
+from test_http3 import H3_CONFIG, SECRET
+
+CHROMIUM = shutil.which("chromium")
+
+
+def spki_hash(cert):
+    """The base64 SHA-256 of the certificate's public key, as Chromium wants it."""
+    pub = run(["openssl", "x509", "-in", cert, "-pubkey", "-noout"], check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub.encode(),
+                         capture_output=True, check=True).stdout
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_chromium_loads_a_page_over_http3():
+    w = Worker("probe:app")
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s", secret=SECRET,
+                retry="never")
+    try:
+        origin = f"localhost:{g.tls_port}"
+        profile = tempfile.mkdtemp(prefix="h3chromium-")
+        r = run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--enable-quic",
+                 f"--origin-to-force-quic-on={origin}",
+                 f"--ignore-certificate-errors-spki-list={spki_hash(g.dir / 'cert.pem')}",
+                 "--host-resolver-rules=MAP localhost 127.0.0.1",
+                 "--dump-dom", f"https://{origin}/page"], timeout=90)
+        assert "http_version=3" in r.stdout, r.stdout + r.stderr[-3000:]
+        assert "scheme=https" in r.stdout
+        shutil.rmtree(profile, ignore_errors=True)
+    finally:
+        g.stop()
+        w.stop()
