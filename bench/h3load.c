@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@ struct options {
   bool sha256, quiet;
   const char *token_file;
   const char *output; /* the body of the last response is written here */
+  int hold_s;         /* keep connections open (idle) this long after their requests */
 } O = {.n = 1, .c = 1, .m = 1, .timeout_s = 60, .method = "GET"};
 
 struct conn;
@@ -79,6 +81,7 @@ static struct {
   char shas[16][65];
   size_t n_shas;
   int conns_open;
+  int held;
 } G;
 
 static uint64_t now_ns(void) {
@@ -92,6 +95,7 @@ static void rand_bytes(uint8_t *p, size_t n) { gnutls_rnd(GNUTLS_RND_NONCE, p, n
 static void conn_close(struct conn *c);
 static void conn_write(struct conn *c);
 static void issue(struct conn *c);
+static void hold_then_close(struct conn *c);
 
 /* ---------------------------------------------------------------------------
  * HTTP/3 callbacks.
@@ -222,7 +226,10 @@ static void issue(struct conn *c) {
     c->to_issue--;
     c->inflight++;
   }
-  if (c->ready && c->to_issue == 0 && c->inflight == 0 && !c->closed) conn_close(c);
+  if (c->ready && c->to_issue == 0 && c->inflight == 0 && !c->closed) {
+    if (O.hold_s > 0) hold_then_close(c);
+    else conn_close(c);
+  }
 }
 
 static int setup_h3(struct conn *c) {
@@ -468,6 +475,24 @@ static void conn_close(struct conn *c) {
   if (--G.conns_open == 0) event_base_loopbreak(G.base);
 }
 
+static void on_hold_over(evutil_socket_t fd, short what, void *arg) {
+  (void)fd; (void)what;
+  conn_close(arg);
+}
+
+/* --hold: an idle connection stays (answering PINGs and keep-alives through
+ * its timer) until the hold is over, for measuring idle connection cost. */
+static void hold_then_close(struct conn *c) {
+  static bool announced;
+  if (!announced && ++G.held == G.conns_open) {
+    announced = true;
+    printf("holding %d idle connections for %ds\n", G.conns_open, O.hold_s);
+    fflush(stdout);
+  }
+  struct timeval tv = {O.hold_s, 0};
+  event_base_once(G.base, -1, EV_TIMEOUT, on_hold_over, c, &tv);
+}
+
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) { return ((struct conn *)ref->user_data)->q; }
 
 static int conn_open(struct conn *c, const struct addrinfo *ai) {
@@ -576,7 +601,7 @@ static int load_body(const char *file) {
 
 static void usage(void) {
   fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
-        "              [--sha256] [-o FILE] [--token-file FILE] [--timeout SECONDS] [-q]\n"
+        "              [--sha256] [-o FILE] [--token-file FILE] [--timeout SECONDS] [--hold SECONDS] [-q]\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
 }
@@ -588,7 +613,7 @@ int main(int argc, char **argv) {
       {"upload-size", required_argument, NULL, 'U'}, {"method", required_argument, NULL, 'M'},
       {"sha256", no_argument, NULL, 'S'}, {"token-file", required_argument, NULL, 'T'},
       {"timeout", required_argument, NULL, 't'}, {"quiet", no_argument, NULL, 'q'},
-      {"output", required_argument, NULL, 'o'},
+      {"output", required_argument, NULL, 'o'}, {"hold", required_argument, NULL, 'H'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:", opts, NULL)) != -1) {
@@ -612,6 +637,7 @@ int main(int argc, char **argv) {
     case 't': O.timeout_s = atoi(optarg); break;
     case 'q': O.quiet = true; break;
     case 'o': O.output = optarg; break;
+    case 'H': O.hold_s = atoi(optarg); break;
     default: usage(); return 2;
     }
   }
@@ -620,6 +646,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (O.c > O.n) O.c = O.n;
+  /* Thousands of connections need as many sockets. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)O.c + 64) {
+    rl.rlim_cur = rl.rlim_max < (rlim_t)O.c + 64 ? rl.rlim_max : (rlim_t)O.c + 64;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
   G.base = event_base_new();
   gnutls_certificate_allocate_credentials(&G.cred);
   G.latencies = calloc((size_t)O.n, sizeof *G.latencies);
@@ -643,7 +675,7 @@ int main(int argc, char **argv) {
     G.conns_open++;
   }
   freeaddrinfo(ai);
-  struct timeval limit = {O.timeout_s, 0};
+  struct timeval limit = {O.timeout_s + O.hold_s, 0};
   if (G.conns_open) {
     event_base_loopexit(G.base, &limit);
     event_base_dispatch(G.base);

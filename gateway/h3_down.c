@@ -297,6 +297,10 @@ static int cb_acked_stream_data(nghttp3_conn *conn, int64_t stream_id, uint64_t 
   struct h3_strm *s = stream_user;
   if (s == NULL) return 0;
   sendbuf_ack(&s->out, (size_t)datalen);
+  /* All of a finished response acknowledged: its memory goes now, not when
+   * the stream is finally closed (an idle connection may keep it long). */
+  if (s->out.unacked == 0 && s->x && s->x->resp_end && evbuffer_get_length(s->x->resp_body) == 0)
+    sendbuf_free(&s->out);
   /* Room again: more of the response may come in. */
   if (s->x && evbuffer_get_length(s->x->resp_body) > 0 && s->deferred) {
     s->deferred = false;

@@ -112,10 +112,15 @@ static int acked_stream_data_offset(ngtcp2_conn *conn, int64_t stream_id, uint64
 
 static int stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                         uint64_t app_error_code, void *user, void *stream_user) {
-  (void)conn;
   (void)stream_user;
   if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)) app_error_code = H3_NO_ERROR;
   h3_stream_close(user, stream_id, app_error_code);
+  /* ngtcp2 0.12 does not give stream credit back by itself: one closed
+   * client stream, one more the client may open. */
+  if (!ngtcp2_conn_is_local_stream(conn, stream_id)) {
+    if (ngtcp2_is_bidi_stream(stream_id)) ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+    else ngtcp2_conn_extend_max_streams_uni(conn, 1);
+  }
   return 0;
 }
 

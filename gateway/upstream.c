@@ -280,9 +280,9 @@ void up_pool_dispatch(struct up_pool *p, struct xchg *x) {
       return;
     }
     if (x->last_status) /* a retry found nowhere to go: report what went wrong */
-      xchg_up_failed(x, false, x->last_status, x->last_why);
+      xchg_up_give_up(x, x->last_status, x->last_why);
     else
-      xchg_up_failed(x, false, 503, "no healthy upstream server");
+      xchg_up_give_up(x, 503, "no healthy upstream server");
     return;
   }
   x->server = s;
@@ -320,7 +320,8 @@ static void kick(struct up_pool *p) {
               p->n_waiting++;
               continue;
             }
-            xchg_up_failed(x, false, 502, "upstream servers unreachable");
+            xchg_up_give_up(x, x->last_status ? x->last_status : 502,
+                            x->last_status ? x->last_why : "upstream servers unreachable");
             continue;
           }
           x->server = again;

@@ -551,6 +551,12 @@ void xchg_resp_consumed(struct xchg *x, size_t n) {
  * Local responses, retries, timers.
  */
 
+void xchg_up_give_up(struct xchg *x, int status, const char *why) {
+  x->up = (struct xchg_up){0};
+  if (x->down_attached) xchg_respond_local(x, status, why);
+  maybe_free(x);
+}
+
 void xchg_respond_local(struct xchg *x, int status, const char *text) {
   event_del(&x->timer);
   if (status >= 500)
@@ -595,7 +601,9 @@ static bool idempotent(struct xchg *x) {
   return false;
 }
 
-void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why) {
+void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why_in) {
+  char why[sizeof x->last_why];
+  snprintf(why, sizeof why, "%s", why_in); /* why_in may be x->last_why itself */
   x->up = (struct xchg_up){0};
   if (!x->down_attached) { /* nobody is waiting */
     maybe_free(x);

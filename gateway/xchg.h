@@ -150,6 +150,8 @@ void xchg_up_resp_end(struct xchg *x);
  * reached: the backend may have seen the request. Retries when it safely
  * can, else makes the error response. */
 void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why);
+/* Nowhere to send it (no server left): the error response, no retry. */
+void xchg_up_give_up(struct xchg *x, int status, const char *why);
 /* Moves up to max request body bytes into buf for the upstream. */
 size_t xchg_up_take_req_body(struct xchg *x, uint8_t *buf, size_t max);
 bool xchg_up_req_body_eof(const struct xchg *x);

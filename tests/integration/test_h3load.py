@@ -42,6 +42,11 @@ def test_1000_concurrent_streams_over_10_connections(gateway):
     assert ok == 1000, r.stdout + r.stderr[-2000:]
 
 
+def test_many_requests_per_connection(gateway):
+    r, ok = h3load("-n", "3000", "-c", "2", "-m", "20", f"https://127.0.0.1:{gateway.tls_port}/pid")
+    assert ok == 3000, r.stdout + r.stderr[-2000:]
+
+
 def test_100mb_download_and_upload_in_bounded_memory(gateway, tmp_path):
     before = gateway.peak_rss_kb()
     r, ok = h3load("-n", "1", "--sha256", f"https://127.0.0.1:{gateway.tls_port}/download?size={SIZE}")

@@ -90,6 +90,13 @@ def test_100_requests_on_one_connection(gateway):
     assert (r.stdout + r.stderr).count("closed with error code 256") == 100
 
 
+def test_more_streams_than_the_initial_limit(gateway):
+    # 100 streams are allowed at first; closed ones must be given back
+    # (MAX_STREAMS), or the 101st request waits forever.
+    r, d, st = h3(gateway, "/pid", args=["-n", "250"])
+    assert st == ["200"] * 250, (len(st), r.stderr[-2000:])
+
+
 def test_five_percent_loss_both_ways(gateway, tmp_path):
     data = os.urandom(512 * 1024)
     f = tmp_path / "data.bin"
