@@ -358,6 +358,12 @@ static const struct key_spec quic_keys[] = {
 };
 static const struct map_spec quic_spec = {"quic", quic_keys, 0, quic_defaults, quic_check};
 
+static const struct key_spec admin_keys[] = {
+    KEY("address", K_HOSTPORT, struct gw_conf, admin, .required = true),
+    END_KEYS,
+};
+static const struct map_spec admin_spec = {"admin", admin_keys, 0, NULL, NULL};
+
 static const struct key_spec log_keys[] = {
     KEY("error_log", K_STR, struct gw_conf, error_log),
     KEY("level", K_LOGLEVEL, struct gw_conf, log_level),
@@ -401,6 +407,7 @@ static const struct key_spec top_keys[] = {
     SECTION("alt_svc", alt_svc_spec),
     SECTION("forwarding", forwarding_spec),
     KEY("quic", K_MAP, struct gw_conf, quic, .sub = &quic_spec),
+    SECTION("admin", admin_spec),
     KEY("listen", K_LIST, struct gw_conf, listens, .sub = &listen_spec,
         .count_offset = offsetof(struct gw_conf, n_listens), .required = true),
     KEY("upstreams", K_LIST, struct gw_conf, upstreams, .sub = &upstream_spec,
@@ -775,6 +782,7 @@ void conf_free(struct gw_conf *c) {
   free(c->access_log);
   free(c->resolver);
   free(c->quic.secret);
+  free(c->admin);
   free(c->quic.qlog_dir);
   free_strs(c->quic.early_data_methods, c->quic.n_early_data_methods);
   free(c);

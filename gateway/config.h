@@ -137,6 +137,7 @@ struct gw_conf {
   struct cidr_list trusted_proxies;
   bool forwarded_header;    /* add RFC 7239 Forwarded */
   struct conf_quic quic;
+  char *admin;              /* HOST:PORT of the admin listener; NULL: off */
   /* lists */
   struct conf_listen *listens;
   size_t n_listens;

@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 
 #include "access_log.h"
+#include "admin.h"
 #include "down.h"
 #include "gw.h"
 #include "listener.h"
@@ -208,6 +209,7 @@ static void begin_stop(int sig) {
     int lfd = listener_release_fd(gw.rt->listeners[i]);
     if (lfd >= 0) close(lfd);
   }
+  admin_stop();
   down_shutdown_all(false);
   quic_shutdown_all();
   M.stop_deadline_us = gw_now_us() + gw.rt->conf->graceful_timeout_ms * 1000;
@@ -231,6 +233,7 @@ static void reload(void) {
   }
   apply_logs(conf);
   setup_dns(conf);
+  if (admin_start(conf, err, sizeof err) != 0) log_error("%s", err);
   runtime_switch(rt, gw.rt);
   /* Old-generation connections finish what they are doing, then close. */
   down_shutdown_all(true);
@@ -295,6 +298,10 @@ int main(int argc, char **argv) {
   if (gw_loop_init() != 0 || apply_logs(conf) != 0 || setup_dns(conf) != 0) return 1;
   struct gw_runtime *rt = runtime_build(conf, NULL, err, sizeof err);
   if (rt == NULL) {
+    log_error("%s", err);
+    return 1;
+  }
+  if (admin_start(conf, err, sizeof err) != 0) {
     log_error("%s", err);
     return 1;
   }

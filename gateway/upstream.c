@@ -168,6 +168,20 @@ void up_pool_free(struct up_pool *p) {
   free(p);
 }
 
+void up_pool_render_metrics(const struct up_pool *p, struct evbuffer *out) {
+  static const char *const states[] = {"up", "ejected", "down", "draining"};
+  const struct up_server *s;
+  TAILQ_FOREACH(s, &p->servers, link) {
+    for (size_t st = 0; st < 4; st++)
+      evbuffer_add_printf(out, "h3gate_upstream_server_state{upstream=\"%s\",server=\"%s\",state=\"%s\"} %d\n",
+                          p->conf->name, s->addr_text, states[st], (size_t)s->state == st);
+    evbuffer_add_printf(out, "h3gate_upstream_requests_total{upstream=\"%s\",server=\"%s\"} %llu\n"
+                             "h3gate_upstream_in_flight{upstream=\"%s\",server=\"%s\"} %u\n",
+                        p->conf->name, s->addr_text, (unsigned long long)s->requests, p->conf->name,
+                        s->addr_text, s->outstanding);
+  }
+}
+
 /* ---------------------------------------------------------------------------
  * Choosing.
  */

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <event2/buffer.h>
+
 #include "config.h"
 
 struct up_pool;
@@ -20,6 +22,9 @@ void up_pool_retire(struct up_pool *p);
 void up_pool_free(struct up_pool *p);
 const char *up_pool_name(const struct up_pool *p);
 uint32_t up_pool_retries(const struct up_pool *p);
+
+/* Prometheus lines for the pool's servers. */
+void up_pool_render_metrics(const struct up_pool *p, struct evbuffer *out);
 
 /* Puts the exchange on a server's connection, or queues it until one has
  * room. Errors come back through xchg_up_failed / local responses. */

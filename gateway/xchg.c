@@ -21,6 +21,7 @@
 #include "gw.h"
 #include "http_status.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 enum {
@@ -99,12 +100,14 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
   x->down_attached = true;
   x->start_us = gw_now_us();
   event_assign(&x->timer, gw.base, -1, 0, on_timer, x);
+  metrics_request_started();
   return x;
 }
 
 static void xchg_free(void *p) {
   struct xchg *x = p;
-  access_log_write(x);
+  if (!x->pinned) access_log_write(x);
+  metrics_request_done(x, gw_now_us() - x->start_us);
   event_del(&x->timer);
   gw_runtime_unref(x->rt);
   xchg_recycle(x);

@@ -15,6 +15,7 @@ run_pkgs=(openssl python3 python3-uvloop python3-starlette)
 test_pkgs=(
   curl nghttp2-client ngtcp2-client
   python3-pytest python3-h2 python3-httpx python3-websockets python3-hypercorn python3-httptools
+  python3-prometheus-client tcpdump
   python3-fastapi python3-django python3-quart uvicorn
   chromium iproute2 dnsmasq-base docker-compose procps
 )
