@@ -20,7 +20,7 @@ static const char usage_text[] =
     "\n"
     "  --bind HOST:PORT           listen address, repeatable (default 127.0.0.1:8000)\n"
     "  --uds PATH                 also listen on a unix socket\n"
-    "  --workers N                worker processes (default: $WEB_CONCURRENCY or CPUs)\n"
+    "  --workers N                worker processes (default: $H3GATE_WORKERS, $WEB_CONCURRENCY or CPUs)\n"
     "  --app-dir DIR              put DIR first on sys.path (default: .)\n"
     "  --factory                  MODULE:ATTR is a factory returning the app\n"
     "  --root-path PATH           ASGI root_path (the app is mounted below PATH)\n"
@@ -101,7 +101,8 @@ static bool one_of(const char *v, const char *a, const char *b, const char *c) {
 }
 
 static int default_workers(void) {
-  const char *env = getenv("WEB_CONCURRENCY");
+  const char *env = getenv("H3GATE_WORKERS");
+  if (env == NULL) env = getenv("WEB_CONCURRENCY");
   uint64_t n;
   if (env && parse_uint(env, 1024, &n) == 0 && n > 0) return (int)n;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
