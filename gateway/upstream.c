@@ -422,25 +422,27 @@ void up_server_settle(struct up_server *s) {
   server_maybe_remove(s);
 }
 
-/* With several connections on one worker process while others have none,
- * replace one: requests must reach every process behind the address. */
+/* Connections land on worker processes by the kernel's SO_REUSEPORT hash.
+ * When a process holds more than its share of this server's connections
+ * (ceil(connections / processes)), one is replaced: requests must reach
+ * every process behind the address, evenly. */
 void up_server_worker_seen(struct up_server *s, struct up_conn *c) {
   if (c->worker_count > 1 && c->worker_id > 0 && c->worker_id <= 64) {
-    uint64_t seen = 0;
-    bool duplicate = false;
+    uint32_t per_worker[65] = {0}, ready = 0;
     struct up_conn *o;
     TAILQ_FOREACH(o, &s->conns, link) {
       if (o->state != UC_READY || o->worker_id == 0 || o->worker_id > 64) continue;
-      if (o != c && o->worker_id == c->worker_id) duplicate = true;
-      seen |= 1ull << (o->worker_id - 1);
+      per_worker[o->worker_id]++;
+      ready++;
     }
-    if ((uint32_t)__builtin_popcountll(seen) >= c->worker_count) s->reconnects = 0; /* all reached */
-    if (duplicate && (uint32_t)__builtin_popcountll(seen) < c->worker_count &&
-        s->reconnects < MAX_EXTRA_RECONNECTS) {
+    uint32_t share = (ready + c->worker_count - 1) / c->worker_count;
+    if (per_worker[c->worker_id] > share && s->reconnects < MAX_EXTRA_RECONNECTS) {
       s->reconnects++;
-      log_debug("upstream %s: %s: two connections reached worker %u; reconnecting one",
-                s->pool->conf->name, s->name, c->worker_id);
+      log_debug("upstream %s: %s: worker %u holds %u of %u connections; reconnecting one",
+                s->pool->conf->name, s->name, c->worker_id, per_worker[c->worker_id], ready);
       up_conn_drain(c);
+    } else if (per_worker[c->worker_id] <= share) {
+      s->reconnects = 0; /* balanced as far as this connection goes */
     }
   }
   open_conns(s); /* a replacement, or more connections for more workers */
