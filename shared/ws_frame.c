@@ -124,3 +124,137 @@ void ws_accept_key(const char *key, size_t key_len, char out[29]) {
   EVP_MD_CTX_free(ctx);
   EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH); /* 28 chars + NUL */
 }
+
+/* ---------------------------------------------------------------------------
+ * The reader.
+ */
+void ws_reader_init(struct ws_reader *r, bool from_client, uint64_t max_message) {
+  memset(r, 0, sizeof *r);
+  r->from_client = from_client;
+  r->max_message = max_message;
+}
+
+static size_t reader_fail(struct ws_reader *r, struct ws_event *ev, unsigned code, size_t used) {
+  r->failed = true;
+  ev->type = WS_EV_ERROR;
+  ev->code = code;
+  return used;
+}
+
+/* A data frame's header arrived: check it against the open message. */
+static unsigned reader_begin_frame(struct ws_reader *r) {
+  const struct ws_frame_hdr *h = &r->frame;
+  if (h->opcode >= WS_CLOSE) return 0; /* control frames interleave freely */
+  if (h->opcode == WS_CONT) {
+    if (r->msg_opcode == 0) return WS_PROTOCOL_ERROR; /* nothing to continue */
+  } else {
+    if (r->msg_opcode != 0) return WS_PROTOCOL_ERROR; /* previous message unfinished */
+    r->msg_opcode = h->opcode;
+    r->msg_len = 0;
+    r->utf8 = 0;
+  }
+  if (h->len > r->max_message - r->msg_len) return WS_TOO_BIG;
+  r->msg_len += h->len;
+  return 0;
+}
+
+static size_t reader_control_done(struct ws_reader *r, struct ws_event *ev, size_t used) {
+  ev->data = r->ctrl;
+  ev->len = r->ctrl_len;
+  switch (r->frame.opcode) {
+  case WS_PING:
+    ev->type = WS_EV_PING;
+    return used;
+  case WS_PONG:
+    ev->type = WS_EV_PONG;
+    return used;
+  default:
+    break;
+  }
+  ev->type = WS_EV_CLOSE;
+  ev->code = WS_NO_STATUS;
+  if (r->ctrl_len == 0) return used;
+  if (r->ctrl_len == 1) return reader_fail(r, ev, WS_PROTOCOL_ERROR, used);
+  ev->code = (unsigned)r->ctrl[0] << 8 | r->ctrl[1];
+  if (!ws_close_code_valid(ev->code)) return reader_fail(r, ev, WS_PROTOCOL_ERROR, used);
+  uint32_t st = 0;
+  if (!ws_utf8_step(&st, r->ctrl + 2, r->ctrl_len - 2) || st != 0)
+    return reader_fail(r, ev, WS_INVALID_DATA, used);
+  ev->data = r->ctrl + 2;
+  ev->len = r->ctrl_len - 2;
+  return used;
+}
+
+/* Header bytes: collected in r->hdr until ws_parse_header has them all. */
+static size_t reader_header(struct ws_reader *r, const uint8_t *data, size_t len,
+                            struct ws_event *ev) {
+  size_t take = WS_MAX_HDR - r->hdr_have;
+  if (take > len) take = len;
+  memcpy(r->hdr + r->hdr_have, data, take);
+  int rc = ws_parse_header(r->hdr, r->hdr_have + take, r->from_client, &r->frame);
+  if (rc == 0) {
+    r->hdr_have += take;
+    return take;
+  }
+  if (rc < 0) return reader_fail(r, ev, (unsigned)-rc, take);
+  size_t used = (size_t)rc - r->hdr_have;
+  r->hdr_have = 0;
+  unsigned code = reader_begin_frame(r);
+  if (code) return reader_fail(r, ev, code, used);
+  r->in_payload = true;
+  r->payload_off = 0;
+  r->ctrl_len = 0;
+  return used;
+}
+
+static void reader_message_end(struct ws_reader *r, struct ws_event *ev) {
+  ev->type = WS_EV_MESSAGE_END;
+  ev->opcode = r->msg_opcode;
+  r->msg_opcode = 0;
+}
+
+size_t ws_reader_next(struct ws_reader *r, uint8_t *data, size_t len, struct ws_event *ev) {
+  ev->type = WS_EV_NONE;
+  if (r->failed) return 0;
+  if (r->end_pending) {
+    r->end_pending = false;
+    reader_message_end(r, ev);
+    return 0;
+  }
+  size_t used = 0;
+  if (!r->in_payload) {
+    if (len == 0) return 0;
+    used = reader_header(r, data, len, ev);
+    if (!r->in_payload) return used; /* more header bytes needed, or an error */
+  }
+  uint64_t left = r->frame.len - r->payload_off;
+  size_t n = left < len - used ? (size_t)left : len - used;
+  uint8_t *p = data + used;
+  if (r->frame.masked) ws_mask(p, n, r->frame.mask, r->payload_off);
+  r->payload_off += n;
+  used += n;
+  bool frame_done = r->payload_off == r->frame.len;
+  if (r->frame.opcode >= WS_CLOSE) {
+    memcpy(r->ctrl + r->ctrl_len, p, n);
+    r->ctrl_len += n;
+    if (!frame_done) return used;
+    r->in_payload = false;
+    return reader_control_done(r, ev, used);
+  }
+  if (r->msg_opcode == WS_TEXT && !ws_utf8_step(&r->utf8, p, n))
+    return reader_fail(r, ev, WS_INVALID_DATA, used);
+  if (frame_done) r->in_payload = false;
+  bool message_done = frame_done && r->frame.fin;
+  if (message_done && r->msg_opcode == WS_TEXT && r->utf8 != 0)
+    return reader_fail(r, ev, WS_INVALID_DATA, used);
+  if (n > 0) {
+    ev->type = WS_EV_DATA;
+    ev->data = p;
+    ev->len = n;
+    /* The end is reported by the next call, from this state: */
+    if (message_done) r->end_pending = true;
+    return used;
+  }
+  if (message_done) reader_message_end(r, ev);
+  return used;
+}

@@ -60,4 +60,51 @@ bool ws_close_code_valid(unsigned code);
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)). */
 void ws_accept_key(const char *key, size_t key_len, char out[29]);
 
+/* An incremental reader of a WebSocket byte stream: it unmasks payloads in
+ * place and reports one event per call, keeping only a frame header (14
+ * bytes) and a control payload (125) of its own. The caller assembles
+ * message payloads from WS_EV_DATA events; the reader enforces the message
+ * size limit, fragmentation rules and UTF-8 of text messages and close
+ * reasons. */
+enum ws_event_type {
+  WS_EV_NONE,        /* all input used: feed more */
+  WS_EV_DATA,        /* payload bytes of the current message (data, len) */
+  WS_EV_MESSAGE_END, /* the current message is complete (opcode: TEXT or BINARY) */
+  WS_EV_PING,        /* control payload in data, len */
+  WS_EV_PONG,
+  WS_EV_CLOSE,       /* code (WS_NO_STATUS when none), reason in data, len */
+  WS_EV_ERROR,       /* code: the close code to fail the connection with */
+};
+
+struct ws_event {
+  enum ws_event_type type;
+  uint8_t opcode;
+  unsigned code;
+  const uint8_t *data;
+  size_t len;
+};
+
+struct ws_reader {
+  bool from_client;     /* frames must be masked */
+  uint64_t max_message; /* bytes per message, all fragments together */
+  uint8_t hdr[WS_MAX_HDR];
+  size_t hdr_have;
+  bool in_payload;
+  struct ws_frame_hdr frame;
+  uint64_t payload_off;
+  uint8_t msg_opcode; /* TEXT or BINARY while a message is open, else 0 */
+  uint64_t msg_len;
+  uint32_t utf8;
+  uint8_t ctrl[125];
+  size_t ctrl_len;
+  bool end_pending; /* the last DATA event finished its message */
+  bool failed;
+};
+
+void ws_reader_init(struct ws_reader *r, bool from_client, uint64_t max_message);
+/* Reads from data (which it may unmask in place) and fills ev. Returns the
+ * bytes used. Call again with the rest until it returns 0 with WS_EV_NONE;
+ * after WS_EV_ERROR it uses nothing more. */
+size_t ws_reader_next(struct ws_reader *r, uint8_t *data, size_t len, struct ws_event *ev);
+
 #endif

@@ -2,7 +2,115 @@
 #include "check.h"
 #include "ws_frame.h"
 
+/* Feeds a byte stream through a reader in pieces of `step` bytes and
+ * writes what came out as text: "T:hello|" for a text message, "P:..|" for
+ * a ping, "C1000:bye|" for a close, "E1002|" for an error. */
+static void read_all(const uint8_t *input, size_t len, size_t step, uint64_t max, char *out) {
+  uint8_t data[1024]; /* the reader unmasks in place */
+  memcpy(data, input, len);
+  struct ws_reader r;
+  ws_reader_init(&r, true, max);
+  char msg[256];
+  size_t mlen = 0;
+  out[0] = '\0';
+  for (size_t off = 0; off < len;) {
+    size_t piece = len - off < step ? len - off : step;
+    uint8_t *p = data + off;
+    size_t left = piece;
+    for (;;) {
+      struct ws_event ev;
+      size_t used = ws_reader_next(&r, p, left, &ev);
+      p += used;
+      left -= used;
+      char *o = out + strlen(out);
+      if (ev.type == WS_EV_NONE && used == 0) break;
+      switch (ev.type) {
+      case WS_EV_DATA:
+        memcpy(msg + mlen, ev.data, ev.len);
+        mlen += ev.len;
+        break;
+      case WS_EV_MESSAGE_END:
+        sprintf(o, "%c:%.*s|", ev.opcode == WS_TEXT ? 'T' : 'B', (int)mlen, msg);
+        mlen = 0;
+        break;
+      case WS_EV_PING:
+        sprintf(o, "P:%.*s|", (int)ev.len, ev.data);
+        break;
+      case WS_EV_PONG:
+        sprintf(o, "O:%.*s|", (int)ev.len, ev.data);
+        break;
+      case WS_EV_CLOSE:
+        sprintf(o, "C%u:%.*s|", ev.code, (int)ev.len, ev.data);
+        break;
+      case WS_EV_ERROR:
+        sprintf(o, "E%u|", ev.code);
+        return;
+      case WS_EV_NONE:
+        break;
+      }
+    }
+    off += piece;
+  }
+}
+
+/* Appends one masked frame to buf. */
+static size_t put_frame(uint8_t *buf, bool fin, uint8_t op, const char *payload, size_t n) {
+  static const uint8_t mask[4] = {0xa1, 0x02, 0x7c, 0x55};
+  size_t h = ws_write_header(buf, fin, op, n, mask);
+  memcpy(buf + h, payload, n);
+  ws_mask(buf + h, n, mask, 0);
+  return h + n;
+}
+
+static void test_reader(void) {
+  uint8_t s[1024];
+  size_t n = 0;
+  n += put_frame(s + n, false, WS_TEXT, "h\xc3", 2); /* a character split across fragments */
+  n += put_frame(s + n, true, WS_PING, "hb", 2);     /* a ping between fragments */
+  n += put_frame(s + n, false, WS_CONT, "", 0);
+  n += put_frame(s + n, true, WS_CONT, "\xa9llo", 4);
+  n += put_frame(s + n, true, WS_BINARY, "", 0);
+  n += put_frame(s + n, true, WS_CLOSE, "\x03\xe8" "bye", 5);
+  char out[512];
+  for (size_t step = 1; step <= n; step++) {
+    read_all(s, n, step, 1 << 20, out);
+    CHECK_STR(out, "P:hb|T:h\xc3\xa9llo|B:|C1000:bye|");
+  }
+  /* an empty close has no status; a 1-byte close is an error */
+  n = put_frame(s, true, WS_CLOSE, "", 0);
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "C1005:|");
+  n = put_frame(s, true, WS_CLOSE, "x", 1);
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1002|");
+  n = put_frame(s, true, WS_CLOSE, "\x03\xed", 2); /* 1005 may not be sent */
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1002|");
+  /* a continuation with nothing to continue; a new message inside another */
+  n = put_frame(s, true, WS_CONT, "x", 1);
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1002|");
+  n = put_frame(s, false, WS_TEXT, "a", 1);
+  n += put_frame(s + n, true, WS_TEXT, "b", 1);
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1002|");
+  /* the size limit counts all fragments; invalid UTF-8 is 1007 */
+  n = put_frame(s, false, WS_BINARY, "12345", 5);
+  n += put_frame(s + n, true, WS_CONT, "67890", 5);
+  read_all(s, n, n, 9, out);
+  CHECK_STR(out, "E1009|");
+  read_all(s, n, 3, 10, out);
+  CHECK_STR(out, "B:1234567890|");
+  n = put_frame(s, true, WS_TEXT, "ok\xff", 3);
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1007|");
+  n = put_frame(s, true, WS_TEXT, "\xe2\x82", 2); /* truncated at the end */
+  read_all(s, n, n, 100, out);
+  CHECK_STR(out, "E1007|");
+}
+
 int main(void) {
+  test_reader();
   struct ws_frame_hdr h;
   /* RFC 6455 5.7: a single-frame masked text message "Hello" */
   uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
