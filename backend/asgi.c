@@ -9,7 +9,7 @@
  *   app task completion
  *   protocol-facing response accessors
  */
-#include "asgi.h"
+#include "asgi_internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -105,7 +105,7 @@ typedef struct {
 static PyTypeObject ready_type;
 static PyObject *ready_none; /* shared: it carries no state */
 
-static PyObject *ready_new(PyObject *value /* stolen */) {
+PyObject *asgi_ready(PyObject *value /* stolen */) {
   ready_obj *r = PyObject_New(ready_obj, &ready_type);
   if (r == NULL) {
     Py_XDECREF(value);
@@ -158,59 +158,6 @@ static PyTypeObject ready_type = {
 /* ---------------------------------------------------------------------------
  * The stream object.
  */
-enum { OUT_RING_MIN = 8 };
-
-struct asgi_stream {
-  PyObject_HEAD struct conn *conn; /* NULL once the protocol released us */
-  struct asgi_stream *list_prev, *list_next; /* in the connection's asgi_stream_list */
-  void *proto_data;
-  int32_t id;
-  const char *http_version;
-
-  /* request head */
-  PyObject *method; /* str */
-  PyObject *raw_path, *query; /* bytes */
-  PyObject *scheme; /* str, from :scheme */
-  PyObject *headers; /* list of (bytes, bytes) */
-  size_t header_bytes;
-  PyObject *xff, *xfp, *fwd, *via; /* last value of each, bytes */
-  bool has_authority;
-  bool te_trailers;
-  bool expect_continue;
-  bool is_head;
-
-  /* request body: receive() side */
-  struct bytebuf in;
-  bool in_done;        /* the client finished the body */
-  bool in_delivered;   /* the app got the last http.request */
-  bool continue_sent;
-  bool disconnected;
-  PyObject *recv_waiter;
-
-  /* response: send() side */
-  int status;
-  PyObject *resp_headers;
-  PyObject *resp_trailers;
-  bool resp_started;     /* http.response.start received */
-  bool resp_wants_trailers;
-  bool resp_body_done;   /* more_body=False received */
-  bool head_sent;        /* the protocol took status and headers */
-  bool resp_complete;    /* the protocol sent everything */
-  PyObject **out;        /* ring of bytes objects */
-  size_t out_cap, out_head, out_count, out_off; /* out_off: bytes used of out[head] */
-  size_t out_bytes;
-  PyObject *send_waiter;
-
-  /* access log (only with --access-log) */
-  PyObject *log_client; /* scope["client"], after forwarding headers */
-  const char *log_version;
-
-  /* app */
-  bool app_running;
-  bool app_done;
-  uint64_t started_ms;
-};
-
 static PyTypeObject stream_type;
 
 static void stream_clear_out(struct asgi_stream *s) {
@@ -238,6 +185,8 @@ static void stream_dealloc(struct asgi_stream *s) {
   Py_XDECREF(s->resp_headers);
   Py_XDECREF(s->resp_trailers);
   Py_XDECREF(s->log_client);
+  Py_XDECREF(s->ws_protocols);
+  asgi_ws_free(s);
   stream_clear_out(s);
   PyMem_Free(s->out);
   bytebuf_free(&s->in);
@@ -264,6 +213,7 @@ void asgi_stream_release(struct asgi_stream *s) {
   s->conn = NULL;
   s->proto_data = NULL;
   if (!s->resp_complete) asgi_stream_on_disconnect(s);
+  else if (s->ws) asgi_ws_transport_closed(s); /* after our close frame: the app hears it */
   Py_DECREF(s);
 }
 
@@ -358,6 +308,21 @@ static void remember(PyObject **slot, PyObject *tuple) {
   Py_XSETREF(*slot, Py_NewRef(PyTuple_GET_ITEM(tuple, 1)));
 }
 
+/* A field that may come as several lines, kept as one comma-joined value. */
+static int join_value(PyObject **slot, const char *value, size_t vlen) {
+  size_t old = *slot ? (size_t)PyBytes_GET_SIZE(*slot) : 0;
+  PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(old + (old ? 1 : 0) + vlen));
+  if (v == NULL) return -1;
+  char *p = PyBytes_AS_STRING(v);
+  if (old) {
+    memcpy(p, PyBytes_AS_STRING(*slot), old);
+    p[old++] = ',';
+  }
+  memcpy(p + old, value, vlen);
+  Py_XSETREF(*slot, v);
+  return 0;
+}
+
 int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
                            const char *value, size_t vlen) {
   s->header_bytes += nlen + vlen + 32; /* RFC 9113 6.5.2 accounting */
@@ -392,6 +357,9 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
     break;
   case 17:
     if (NAME_IS("x-forwarded-proto")) remember(&s->xfp, pair);
+    break;
+  case 22:
+    if (NAME_IS("sec-websocket-protocol")) return join_value(&s->ws_protocols, value, vlen);
     break;
   }
   return 0;
@@ -504,13 +472,15 @@ static PyObject *build_scope(struct asgi_stream *s) {
   if (PyDict_SetItem(scope, K.type, K.v_http) || PyDict_SetItem(scope, K.asgi, asgi) ||
       PyDict_SetItem(scope, K.http_version, version) ||
       PyDict_SetItem(scope, K.server, server) || PyDict_SetItem(scope, K.client, client) ||
-      PyDict_SetItem(scope, K.scheme, scheme) || PyDict_SetItem(scope, K.method, s->method) ||
+      PyDict_SetItem(scope, K.scheme, scheme) ||
+      (s->ws == NULL && PyDict_SetItem(scope, K.method, s->method)) ||
       PyDict_SetItem(scope, K.root_path, asgi_env.root_path) ||
       PyDict_SetItem(scope, K.path, path) || PyDict_SetItem(scope, K.raw_path, s->raw_path) ||
       PyDict_SetItem(scope, K.query_string, s->query) ||
       PyDict_SetItem(scope, K.headers, s->headers) || PyDict_SetItem(scope, K.state, state) ||
       PyDict_SetItem(scope, K.extensions, ext))
     goto err;
+  if (s->ws && asgi_ws_fill_scope(s, scope, ext) != 0) goto err;
   Py_DECREF(client);
   Py_DECREF(scheme);
   Py_DECREF(version);
@@ -540,7 +510,7 @@ typedef struct {
 } runner_obj;
 static PyTypeObject runner_type;
 
-static void log_python_error(const char *what) {
+void asgi_log_python_error(const char *what) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
   PyErr_NormalizeException(&type, &value, &tb);
@@ -595,14 +565,14 @@ int asgi_stream_start_app(struct asgi_stream *s) {
   Py_DECREF(runner);
   if (task == NULL) {
     /* runner_dealloc already counted the app as finished */
-    log_python_error("could not start the ASGI app for a request:");
+    asgi_log_python_error("could not start the ASGI app for a request:");
     goto out;
   }
   Py_DECREF(task); /* the loop keeps it while it runs */
   goto out;
 
 err:
-  log_python_error("could not start the ASGI app for a request:");
+  asgi_log_python_error("could not start the ASGI app for a request:");
   if (coro && PyCoro_CheckExact(coro)) {
     PyObject *x = PyObject_CallMethod(coro, "close", NULL);
     Py_XDECREF(x);
@@ -637,6 +607,7 @@ err:
 
 /* The next message for the app, or NULL with no error when it must wait. */
 static PyObject *next_message(struct asgi_stream *s) {
+  if (s->ws) return asgi_ws_next_message(s);
   if (!s->in_delivered) {
     size_t n = bytebuf_size(&s->in);
     if (n > 0 || s->in_done) {
@@ -676,18 +647,18 @@ static bool future_pending(PyObject *fut) {
   return pending;
 }
 
-static void resolve(PyObject **waiter, PyObject *value) {
+void asgi_resolve(PyObject **waiter, PyObject *value) {
   PyObject *fut = *waiter;
   *waiter = NULL;
   if (future_pending(fut)) {
     PyObject *r = PyObject_CallMethodOneArg(fut, K.set_result, value);
-    if (r == NULL) log_python_error("could not wake the app:");
+    if (r == NULL) asgi_log_python_error("could not wake the app:");
     Py_XDECREF(r);
   }
   Py_XDECREF(fut);
 }
 
-static void wake_receiver(struct asgi_stream *s) {
+void asgi_wake_receiver(struct asgi_stream *s) {
   if (s->recv_waiter == NULL) return;
   if (!future_pending(s->recv_waiter)) {
     /* Cancelled by the app (a disconnect watcher that gave up): keep the data. */
@@ -696,10 +667,10 @@ static void wake_receiver(struct asgi_stream *s) {
   }
   PyObject *m = next_message(s);
   if (m == NULL) {
-    if (PyErr_Occurred()) log_python_error("could not build an ASGI message:");
+    if (PyErr_Occurred()) asgi_log_python_error("could not build an ASGI message:");
     return;
   }
-  resolve(&s->recv_waiter, m);
+  asgi_resolve(&s->recv_waiter, m);
   Py_DECREF(m);
 }
 
@@ -713,7 +684,7 @@ static PyObject *stream_receive(struct asgi_stream *s, PyObject *unused) {
     Py_CLEAR(s->recv_waiter);
   }
   PyObject *m = next_message(s);
-  if (m != NULL) return ready_new(m);
+  if (m != NULL) return asgi_ready(m);
   if (PyErr_Occurred()) return NULL;
   PyObject *fut = PyObject_CallNoArgs(asgi_env.create_future);
   if (fut == NULL) return NULL;
@@ -724,13 +695,18 @@ static PyObject *stream_receive(struct asgi_stream *s, PyObject *unused) {
 int asgi_stream_on_body(struct asgi_stream *s, const uint8_t *data, size_t len) {
   if (s->app_done || s->in_delivered) return 0; /* nobody will read it */
   if (bytebuf_append(&s->in, data, len) != 0) return -1;
-  wake_receiver(s);
+  if (s->ws) {
+    asgi_ws_on_bytes(s);
+    return 0;
+  }
+  asgi_wake_receiver(s);
   return 0;
 }
 
 void asgi_stream_on_body_end(struct asgi_stream *s) {
   s->in_done = true;
-  wake_receiver(s);
+  if (s->ws) asgi_ws_transport_closed(s);
+  asgi_wake_receiver(s);
 }
 
 size_t asgi_stream_buffered_body(const struct asgi_stream *s) { return bytebuf_size(&s->in); }
@@ -739,14 +715,15 @@ void asgi_stream_on_disconnect(struct asgi_stream *s) {
   if (s->disconnected) return;
   s->disconnected = true;
   stream_clear_out(s);
-  wake_receiver(s);
-  if (s->send_waiter) resolve(&s->send_waiter, Py_None);
+  if (s->ws) asgi_ws_transport_closed(s);
+  asgi_wake_receiver(s);
+  if (s->send_waiter) asgi_resolve(&s->send_waiter, Py_None);
 }
 
 /* ---------------------------------------------------------------------------
  * send()
  */
-static int out_push(struct asgi_stream *s, PyObject *bytes) {
+int asgi_out_push(struct asgi_stream *s, PyObject *bytes) {
   if (s->out_count == s->out_cap) {
     size_t cap = s->out_cap ? s->out_cap * 2 : OUT_RING_MIN;
     PyObject **ring = PyMem_Malloc(cap * sizeof *ring);
@@ -763,7 +740,7 @@ static int out_push(struct asgi_stream *s, PyObject *bytes) {
   return 0;
 }
 
-static int validate_headers(PyObject *headers) {
+int asgi_validate_headers(PyObject *headers) {
   PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
   if (seq == NULL) return -1;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -818,7 +795,7 @@ int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const 
   return 0;
 }
 
-static PyObject *send_start(struct asgi_stream *s, PyObject *msg) {
+PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   if (s->resp_started) {
     PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
     return NULL;
@@ -836,7 +813,7 @@ static PyObject *send_start(struct asgi_stream *s, PyObject *msg) {
   }
   PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
   if (headers == NULL && PyErr_Occurred()) return NULL;
-  if (headers != NULL && validate_headers(headers) != 0) return NULL;
+  if (headers != NULL && asgi_validate_headers(headers) != 0) return NULL;
   PyObject *trailers = PyDict_GetItemWithError(msg, K.trailers);
   if (trailers == NULL && PyErr_Occurred()) return NULL;
   s->status = (int)code;
@@ -846,7 +823,7 @@ static PyObject *send_start(struct asgi_stream *s, PyObject *msg) {
   return Py_NewRef(ready_none);
 }
 
-static PyObject *send_body(struct asgi_stream *s, PyObject *msg) {
+PyObject *asgi_send_body(struct asgi_stream *s, PyObject *msg) {
   if (!s->resp_started) {
     PyErr_SetString(PyExc_RuntimeError, "http.response.body sent before http.response.start");
     return NULL;
@@ -864,14 +841,18 @@ static PyObject *send_body(struct asgi_stream *s, PyObject *msg) {
   if (body != NULL && body != Py_None) {
     PyObject *bytes = PyBytes_Check(body) ? Py_NewRef(body) : PyBytes_FromObject(body);
     if (bytes == NULL) return NULL;
-    int rc = PyBytes_GET_SIZE(bytes) > 0 ? out_push(s, bytes) : 0;
+    int rc = PyBytes_GET_SIZE(bytes) > 0 ? asgi_out_push(s, bytes) : 0;
     Py_DECREF(bytes);
     if (rc != 0) return NULL;
   }
   if (!more_body) s->resp_body_done = true;
   if (s->conn) s->conn->proto->resume_send(s->conn, s);
+  return asgi_send_backpressure(s);
+}
+
+PyObject *asgi_send_backpressure(struct asgi_stream *s) {
   if (s->out_bytes > asgi_env.send_high_water && !s->disconnected) {
-    /* Backpressure: the app waits until the client has taken some. */
+    /* The app waits until the client has taken some. */
     PyObject *fut = PyObject_CallNoArgs(asgi_env.create_future);
     if (fut == NULL) return NULL;
     Py_XSETREF(s->send_waiter, Py_NewRef(fut));
@@ -892,7 +873,7 @@ static PyObject *send_trailers(struct asgi_stream *s, PyObject *msg) {
   }
   PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
   if (headers == NULL && PyErr_Occurred()) return NULL;
-  if (headers != NULL && validate_headers(headers) != 0) return NULL;
+  if (headers != NULL && asgi_validate_headers(headers) != 0) return NULL;
   s->resp_trailers = headers ? Py_NewRef(headers) : PyList_New(0);
   if (s->conn && !s->disconnected) s->conn->proto->resume_send(s->conn, s);
   return Py_NewRef(ready_none);
@@ -903,15 +884,16 @@ static PyObject *stream_send(struct asgi_stream *s, PyObject *msg) {
     PyErr_SetString(PyExc_TypeError, "send() takes a message dict");
     return NULL;
   }
+  if (s->ws) return asgi_ws_send(s, msg);
   PyObject *type = PyDict_GetItemWithError(msg, K.type);
   if (type == NULL) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "message has no \"type\"");
     return NULL;
   }
   if (type == K.v_resp_body || PyUnicode_Compare(type, K.v_resp_body) == 0)
-    return send_body(s, msg);
+    return asgi_send_body(s, msg);
   if (type == K.v_resp_start || PyUnicode_Compare(type, K.v_resp_start) == 0)
-    return send_start(s, msg);
+    return asgi_send_start(s, msg);
   if (PyUnicode_Compare(type, K.v_resp_trailers) == 0) return send_trailers(s, msg);
   if (PyErr_Occurred()) return NULL;
   PyErr_Format(PyExc_RuntimeError, "unexpected ASGI message type %R for an http scope", type);
@@ -927,7 +909,13 @@ static void app_finished(struct asgi_stream *s, PyObject *exc) {
   active_tasks--;
   if (exc != NULL) {
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    log_python_error("exception in ASGI application:");
+    asgi_log_python_error("exception in ASGI application:");
+  }
+  if (s->ws) {
+    asgi_ws_app_finished(s, exc);
+    if (s->conn) s->conn->proto->app_finished(s->conn, s);
+    server_count_request();
+    return;
   }
   bool complete = s->resp_body_done && !(s->resp_wants_trailers && s->resp_trailers == NULL);
   if (!s->disconnected && !(complete && exc == NULL)) {
@@ -1070,8 +1058,9 @@ int asgi_init_types(PyObject *module) {
       PyType_Ready(&runner_type) < 0)
     return -1;
   if (PyModule_AddObjectRef(module, "AppRunner", (PyObject *)&runner_type) < 0) return -1;
-  ready_none = ready_new(NULL);
+  ready_none = asgi_ready(NULL);
   if (ready_none == NULL) return -1;
+  if (asgi_ws_init_constants(module) != 0) return -1;
   return 0;
 }
 
@@ -1103,13 +1092,13 @@ void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *te
   s->resp_wants_trailers = false;
   s->resp_started = true;
   s->resp_body_done = true;
-  if (!s->is_head) out_push(s, body);
+  if (!s->is_head) asgi_out_push(s, body);
   Py_DECREF(body);
   if (s->conn) s->conn->proto->resume_send(s->conn, s);
 }
 
 bool asgi_stream_head_ready(const struct asgi_stream *s) {
-  return s->resp_started && (s->out_bytes > 0 || s->resp_body_done);
+  return s->resp_started && (s->out_bytes > 0 || s->resp_body_done || asgi_ws_accepted(s));
 }
 int asgi_stream_status(const struct asgi_stream *s) { return s->status; }
 PyObject *asgi_stream_headers(const struct asgi_stream *s) { return s->resp_headers; }
@@ -1140,7 +1129,7 @@ size_t asgi_stream_read_body(struct asgi_stream *s, uint8_t *buf, size_t max) {
   }
   s->out_bytes -= copied;
   if (s->send_waiter && s->out_bytes <= asgi_env.send_high_water / 2)
-    resolve(&s->send_waiter, Py_None);
+    asgi_resolve(&s->send_waiter, Py_None);
   return copied;
 }
 
@@ -1165,5 +1154,5 @@ static void access_log(struct asgi_stream *s) {
 void asgi_stream_response_done(struct asgi_stream *s) {
   if (asgi_env.access_log && !s->resp_complete) access_log(s);
   s->resp_complete = true;
-  if (s->in_delivered) wake_receiver(s);
+  if (s->in_delivered) asgi_wake_receiver(s);
 }

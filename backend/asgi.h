@@ -30,6 +30,7 @@ struct asgi_env {
   bool access_log;
   size_t body_buffer_limit; /* request bytes buffered before reads pause */
   size_t send_high_water;   /* await send() blocks above this many queued bytes */
+  size_t ws_max_size;       /* bytes per incoming WebSocket message */
 };
 extern struct asgi_env asgi_env;
 
@@ -75,6 +76,18 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
 size_t asgi_stream_header_bytes(const struct asgi_stream *s);
 bool asgi_stream_wants_continue(const struct asgi_stream *s);
 bool asgi_stream_is_head(const struct asgi_stream *s);
+/* The request is a WebSocket handshake (HTTP/1.1 Upgrade or extended
+ * CONNECT): the app gets a websocket scope, and body bytes both ways are
+ * WebSocket frames the bridge reads and writes. Call before start_app. */
+int asgi_stream_set_websocket(struct asgi_stream *s);
+bool asgi_stream_is_websocket(const struct asgi_stream *s);
+/* The app accepted the WebSocket: answer 101 (HTTP/1.1) or 200 (HTTP/2),
+ * then the body is the open-ended frame stream. */
+bool asgi_stream_ws_accepted(const struct asgi_stream *s);
+/* Graceful stop ran out of time: close every open WebSocket with 1001
+ * (going away). Returns how many were open. */
+size_t asgi_ws_going_away_all(void);
+
 /* Creates the app's task. -1 when the app could not be called (a 500 is queued). */
 int asgi_stream_start_app(struct asgi_stream *s);
 /* An early error answered without the app (400, 413, 431...). */

@@ -21,6 +21,7 @@
 #include "http_status.h"
 #include "log.h"
 #include "server.h"
+#include "ws_frame.h"
 
 enum {
   PENDING_LIMIT = 64 * 1024, /* pipelined bytes kept before reading pauses */
@@ -42,6 +43,11 @@ struct h1_conn {
   bool no_body;
   bool trailers_out; /* chunked and the client accepts trailers */
   bool te_trailers;
+  /* WebSocket handshake (RFC 6455 4.2.1), seen in the request's fields */
+  bool ws_upgrade;       /* Upgrade: websocket */
+  bool ws_version_ok;    /* Sec-WebSocket-Version: 13 */
+  bool websocket;        /* the request is a handshake: bytes after the head are frames */
+  char ws_key[64];       /* Sec-WebSocket-Key */
   uint32_t seq;
 };
 
@@ -60,14 +66,35 @@ static int ensure_stream(struct h1_conn *h) {
   }
   h->request_done = h->head_written = h->chunked = h->close_delimited = false;
   h->no_body = h->trailers_out = h->te_trailers = false;
+  h->ws_upgrade = h->ws_version_ok = h->websocket = false;
+  h->ws_key[0] = '\0';
   h->conn->active_streams++;
   return 0;
+}
+
+static bool has_token(const char *v, size_t vlen, const char *token) {
+  size_t n = strlen(token);
+  for (size_t i = 0; i + n <= vlen; i++)
+    if (strncasecmp(v + i, token, n) == 0) return true;
+  return false;
+}
+
+static void note_websocket_field(struct h1_conn *h, const char *name, size_t nlen,
+                                 const char *value, size_t vlen) {
+  if (nlen == 7 && memcmp(name, "upgrade", 7) == 0 && has_token(value, vlen, "websocket"))
+    h->ws_upgrade = true;
+  else if (nlen == 17 && memcmp(name, "sec-websocket-key", 17) == 0 && vlen < sizeof h->ws_key) {
+    memcpy(h->ws_key, value, vlen);
+    h->ws_key[vlen] = '\0';
+  } else if (nlen == 21 && memcmp(name, "sec-websocket-version", 21) == 0)
+    h->ws_version_ok = vlen == 2 && memcmp(value, "13", 2) == 0;
 }
 
 static int on_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen) {
   struct h1_conn *h = ctx;
   int rc = ensure_stream(h);
   if (rc) return rc;
+  if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) note_websocket_field(h, name, nlen, value, vlen);
   if (asgi_stream_add_header(h->cur, name, nlen, value, vlen) != 0) {
     PyErr_Clear();
     return 503;
@@ -93,6 +120,20 @@ static void origin_form(const char **t, size_t *len) {
   *t = slash;
 }
 
+/* A WebSocket handshake: the app decides (accept, close or an HTTP
+ * response); the connection ends with the WebSocket either way. */
+static int begin_websocket(struct h1_conn *h, const struct h1_request_head *head) {
+  if (head->method_len != 3 || memcmp(head->method, "GET", 3) != 0) return 400;
+  if (!h->ws_version_ok || h->ws_key[0] == '\0') return 400; /* RFC 6455 4.2.1 */
+  if (asgi_stream_set_websocket(h->cur) != 0) {
+    PyErr_Clear();
+    return 503;
+  }
+  h->websocket = true;
+  h->keep_alive = false;
+  return 0;
+}
+
 static int on_head(void *ctx, const struct h1_request_head *head) {
   struct h1_conn *h = ctx;
   int rc = ensure_stream(h);
@@ -110,6 +151,12 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
     return 503;
   }
   if (asgi_stream_header_bytes(s) > server_config()->max_header_bytes) return 431;
+  if (head->upgrade && h->ws_upgrade) {
+    int status = begin_websocket(h, head);
+    if (status) return status;
+    asgi_stream_start_app(s);
+    return 0;
+  }
   if (!head->chunked && (!head->has_content_length || head->content_length == 0))
     h->request_done = true; /* no body: llhttp ends the message right away */
   if (h->request_done) asgi_stream_on_body_end(s);
@@ -131,6 +178,7 @@ static int on_body(void *ctx, const char *data, size_t len) {
 
 static int on_end(void *ctx) {
   struct h1_conn *h = ctx;
+  if (h->websocket) return 0; /* the frames follow the head */
   if (h->cur && !h->request_done) {
     h->request_done = true;
     asgi_stream_on_body_end(h->cur);
@@ -172,6 +220,18 @@ static void write_error_and_close(struct conn *c, int status, const char *reason
   conn_close(c, false);
 }
 
+/* After a WebSocket handshake the socket's bytes are frames for the bridge. */
+static void tunnel_input(struct conn *c, const uint8_t *data, size_t len) {
+  struct h1_conn *h = h1(c);
+  if (len == 0 || h->cur == NULL) return;
+  if (asgi_stream_on_body(h->cur, data, len) != 0) {
+    PyErr_Clear();
+    conn_close(c, true);
+    return;
+  }
+  if (asgi_stream_buffered_body(h->cur) > asgi_env.body_buffer_limit) conn_pause_read(c);
+}
+
 static void parse_input(struct conn *c, const uint8_t *data, size_t len) {
   struct h1_conn *h = h1(c);
   while (len > 0 && c->state == CONN_OPEN) {
@@ -187,6 +247,10 @@ static void parse_input(struct conn *c, const uint8_t *data, size_t len) {
     data += n;
     len -= (size_t)n;
   }
+  if (h->websocket && h1_parser_message_done(&h->parser)) {
+    tunnel_input(c, data, len);
+    return;
+  }
   if (len > 0 && c->state == CONN_OPEN) {
     bytebuf_append(&h->pending, data, len);
     if (bytebuf_size(&h->pending) > PENDING_LIMIT) conn_pause_read(c);
@@ -195,6 +259,10 @@ static void parse_input(struct conn *c, const uint8_t *data, size_t len) {
 
 static void h1_on_read(struct conn *c, const uint8_t *data, size_t len) {
   struct h1_conn *h = h1(c);
+  if (h->websocket && h1_parser_message_done(&h->parser)) {
+    tunnel_input(c, data, len);
+    return;
+  }
   if (bytebuf_size(&h->pending) > 0 || h1_parser_message_done(&h->parser)) {
     bytebuf_append(&h->pending, data, len);
     if (bytebuf_size(&h->pending) > PENDING_LIMIT) conn_pause_read(c);
@@ -235,9 +303,51 @@ static bool header_value_is(const char *v, Py_ssize_t vl, const char *lit) {
   return (size_t)vl == n && strncasecmp(v, lit, n) == 0;
 }
 
+/* 101 Switching Protocols; the app's fields follow ours. */
+static int write_websocket_head(struct conn *c) {
+  struct h1_conn *h = h1(c);
+  struct asgi_stream *s = h->cur;
+  struct bytebuf *out = &c->out;
+  char accept[29];
+  ws_accept_key(h->ws_key, strlen(h->ws_key), accept);
+  char line[160];
+  int n = snprintf(line, sizeof line,
+                   "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                   "connection: Upgrade\r\nsec-websocket-accept: %s\r\n",
+                   accept);
+  bytebuf_append(out, line, (size_t)n);
+  PyObject *seq = PySequence_Fast(asgi_stream_headers(s), "headers must be a sequence");
+  if (seq == NULL) return -1;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+      Py_DECREF(seq);
+      return -1;
+    }
+    if ((nl == 7 && strncasecmp(name, "upgrade", 7) == 0) ||
+        (nl == 10 && strncasecmp(name, "connection", 10) == 0) ||
+        (nl == 14 && strncasecmp(name, "content-length", 14) == 0) ||
+        (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0))
+      continue;
+    bytebuf_append(out, name, (size_t)nl);
+    bytebuf_append(out, ": ", 2);
+    bytebuf_append(out, value, (size_t)vl);
+    bytebuf_append(out, "\r\n", 2);
+  }
+  Py_DECREF(seq);
+  bytebuf_append(out, "\r\n", 2);
+  h->close_delimited = true; /* frames, raw, until the connection ends */
+  h->keep_alive = false;
+  asgi_stream_mark_head_sent(s);
+  h->head_written = true;
+  return 0;
+}
+
 static int write_head(struct conn *c) {
   struct h1_conn *h = h1(c);
   struct asgi_stream *s = h->cur;
+  if (asgi_stream_ws_accepted(s)) return write_websocket_head(c);
   int status = asgi_stream_status(s);
   struct bytebuf *out = &c->out;
   char line[64];

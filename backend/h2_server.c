@@ -39,6 +39,8 @@ enum {
   H2S_HEADERS_TOO_LARGE = 1 << 0,
   H2S_BAD_REQUEST = 1 << 1,
   H2S_DATA_DEFERRED = 1 << 2, /* the data source said DEFERRED: resume on new data */
+  H2S_CONNECT = 1 << 3,       /* :method CONNECT */
+  H2S_WEBSOCKET = 1 << 4,     /* :protocol websocket (RFC 8441) */
 };
 
 static unsigned stream_flags(struct asgi_stream *s) {
@@ -90,8 +92,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
   const char *n = (const char *)name, *v = (const char *)value;
   int rc;
   if (nlen > 0 && n[0] == ':') {
-    if (nlen == 7 && memcmp(n, ":method", 7) == 0)
+    if (nlen == 7 && memcmp(n, ":method", 7) == 0) {
+      if (vlen == 7 && memcmp(v, "CONNECT", 7) == 0) stream_set_flag(s, H2S_CONNECT);
       rc = asgi_stream_set_method(s, v, vlen);
+    } else if (nlen == 9 && memcmp(n, ":protocol", 9) == 0) {
+      /* nghttp2 lets :protocol through only with CONNECT, as RFC 8441 says */
+      if (vlen == 9 && memcmp(v, "websocket", 9) == 0) stream_set_flag(s, H2S_WEBSOCKET);
+      rc = 0;
+    }
     else if (nlen == 5 && memcmp(n, ":path", 5) == 0)
       rc = asgi_stream_set_target(s, v, vlen);
     else if (nlen == 7 && memcmp(n, ":scheme", 7) == 0)
@@ -99,7 +107,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     else if (nlen == 10 && memcmp(n, ":authority", 10) == 0)
       rc = asgi_stream_set_authority(s, v, vlen);
     else
-      rc = 0; /* :protocol: extended CONNECT, handled with WebSockets */
+      rc = 0;
   } else {
     rc = asgi_stream_add_header(s, n, nlen, v, vlen);
   }
@@ -121,6 +129,18 @@ static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end
     return;
   }
   (void)c;
+  if (f & H2S_CONNECT) {
+    /* Extended CONNECT for WebSockets; plain CONNECT tunnels are not ours. */
+    if (!(f & H2S_WEBSOCKET)) {
+      asgi_stream_respond_error(s, 501, "Not Implemented: only WebSocket CONNECT\n");
+      return;
+    }
+    if (asgi_stream_set_websocket(s) != 0) {
+      PyErr_Clear();
+      asgi_stream_respond_error(s, 503, "Service Unavailable\n");
+      return;
+    }
+  }
   if (end_stream) asgi_stream_on_body_end(s);
   asgi_stream_start_app(s);
 }
@@ -194,7 +214,8 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   asgi_stream_response_done(s);
   /* Answered before the request body ended: tell the client to stop
    * sending (RFC 9113 8.1). */
-  if (nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0)
+  if (nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0 &&
+      !asgi_stream_ws_accepted(s)) /* a WebSocket client's close frame may be on its way */
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
   return 0;
 }
@@ -471,6 +492,7 @@ int h2_conn_start(struct conn *c) {
       .max_header_list = (uint32_t)cfg->max_header_bytes,
       .worker_id = cfg->worker_index + 1,
       .worker_count = cfg->worker_count,
+      .enable_connect_protocol = true, /* WebSockets over HTTP/2 (RFC 8441) */
   };
   if (h2_guard_submit_settings(h->session, &settings) != 0) {
     nghttp2_session_del(h->session);

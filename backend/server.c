@@ -55,6 +55,7 @@ static struct {
   size_t n_dead, dead_cap;
   uint64_t requests;
   bool stopping;
+  bool ws_going_away_sent; /* the graceful timeout closed WebSockets with 1001 */
   uint64_t stop_deadline_ms;
   PyObject *stopped_future;
   int ready_fd;
@@ -391,7 +392,7 @@ static PyObject *on_flush(PyObject *mod, PyObject *unused) {
  */
 static void stop_progress(void);
 
-enum { STOP_IDLE_MS = 1000 };
+enum { STOP_IDLE_MS = 1000, WS_CLOSE_GRACE_MS = 1000 };
 
 static void idle_sweep(uint64_t now) {
   /* While stopping, a connection idle for a moment is closed: long enough
@@ -464,6 +465,17 @@ static void begin_stop(const char *why) {
 static void stop_progress(void) {
   bool idle = S.n_conns == 0 && asgi_active_tasks() == 0;
   if (!idle && server_now_ms() < S.stop_deadline_ms) return;
+  if (!idle && !S.ws_going_away_sent) {
+    /* WebSockets never finish on their own: tell them we are going away
+     * (1001) and give the close frames a moment to leave. */
+    S.ws_going_away_sent = true;
+    size_t n = asgi_ws_going_away_all();
+    if (n > 0) {
+      log_info("graceful timeout: closing %zu WebSockets with 1001 (going away)", n);
+      S.stop_deadline_ms = server_now_ms() + WS_CLOSE_GRACE_MS;
+      return;
+    }
+  }
   if (!idle) {
     log_warn("graceful timeout: closing %zu connections with %llu requests in flight", S.n_conns,
              (unsigned long long)asgi_active_tasks());

@@ -1,0 +1,110 @@
+"""A raw ASGI WebSocket app for the tests: every part of the websocket
+scope, by path.
+
+  /echo[?sub=1]      accept (the first offered subprotocol when sub=1) and
+                     echo text and bytes; the text "close:CODE:REASON" makes
+                     the app close with that code
+  /scope             accept, send the scope as JSON, then echo
+  /deny              refuse with a custom HTTP response (websocket.http.response)
+  /reject            close before accepting (the server answers 403)
+  /raise-before      raise before accepting (500)
+  /raise-after       accept, then raise (close 1011)
+  /hold              accept and wait for the disconnect; its code is recorded
+  /disconnects       plain HTTP: the disconnect codes recorded so far
+"""
+import asyncio
+import json
+
+DISCONNECTS = []
+
+
+async def echo(scope, receive, send):
+    await receive()  # websocket.connect
+    sub = scope["subprotocols"][0] if scope["subprotocols"] and b"sub=1" in scope["query_string"] else None
+    await send({"type": "websocket.accept", "subprotocol": sub,
+                "headers": [(b"x-app", b"echo")]})
+    while True:
+        m = await receive()
+        if m["type"] == "websocket.disconnect":
+            DISCONNECTS.append(m["code"])
+            return
+        text = m.get("text")
+        if text is not None and text.startswith("close:"):
+            _, code, reason = text.split(":", 2)
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
+            m = await receive()
+            DISCONNECTS.append(m["code"])
+            return
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": m["bytes"]})
+
+
+def scope_json(scope):
+    return json.dumps({
+        "type": scope["type"], "http_version": scope["http_version"], "scheme": scope["scheme"],
+        "path": scope["path"], "query_string": scope["query_string"].decode(),
+        "client": list(scope["client"]) if scope["client"] else None,
+        "subprotocols": scope["subprotocols"], "extensions": sorted(scope["extensions"]),
+        "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+        "asgi": scope["asgi"], "has_method": "method" in scope,
+    })
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif m["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if scope["type"] == "http":
+        body = json.dumps(DISCONNECTS).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if path == "/echo":
+        return await echo(scope, receive, send)
+    if path == "/scope":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": scope_json(scope)})
+        return await echo_rest(receive, send)
+    if path == "/deny":
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-denied", b"yes")]})
+        await send({"type": "websocket.http.response.body", "body": b"no entry", "more_body": False})
+        return
+    if path == "/reject":
+        await receive()
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    if path == "/raise-before":
+        raise RuntimeError("refusing by raising")
+    if path == "/raise-after":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0)
+        raise RuntimeError("failing after accept")
+    if path == "/hold":
+        await receive()
+        await send({"type": "websocket.accept"})
+        m = await receive()
+        DISCONNECTS.append(m.get("code"))
+        return
+    await send({"type": "websocket.close", "code": 1008})
+
+
+async def echo_rest(receive, send):
+    while True:
+        m = await receive()
+        if m["type"] == "websocket.disconnect":
+            DISCONNECTS.append(m["code"])
+            return
+        await send({"type": "websocket.send", **({"text": m["text"]} if m.get("text") is not None else {"bytes": m["bytes"]})})
