@@ -43,11 +43,8 @@ struct h1_conn {
   bool no_body;
   bool trailers_out; /* chunked and the client accepts trailers */
   bool te_trailers;
-  /* WebSocket handshake (RFC 6455 4.2.1), seen in the request's fields */
-  bool ws_upgrade;       /* Upgrade: websocket */
-  bool ws_version_ok;    /* Sec-WebSocket-Version: 13 */
-  bool websocket;        /* the request is a handshake: bytes after the head are frames */
-  char ws_key[64];       /* Sec-WebSocket-Key */
+  struct ws_handshake ws; /* the request's WebSocket fields */
+  bool websocket;         /* the request is a handshake: bytes after the head are frames */
   uint32_t seq;
 };
 
@@ -66,35 +63,17 @@ static int ensure_stream(struct h1_conn *h) {
   }
   h->request_done = h->head_written = h->chunked = h->close_delimited = false;
   h->no_body = h->trailers_out = h->te_trailers = false;
-  h->ws_upgrade = h->ws_version_ok = h->websocket = false;
-  h->ws_key[0] = '\0';
+  h->websocket = false;
+  memset(&h->ws, 0, sizeof h->ws);
   h->conn->active_streams++;
   return 0;
-}
-
-static bool has_token(const char *v, size_t vlen, const char *token) {
-  size_t n = strlen(token);
-  for (size_t i = 0; i + n <= vlen; i++)
-    if (strncasecmp(v + i, token, n) == 0) return true;
-  return false;
-}
-
-static void note_websocket_field(struct h1_conn *h, const char *name, size_t nlen,
-                                 const char *value, size_t vlen) {
-  if (nlen == 7 && memcmp(name, "upgrade", 7) == 0 && has_token(value, vlen, "websocket"))
-    h->ws_upgrade = true;
-  else if (nlen == 17 && memcmp(name, "sec-websocket-key", 17) == 0 && vlen < sizeof h->ws_key) {
-    memcpy(h->ws_key, value, vlen);
-    h->ws_key[vlen] = '\0';
-  } else if (nlen == 21 && memcmp(name, "sec-websocket-version", 21) == 0)
-    h->ws_version_ok = vlen == 2 && memcmp(value, "13", 2) == 0;
 }
 
 static int on_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen) {
   struct h1_conn *h = ctx;
   int rc = ensure_stream(h);
   if (rc) return rc;
-  if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) note_websocket_field(h, name, nlen, value, vlen);
+  if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) ws_handshake_field(&h->ws, name, nlen, value, vlen);
   if (asgi_stream_add_header(h->cur, name, nlen, value, vlen) != 0) {
     PyErr_Clear();
     return 503;
@@ -124,7 +103,7 @@ static void origin_form(const char **t, size_t *len) {
  * response); the connection ends with the WebSocket either way. */
 static int begin_websocket(struct h1_conn *h, const struct h1_request_head *head) {
   if (head->method_len != 3 || memcmp(head->method, "GET", 3) != 0) return 400;
-  if (!h->ws_version_ok || h->ws_key[0] == '\0') return 400; /* RFC 6455 4.2.1 */
+  if (!ws_handshake_complete(&h->ws)) return 400; /* RFC 6455 4.2.1 */
   if (asgi_stream_set_websocket(h->cur) != 0) {
     PyErr_Clear();
     return 503;
@@ -151,7 +130,7 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
     return 503;
   }
   if (asgi_stream_header_bytes(s) > server_config()->max_header_bytes) return 431;
-  if (head->upgrade && h->ws_upgrade) {
+  if (head->upgrade && h->ws.upgrade) {
     int status = begin_websocket(h, head);
     if (status) return status;
     asgi_stream_start_app(s);
@@ -309,7 +288,7 @@ static int write_websocket_head(struct conn *c) {
   struct asgi_stream *s = h->cur;
   struct bytebuf *out = &c->out;
   char accept[29];
-  ws_accept_key(h->ws_key, strlen(h->ws_key), accept);
+  ws_accept_key(h->ws.key, strlen(h->ws.key), accept);
   char line[160];
   int n = snprintf(line, sizeof line,
                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"

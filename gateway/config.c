@@ -258,6 +258,7 @@ static const struct key_spec timeouts_keys[] = {
     KEY("connect", K_DURATION, struct gw_conf, connect_timeout_ms, .min = 10, .max = SEC(600)),
     KEY("response_header", K_DURATION, struct gw_conf, response_header_timeout_ms, .min = 10, .max = SEC(86400)),
     KEY("idle", K_DURATION, struct gw_conf, idle_timeout_ms, .min = 10, .max = SEC(86400)),
+    KEY("websocket_idle", K_DURATION, struct gw_conf, websocket_idle_timeout_ms, .min = 10, .max = SEC(7 * 86400)),
     KEY("graceful_shutdown", K_DURATION, struct gw_conf, graceful_timeout_ms, .min = 0, .max = SEC(86400)),
     END_KEYS,
 };
@@ -388,6 +389,7 @@ static void top_defaults(void *obj) {
   c->connect_timeout_ms = SEC(5);
   c->response_header_timeout_ms = SEC(60);
   c->idle_timeout_ms = SEC(60);
+  c->websocket_idle_timeout_ms = SEC(3600);
   c->graceful_timeout_ms = SEC(30);
   c->h2_stream_window = 1 << 20;
   c->h2_connection_window = 16 << 20;

@@ -125,6 +125,7 @@ struct gw_conf {
   uint64_t keepalive_timeout_ms;
   uint64_t connect_timeout_ms;
   uint64_t response_header_timeout_ms;
+  uint64_t websocket_idle_timeout_ms; /* a WebSocket with no bytes either way */
   uint64_t idle_timeout_ms;
   uint64_t graceful_timeout_ms;
   /* HTTP/2, both sides */

@@ -25,6 +25,7 @@
 #include "h1_parser.h"
 #include "http_status.h"
 #include "log.h"
+#include "ws_frame.h"
 #include "xchg.h"
 
 enum {
@@ -47,6 +48,8 @@ struct h1d {
   bool want_input;        /* credit came back: feed the parser in the flush pass */
   bool read_paused;       /* EV_READ off: pipelined request waiting, or body backpressure */
   bool broken;            /* the request can't be read further: close after the answer */
+  struct ws_handshake ws; /* the request's WebSocket fields */
+  bool websocket;         /* a WebSocket handshake: after the head, input is frames */
   uint32_t requests;
 };
 
@@ -68,6 +71,8 @@ static int ensure_xchg(struct h1d *h) {
   h->x->client_port = c->peer_port;
   h->req_done = h->head_written = h->chunked = h->close_delimited = false;
   h->no_body = h->is_head = false;
+  h->websocket = false;
+  memset(&h->ws, 0, sizeof h->ws);
   return 0;
 }
 
@@ -75,6 +80,7 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
   struct h1d *h = ctx;
   int rc = ensure_xchg(h);
   if (rc) return rc;
+  if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) ws_handshake_field(&h->ws, name, nlen, value, vlen);
   return xchg_req_field(h->x, name, nlen, value, vlen);
 }
 
@@ -107,6 +113,15 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
     return rc;
   if (head->version_minor >= 1 && hdr_find(&x->req, "host", 4, 0) < 0 && x->i_authority < 0)
     return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+  if (head->upgrade && h->ws.upgrade) {
+    /* The bytes after this head are the client's frames: the request
+     * "body" lasts as long as the WebSocket. */
+    if (!ws_handshake_complete(&h->ws)) return 400;
+    h->websocket = x->websocket = true;
+    h->keep_alive = false;
+    xchg_req_head_done(x);
+    return 0;
+  }
   if (!head->chunked && (!head->has_content_length || head->content_length == 0)) {
     h->req_done = true;
     x->req_end = true;
@@ -131,6 +146,7 @@ static int on_body(void *ctx, const char *data, size_t len) {
 static int on_end(void *ctx) {
   struct h1d *h = ctx;
   h->requests++;
+  if (h->websocket) return 0; /* the tunnel follows */
   if (h->x && !h->req_done) {
     h->req_done = true;
     xchg_req_end(h->x);
@@ -174,6 +190,28 @@ static void pause_reading(struct h1d *h, bool pause) {
   else bufferevent_enable(h->c->bev, EV_READ);
 }
 
+/* A WebSocket's frames go to the exchange as they are, while it has room.
+ * Returns true when it is full (reading pauses). */
+static bool tunnel_input(struct down_conn *c) {
+  struct h1d *h = h1d(c);
+  struct evbuffer *in = bufferevent_get_input(c->bev);
+  size_t limit = c->rt->conf->body_buffer;
+  while (evbuffer_get_length(in) > 0) {
+    if (h->x == NULL) {
+      evbuffer_drain(in, evbuffer_get_length(in)); /* the WebSocket is over */
+      return false;
+    }
+    size_t room = limit > xchg_req_buffered(h->x) ? limit - xchg_req_buffered(h->x) : 0;
+    if (room == 0) return true;
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
+    size_t n = v.iov_len < room ? v.iov_len : room;
+    xchg_req_body(h->x, v.iov_base, n);
+    evbuffer_drain(in, n);
+  }
+  return false;
+}
+
 /* Feeds buffered input to the parser while the current exchange has room;
  * stops reading the socket when it can't take more. */
 static void process_input(struct down_conn *c) {
@@ -182,6 +220,10 @@ static void process_input(struct down_conn *c) {
   h->want_input = false;
   bool blocked = false;
   while (c->state == DC_OPEN && !h->broken && evbuffer_get_length(in) > 0) {
+    if (h->websocket && h1_parser_message_done(&h->parser)) {
+      blocked = tunnel_input(c);
+      break;
+    }
     /* pipelined: wait for this response; or backpressure on the body */
     if (h1_parser_message_done(&h->parser) ||
         (h->x && xchg_req_buffered(h->x) >= c->rt->conf->body_buffer)) {
@@ -217,9 +259,40 @@ static void request_timeout(struct down_conn *c) {
 /* ---------------------------------------------------------------------------
  * Response.
  */
+/* The backend accepted (200 to its extended CONNECT): 101 with the accept
+ * key for the client's own key; then raw frames until either side ends. */
+static void write_websocket_head(struct h1d *h) {
+  struct xchg *x = h->x;
+  struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  char accept[29];
+  ws_accept_key(h->ws.key, strlen(h->ws.key), accept);
+  evbuffer_add_printf(out,
+                      "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                      "connection: Upgrade\r\nsec-websocket-accept: %s\r\n",
+                      accept);
+  for (uint32_t i = 0; i < x->resp.n; i++) {
+    const struct hdr *f = &x->resp.v[i];
+    const char *name = x->resp.arena + f->name_off;
+    if ((f->flags & HDR_DROPPED) || name[0] == ':' || hdr_name_is(&x->resp, (int)i, "content-length"))
+      continue;
+    evbuffer_add(out, name, f->name_len);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, x->resp.arena + f->value_off, f->value_len);
+    evbuffer_add(out, "\r\n", 2);
+  }
+  evbuffer_add(out, "\r\n", 2);
+  h->close_delimited = true;
+  h->keep_alive = false;
+  h->head_written = true;
+}
+
 static void write_head(struct h1d *h) {
   struct xchg *x = h->x;
   struct evbuffer *out = bufferevent_get_output(h->c->bev);
+  if (h->websocket && !x->resp_local && x->status >= 200 && x->status < 300) {
+    write_websocket_head(h);
+    return;
+  }
   evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", x->status, http_reason(x->status));
   bool has_length = false, has_alt_svc = false;
   for (uint32_t i = 0; i < x->resp.n; i++) {

@@ -435,12 +435,31 @@ void up_conn_drain(struct up_conn *c) {
 /* ---------------------------------------------------------------------------
  * Streams.
  */
+/* A WebSocket needs a backend that accepts extended CONNECT (RFC 8441 3);
+ * we know once its SETTINGS arrived. 1: go on, 0: wait, -1: refused. */
+static int websocket_allowed(struct up_conn *c) {
+  if (!c->settings_seen) return 0;
+  return nghttp2_session_get_remote_settings(c->session, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL)
+             ? 1
+             : -1;
+}
+
 int up_conn_submit(struct up_conn *c, struct xchg *x) {
   if (!up_conn_has_room(c)) return -1;
-  nghttp2_nv nva[MAX_FIELDS + 4];
+  if (x->websocket) {
+    int ok = websocket_allowed(c);
+    if (ok == 0) return -1;
+    if (ok < 0) {
+      xchg_up_give_up(x, 502, "the backend does not accept WebSockets over HTTP/2 "
+                              "(no SETTINGS_ENABLE_CONNECT_PROTOCOL)");
+      return 0;
+    }
+  }
+  nghttp2_nv nva[MAX_FIELDS + 5];
   size_t n = 0;
-  int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, x->i_path};
-  for (size_t i = 0; i < 4; i++) {
+  int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, x->i_path, x->i_protocol};
+  size_t n_pseudo = x->i_protocol >= 0 ? 5 : 4;
+  for (size_t i = 0; i < n_pseudo; i++) {
     const struct hdr *h = &x->req.v[pseudo[i]];
     nva[n++] = (nghttp2_nv){(uint8_t *)x->req.arena + h->name_off,
                             (uint8_t *)x->req.arena + h->value_off, h->name_len, h->value_len,

@@ -30,6 +30,16 @@ enum {
 
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
+static void arm_timer(struct xchg *x, uint64_t ms) {
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  event_add(&x->timer, &tv);
+}
+
+/* How long a response may go without progress: a WebSocket has its own. */
+static uint64_t idle_ms(const struct xchg *x) {
+  return x->websocket ? x->rt->conf->websocket_idle_timeout_ms : x->rt->conf->idle_timeout_ms;
+}
+
 /* ---------------------------------------------------------------------------
  * Life cycle.
  */
@@ -92,7 +102,7 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
   x->rt = gw_runtime_ref(rt);
   x->proto = proto;
   x->state = XS_REQ_HEAD;
-  x->i_method = x->i_scheme = x->i_authority = x->i_path = -1;
+  x->i_method = x->i_scheme = x->i_authority = x->i_path = x->i_protocol = -1;
   x->req_content_length = -1;
   x->req_replayable = true;
   x->down = ops;
@@ -177,8 +187,9 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
                 : name_eq(name, nlen, ":path")      ? &x->i_path
                 : name_eq(name, nlen, ":scheme")    ? &x->i_scheme
                 : name_eq(name, nlen, ":authority") ? &x->i_authority
+                : name_eq(name, nlen, ":protocol")  ? &x->i_protocol
                                                     : NULL;
-    if (slot == NULL) return 400; /* :protocol comes with WebSockets */
+    if (slot == NULL) return 400;
     if (*slot >= 0) return 400;   /* repeated pseudo-header */
     *slot = idx;
     return 0;
@@ -229,7 +240,10 @@ static enum field_role classify(const char *n, uint32_t len) {
   case 14: return IS("http2-settings") ? F_HOP : F_PLAIN;
   case 15: return IS("x-forwarded-for") ? F_XFF : F_PLAIN;
   case 16: return IS("proxy-connection") ? F_HOP : IS("x-forwarded-host") ? F_XFH : F_PLAIN;
-  case 17: return IS("transfer-encoding") ? F_HOP : IS("x-forwarded-proto") ? F_XFP : F_PLAIN;
+  /* HTTP/2 WebSockets have no key (RFC 8441 5): the HTTP/1.1 front answers it */
+  case 17: return IS("transfer-encoding") || IS("sec-websocket-key") ? F_HOP
+                 : IS("x-forwarded-proto")                          ? F_XFP
+                                                                    : F_PLAIN;
   default: return F_PLAIN;
   }
 }
@@ -410,6 +424,28 @@ static struct up_pool *route(struct xchg *x) {
   return best < 0 ? NULL : x->rt->pools[conf->routes[best].upstream_index];
 }
 
+/* Extended CONNECT from an HTTP/2 or HTTP/3 client (RFC 8441, RFC 9220):
+ * only WebSockets; plain CONNECT tunnels are not a gateway's job here. */
+static int websocket_connect(struct xchg *x, const char **why) {
+  if (x->i_protocol < 0) return *why = "CONNECT tunnels are not supported", 501;
+  if (strcasecmp(hdr_value(&x->req, x->i_protocol), "websocket") != 0)
+    return *why = "only the websocket protocol can be tunnelled", 501;
+  x->websocket = true;
+  return 0;
+}
+
+/* An HTTP/1.1 Upgrade (the front checked the handshake's fields) becomes
+ * the same extended CONNECT upstream. */
+static int websocket_from_upgrade(struct xchg *x, const char **why) {
+  if (x->i_method < 0 || strcmp(hdr_value(&x->req, x->i_method), "GET") != 0)
+    return *why = "a WebSocket handshake must be a GET", 400;
+  x->req.v[x->i_method].flags |= HDR_DROPPED;
+  x->i_method = hdr_add(&x->req, ":method", 7, "CONNECT", 7);
+  x->i_protocol = hdr_add(&x->req, ":protocol", 9, "websocket", 9);
+  if (x->i_method < 0 || x->i_protocol < 0) return *why = "out of memory", 503;
+  return 0;
+}
+
 int xchg_req_head_done(struct xchg *x) {
   if (x->i_authority < 0) {
     int host = hdr_find(&x->req, "host", 4, 0);
@@ -421,7 +457,15 @@ int xchg_req_head_done(struct xchg *x) {
   }
   int status = 0;
   const char *why = NULL;
-  if (x->i_method < 0 || x->i_path < 0) status = 400, why = "missing method or path";
+  if (x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "CONNECT") == 0)
+    status = websocket_connect(x, &why);
+  else if (x->i_protocol >= 0)
+    status = 400, why = ":protocol without CONNECT";
+  else if (x->websocket)
+    status = websocket_from_upgrade(x, &why);
+  if (status) {
+    /* answered below */
+  } else if (x->i_method < 0 || x->i_path < 0) status = 400, why = "missing method or path";
   else if (x->i_authority < 0) status = 400, why = "missing Host";
   else if (hdr_value(&x->req, x->i_path)[0] != '/' &&
            strcmp(hdr_value(&x->req, x->i_path), "*") != 0)
@@ -457,7 +501,8 @@ int xchg_req_head_done(struct xchg *x) {
 int xchg_req_body(struct xchg *x, const void *data, size_t len) {
   const struct gw_conf *conf = x->rt->conf;
   x->req_bytes += len;
-  if (conf->max_body_size && x->req_bytes > conf->max_body_size) {
+  if (x->websocket && x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
+  if (conf->max_body_size && x->req_bytes > conf->max_body_size && !x->websocket) {
     if (x->state != XS_RESPONDING && x->state != XS_DONE) {
       if (x->up.conn || queued(x)) up_cancel(x);
       xchg_respond_local(x, 413, "request body too large");
@@ -505,10 +550,6 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
 /* ---------------------------------------------------------------------------
  * Response.
  */
-static void arm_timer(struct xchg *x, uint64_t ms) {
-  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-  event_add(&x->timer, &tv);
-}
 
 void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->rt->conf->response_header_timeout_ms); }
 
@@ -526,7 +567,7 @@ void xchg_up_resp_head(struct xchg *x) {
   x->req_replayable = false;
   evbuffer_drain(x->req_replay, evbuffer_get_length(x->req_replay));
   drop_response_hop_by_hop(x);
-  arm_timer(x, x->rt->conf->idle_timeout_ms);
+  arm_timer(x, idle_ms(x));
   if (x->down_attached) x->down->on_resp_head(x);
 }
 
@@ -534,7 +575,7 @@ void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len) {
   x->resp_bytes += len;
   if (!x->down_attached) return;
   evbuffer_add(x->resp_body, data, len);
-  arm_timer(x, x->rt->conf->idle_timeout_ms);
+  arm_timer(x, idle_ms(x));
   x->down->on_resp_body(x);
 }
 
@@ -547,7 +588,7 @@ void xchg_up_resp_end(struct xchg *x) {
 
 void xchg_resp_consumed(struct xchg *x, size_t n) {
   if (x->up.conn) up_consumed(x, n);
-  if (x->state == XS_RESPONDING) arm_timer(x, x->rt->conf->idle_timeout_ms);
+  if (x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
 }
 
 /* ---------------------------------------------------------------------------

@@ -67,13 +67,17 @@ struct xchg {
   enum xchg_state state;
   bool tls;
   bool early_data;         /* HTTP/3 0-RTT */
+  /* A WebSocket (HTTP/1.1 Upgrade, or extended CONNECT with :protocol
+   * websocket): forwarded as RFC 8441 extended CONNECT; the bodies are the
+   * tunnel's two directions. HTTP/1.1 fronts set it before head_done. */
+  bool websocket;
   char client_ip[64];
   uint16_t client_port;
   uint16_t local_port;
 
   /* request */
   struct hdr_list req;     /* pseudo-headers first (":method"...), then fields */
-  int i_method, i_scheme, i_authority, i_path;
+  int i_method, i_scheme, i_authority, i_path, i_protocol;
   int64_t req_content_length; /* -1: unknown */
   struct evbuffer *req_body;
   struct evbuffer *req_replay; /* body already sent upstream, kept for a retry */

@@ -1,6 +1,7 @@
 #include "ws_frame.h"
 
 #include <string.h>
+#include <strings.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
@@ -123,6 +124,31 @@ void ws_accept_key(const char *key, size_t key_len, char out[29]) {
   EVP_DigestFinal_ex(ctx, digest, NULL);
   EVP_MD_CTX_free(ctx);
   EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH); /* 28 chars + NUL */
+}
+
+static bool has_token_ci(const char *v, size_t vlen, const char *token) {
+  size_t n = strlen(token);
+  for (size_t i = 0; i + n <= vlen; i++)
+    if (strncasecmp(v + i, token, n) == 0) return true;
+  return false;
+}
+
+void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, const char *value,
+                        size_t vlen) {
+  if (nlen == 7 && memcmp(name, "upgrade", 7) == 0) {
+    if (has_token_ci(value, vlen, "websocket")) hs->upgrade = true;
+  } else if (nlen == 17 && memcmp(name, "sec-websocket-key", 17) == 0) {
+    if (vlen < sizeof hs->key) {
+      memcpy(hs->key, value, vlen);
+      hs->key[vlen] = '\0';
+    }
+  } else if (nlen == 21 && memcmp(name, "sec-websocket-version", 21) == 0) {
+    hs->version_ok = vlen == 2 && memcmp(value, "13", 2) == 0;
+  }
+}
+
+bool ws_handshake_complete(const struct ws_handshake *hs) {
+  return hs->version_ok && hs->key[0] != '\0';
 }
 
 /* ---------------------------------------------------------------------------

@@ -60,6 +60,18 @@ bool ws_close_code_valid(unsigned code);
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)). */
 void ws_accept_key(const char *key, size_t key_len, char out[29]);
 
+/* The HTTP/1.1 handshake's fields (RFC 6455 4.2.1), noted as they arrive. */
+struct ws_handshake {
+  bool upgrade;    /* Upgrade: websocket */
+  bool version_ok; /* Sec-WebSocket-Version: 13 */
+  char key[64];    /* Sec-WebSocket-Key */
+};
+/* name is lower-case. */
+void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, const char *value,
+                        size_t vlen);
+/* Version 13 and a key: the request can be answered with 101. */
+bool ws_handshake_complete(const struct ws_handshake *hs);
+
 /* An incremental reader of a WebSocket byte stream: it unmasks payloads in
  * place and reports one event per call, keeping only a frame header (14
  * bytes) and a control payload (125) of its own. The caller assembles
