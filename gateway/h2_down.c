@@ -168,8 +168,11 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   if (frame->hd.type == NGHTTP2_DATA) h2_abuse_refund(&h->abuse, frame);
   if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
-  /* Answered before the request body ended: the client may stop (RFC 9113 8.1). */
-  if (nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0)
+  /* Answered before the request body ended: the client may stop (RFC 9113
+   * 8.1). Not a WebSocket that ended: the client's close frame may follow. */
+  struct h2d_strm *s = find(session, frame->hd.stream_id);
+  bool tunnel = s && s->x && s->x->websocket && !s->x->resp_local && s->x->status / 100 == 2;
+  if (!tunnel && nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0)
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
   return 0;
 }
@@ -309,6 +312,7 @@ static int h2_start(struct down_conn *c) {
       .conn_window = conf->h2_connection_window,
       .max_frame_size = 16384,
       .max_header_list = (uint32_t)conf->max_header_bytes,
+      .enable_connect_protocol = true, /* WebSockets over HTTP/2 (RFC 8441) */
   };
   if (h2_guard_submit_settings(h->session, &settings) != 0) goto err_session;
   h2_abuse_init(&h->abuse);
