@@ -28,6 +28,8 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
+#include "ws_frame.h"
+
 enum { MAX_UDP = 1452, CIDLEN = 18 };
 
 struct options {
@@ -39,7 +41,9 @@ struct options {
   const char *token_file;
   const char *output; /* the body of the last response is written here */
   int hold_s;         /* keep connections open (idle) this long after their requests */
-} O = {.n = 1, .c = 1, .m = 1, .timeout_s = 60, .method = "GET"};
+  int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
+  size_t ws_size;     /* bytes per message */
+} O = {.n = 1, .c = 1, .m = 1, .timeout_s = 60, .method = "GET", .ws_size = 64};
 
 struct conn;
 
@@ -52,6 +56,25 @@ struct stream {
   gnutls_hash_hd_t hash;
   size_t body_sent;
   FILE *out;
+  struct ws_session *ws; /* WebSocket mode */
+};
+
+/* A frame we sent, kept until QUIC acknowledges it (nghttp3 may need the
+ * bytes again for a retransmission). */
+struct ws_buf {
+  struct ws_buf *next;
+  size_t len, given, acked;
+  uint8_t data[];
+};
+
+struct ws_session {
+  struct ws_buf *head, *tail; /* unacknowledged frames, oldest first */
+  bool open;                  /* the server answered 200 */
+  bool close_sent, close_received, bad;
+  int echoed;                 /* messages that came back intact */
+  uint64_t msg_bytes;         /* of the echo being received */
+  uint64_t sent_ns;
+  struct ws_reader reader;
 };
 
 struct conn {
@@ -76,7 +99,7 @@ static struct {
   uint64_t *latencies;
   size_t n_lat;
   uint64_t started_ns;
-  uint64_t bytes_in, done, failed, errored, retries;
+  uint64_t bytes_in, done, failed, errored, retries, ws_echoed;
   uint64_t status_class[6];
   char shas[16][65];
   size_t n_shas;
@@ -112,6 +135,8 @@ static int h3_recv_header(nghttp3_conn *h3, int64_t sid, int32_t token, nghttp3_
   return 0;
 }
 
+static void ws_on_data(struct conn *c, struct stream *s, const uint8_t *data, size_t len);
+
 static int h3_recv_data(nghttp3_conn *h3, int64_t sid, const uint8_t *data, size_t len, void *user,
                         void *su) {
   (void)h3;
@@ -119,7 +144,9 @@ static int h3_recv_data(nghttp3_conn *h3, int64_t sid, const uint8_t *data, size
   struct stream *s = su;
   ngtcp2_conn_extend_max_stream_offset(c->q, sid, len);
   ngtcp2_conn_extend_max_offset(c->q, len);
-  if (s) {
+  if (s && s->ws) {
+    ws_on_data(c, s, data, len);
+  } else if (s) {
     s->bytes += len;
     if (s->hash) gnutls_hash(s->hash, data, len);
     if (s->out) fwrite(data, 1, len, s->out);
@@ -147,13 +174,17 @@ static void record_sha(struct stream *s) {
   if (G.n_shas < 16) strcpy(G.shas[G.n_shas++], hex);
 }
 
+static void ws_session_done(struct stream *s, uint64_t err);
+
 static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *user, void *su) {
   (void)h3; (void)sid;
   struct conn *c = user;
   struct stream *s = su;
   if (s == NULL) return 0;
   c->inflight--;
-  if (s->status && err == NGHTTP3_H3_NO_ERROR) {
+  if (s->ws) {
+    ws_session_done(s, err);
+  } else if (s->status && err == NGHTTP3_H3_NO_ERROR) {
     G.done++;
     G.status_class[s->status / 100 < 6 ? s->status / 100 : 0]++;
     if (s->status >= 400) G.failed++;
@@ -171,9 +202,14 @@ static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *us
   return 0;
 }
 
+static void ws_acked(struct ws_session *w, uint64_t n);
+static int ws_end_headers(nghttp3_conn *h3, int64_t sid, int fin, void *user, void *su);
+
 static int h3_acked(nghttp3_conn *h3, int64_t sid, uint64_t n, void *user, void *su) {
-  (void)h3; (void)sid; (void)n; (void)user; (void)su;
-  return 0; /* bodies are served from O.body, which lives until exit */
+  (void)h3; (void)sid; (void)user;
+  struct stream *s = su;
+  if (s && s->ws) ws_acked(s->ws, n);
+  return 0; /* request bodies are served from O.body, which lives until exit */
 }
 
 static const nghttp3_callbacks h3_cbs = {
@@ -182,6 +218,7 @@ static const nghttp3_callbacks h3_cbs = {
     .recv_data = h3_recv_data,
     .deferred_consume = h3_deferred_consume,
     .recv_header = h3_recv_header,
+    .end_headers = ws_end_headers,
 };
 
 static nghttp3_ssize read_body(nghttp3_conn *h3, int64_t sid, nghttp3_vec *vec, size_t veccnt,
@@ -195,6 +232,182 @@ static nghttp3_ssize read_body(nghttp3_conn *h3, int64_t sid, nghttp3_vec *vec, 
   s->body_sent += n;
   if (s->body_sent == O.body_len) *pflags |= NGHTTP3_DATA_FLAG_EOF;
   return 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * WebSocket mode (RFC 9220): each "request" is an extended CONNECT whose
+ * session echoes --websocket messages one at a time; latency is the round
+ * trip of each message.
+ */
+static uint8_t ws_pattern(int msg, size_t i) { return (uint8_t)(msg * 31 + (int)i); }
+
+static void ws_queue(struct stream *s, uint8_t opcode, const uint8_t *payload, size_t len) {
+  struct ws_session *w = s->ws;
+  struct ws_buf *b = malloc(sizeof *b + WS_MAX_HDR + len);
+  uint8_t mask[4];
+  rand_bytes(mask, 4);
+  size_t h = ws_write_header(b->data, true, opcode, len, mask);
+  memcpy(b->data + h, payload, len);
+  ws_mask(b->data + h, len, mask, 0);
+  b->len = h + len;
+  b->given = b->acked = 0;
+  b->next = NULL;
+  if (w->tail) w->tail->next = b;
+  else w->head = b;
+  w->tail = b;
+  nghttp3_conn_resume_stream(s->c->h3, s->id);
+}
+
+static void ws_send_next(struct stream *s) {
+  struct ws_session *w = s->ws;
+  uint8_t *p = malloc(O.ws_size ? O.ws_size : 1);
+  for (size_t i = 0; i < O.ws_size; i++) p[i] = ws_pattern(w->echoed, i);
+  w->sent_ns = now_ns();
+  w->msg_bytes = 0;
+  ws_queue(s, WS_BINARY, p, O.ws_size);
+  free(p);
+}
+
+static void ws_send_close(struct stream *s) {
+  static const uint8_t normal[2] = {1000 >> 8, 1000 & 0xff};
+  if (s->ws->close_sent) return;
+  s->ws->close_sent = true;
+  ws_queue(s, WS_CLOSE, normal, 2);
+}
+
+static void ws_acked(struct ws_session *w, uint64_t n) {
+  while (n > 0 && w->head) {
+    struct ws_buf *b = w->head;
+    size_t k = b->len - b->acked < n ? b->len - b->acked : (size_t)n;
+    b->acked += k;
+    n -= k;
+    if (b->acked < b->len) break;
+    w->head = b->next;
+    if (w->head == NULL) w->tail = NULL;
+    free(b);
+  }
+}
+
+static nghttp3_ssize ws_read_frames(nghttp3_conn *h3, int64_t sid, nghttp3_vec *vec, size_t veccnt,
+                                    uint32_t *pflags, void *user, void *su) {
+  (void)h3; (void)sid; (void)user;
+  struct stream *s = su;
+  size_t n = 0;
+  for (struct ws_buf *b = s->ws->head; b && n < veccnt; b = b->next) {
+    if (b->given == b->len) continue;
+    vec[n].base = b->data + b->given;
+    vec[n].len = b->len - b->given;
+    b->given = b->len;
+    n++;
+  }
+  if (s->ws->close_sent) {
+    bool all_given = true;
+    for (struct ws_buf *b = s->ws->head; b; b = b->next) all_given &= b->given == b->len;
+    if (all_given) *pflags |= NGHTTP3_DATA_FLAG_EOF; /* our close frame ends our side */
+  }
+  if (n == 0 && !(*pflags & NGHTTP3_DATA_FLAG_EOF)) return NGHTTP3_ERR_WOULDBLOCK;
+  return (nghttp3_ssize)n;
+}
+
+static int ws_submit(struct conn *c, struct stream *s) {
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
+  nghttp3_nv nva[] = {NV(":method", "CONNECT"), NV(":protocol", "websocket"),
+                      NV(":scheme", "https"), NV(":authority", O.authority), NV(":path", O.path),
+                      NV("sec-websocket-version", "13"), NV("user-agent", "h3load")};
+#undef NV
+  s->ws = calloc(1, sizeof *s->ws);
+  ws_reader_init(&s->ws->reader, false, 1u << 30);
+  static const nghttp3_data_reader reader = {ws_read_frames};
+  return nghttp3_conn_submit_request(c->h3, s->id, nva, sizeof nva / sizeof nva[0], &reader, s);
+}
+
+static int ws_end_headers(nghttp3_conn *h3, int64_t sid, int fin, void *user, void *su) {
+  (void)h3; (void)sid; (void)fin; (void)user;
+  struct stream *s = su;
+  if (s == NULL || s->ws == NULL || s->ws->open) return 0;
+  if (s->status != 200) {
+    /* Refused: end our side too (no frames), so the stream can close. */
+    s->ws->close_sent = true;
+    nghttp3_conn_resume_stream(s->c->h3, s->id);
+    return 0;
+  }
+  s->ws->open = true;
+  if (O.ws_messages > 0) ws_send_next(s);
+  return 0;
+}
+
+static void ws_event(struct stream *s, const struct ws_event *ev) {
+  struct ws_session *w = s->ws;
+  switch (ev->type) {
+  case WS_EV_DATA:
+    for (size_t i = 0; i < ev->len; i++)
+      if (ev->data[i] != ws_pattern(w->echoed, w->msg_bytes + i)) w->bad = true;
+    w->msg_bytes += ev->len;
+    break;
+  case WS_EV_MESSAGE_END:
+    if (w->msg_bytes != O.ws_size) w->bad = true;
+    if (w->bad) break;
+    G.latencies[G.n_lat++] = now_ns() - w->sent_ns;
+    G.ws_echoed++;
+    if (++w->echoed < O.ws_messages) ws_send_next(s);
+    else ws_send_close(s);
+    break;
+  case WS_EV_CLOSE:
+    w->close_received = true;
+    ws_send_close(s);
+    break;
+  case WS_EV_ERROR:
+    w->bad = true;
+    break;
+  default:
+    break;
+  }
+}
+
+static void ws_on_data(struct conn *c, struct stream *s, const uint8_t *data, size_t len) {
+  (void)c;
+  G.bytes_in += len;
+  s->bytes += len;
+  uint8_t scratch[16384]; /* the reader works in place; nghttp3's buffer is not ours */
+  while (len > 0) {
+    size_t n = len < sizeof scratch ? len : sizeof scratch;
+    memcpy(scratch, data, n);
+    uint8_t *p = scratch;
+    size_t left = n;
+    for (;;) {
+      struct ws_event ev;
+      size_t used = ws_reader_next(&s->ws->reader, p, left, &ev);
+      p += used;
+      left -= used;
+      if (ev.type == WS_EV_NONE && used == 0) break;
+      ws_event(s, &ev);
+    }
+    data += n;
+    len -= n;
+  }
+}
+
+static void ws_session_done(struct stream *s, uint64_t err) {
+  struct ws_session *w = s->ws;
+  bool ok = w->open && !w->bad && w->echoed == O.ws_messages && w->close_received &&
+            err == NGHTTP3_H3_NO_ERROR;
+  if (s->status) {
+    G.done++;
+    G.status_class[s->status / 100 < 6 ? s->status / 100 : 0]++;
+    if (!ok) G.failed++;
+  } else {
+    G.errored++;
+  }
+  if (!ok && !O.quiet)
+    fprintf(stderr, "websocket on stream %lld: status %d, %d of %d echoed%s%s, H3 error 0x%llx\n",
+            (long long)s->id, s->status, w->echoed, O.ws_messages, w->bad ? ", corrupted" : "",
+            w->close_received ? "" : ", no close frame", (unsigned long long)err);
+  while (w->head) {
+    struct ws_buf *b = w->head;
+    w->head = b->next;
+    free(b);
+  }
+  free(w);
 }
 
 /* Opens streams up to -m in flight while requests remain. */
@@ -217,7 +430,9 @@ static void issue(struct conn *c) {
 #undef NV
     static const nghttp3_data_reader reader = {read_body};
     size_t nv = O.body ? 6 : 5;
-    if (nghttp3_conn_submit_request(c->h3, sid, nva, nv, O.body ? &reader : NULL, s) != 0) {
+    int rc = O.ws_messages ? ws_submit(c, s) :
+             nghttp3_conn_submit_request(c->h3, sid, nva, nv, O.body ? &reader : NULL, s);
+    if (rc != 0) {
       free(s);
       G.errored++;
       c->to_issue--;
@@ -602,6 +817,7 @@ static int load_body(const char *file) {
 static void usage(void) {
   fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
         "              [--sha256] [-o FILE] [--token-file FILE] [--timeout SECONDS] [--hold SECONDS] [-q]\n"
+        "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
 }
@@ -614,6 +830,7 @@ int main(int argc, char **argv) {
       {"sha256", no_argument, NULL, 'S'}, {"token-file", required_argument, NULL, 'T'},
       {"timeout", required_argument, NULL, 't'}, {"quiet", no_argument, NULL, 'q'},
       {"output", required_argument, NULL, 'o'}, {"hold", required_argument, NULL, 'H'},
+      {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:", opts, NULL)) != -1) {
@@ -638,6 +855,8 @@ int main(int argc, char **argv) {
     case 'q': O.quiet = true; break;
     case 'o': O.output = optarg; break;
     case 'H': O.hold_s = atoi(optarg); break;
+    case 'W': O.ws_messages = atoi(optarg); break;
+    case 'Z': O.ws_size = strtoull(optarg, NULL, 10); break;
     default: usage(); return 2;
     }
   }
@@ -654,7 +873,8 @@ int main(int argc, char **argv) {
   }
   G.base = event_base_new();
   gnutls_certificate_allocate_credentials(&G.cred);
-  G.latencies = calloc((size_t)O.n, sizeof *G.latencies);
+  G.latencies = calloc((size_t)O.n * (size_t)(O.ws_messages > 0 ? O.ws_messages : 1),
+                       sizeof *G.latencies);
   G.conns = calloc((size_t)O.c, sizeof *G.conns);
   struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *ai;
   if (getaddrinfo(O.host, O.port, &hints, &ai) != 0) {
@@ -697,6 +917,9 @@ int main(int argc, char **argv) {
          (unsigned long long)G.bytes_in, O.body_len);
   printf("latency ms: min %.2f p50 %.2f p90 %.2f p99 %.2f max %.2f\n", pct(0), pct(0.5), pct(0.9),
          pct(0.99), pct(1));
+  if (O.ws_messages > 0)
+    printf("websocket: %llu messages of %zu bytes echoed, %.2f msg/s (latency above: per message)\n",
+           (unsigned long long)G.ws_echoed, O.ws_size, (double)G.ws_echoed / secs);
   for (size_t i = 0; i < G.n_shas; i++) printf("body sha256: %s\n", G.shas[i]);
   printf("retries: %llu\n", (unsigned long long)G.retries);
   return ok == (uint64_t)O.n ? 0 : 1;
