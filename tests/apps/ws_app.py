@@ -11,15 +11,26 @@ scope, by path.
   /raise-after       accept, then raise (close 1011)
   /hold              accept and wait for the disconnect; its code is recorded
   /disconnects       plain HTTP: the disconnect codes recorded so far
+  /sessions          plain HTTP: [http_version, scheme, client host] of each /echo
+  /page              plain HTTP: a page whose script echoes over a WebSocket
 """
 import asyncio
 import json
 
 DISCONNECTS = []
+SESSIONS = []
+
+PAGE = b"""<!doctype html><title>pending</title><body><script>
+const ws = new WebSocket(`wss://${location.host}/echo`);
+ws.onopen = () => ws.send("browser says hi");
+ws.onmessage = (e) => { document.title = "echo:" + e.data; document.body.textContent = "echo:" + e.data; ws.close(1000); };
+ws.onerror = () => { document.title = "error"; document.body.textContent = "error"; };
+</script></body>"""
 
 
 async def echo(scope, receive, send):
     await receive()  # websocket.connect
+    SESSIONS.append([scope["http_version"], scope["scheme"], scope["client"][0] if scope["client"] else None])
     sub = scope["subprotocols"][0] if scope["subprotocols"] and b"sub=1" in scope["query_string"] else None
     await send({"type": "websocket.accept", "subprotocol": sub,
                 "headers": [(b"x-app", b"echo")]})
@@ -63,9 +74,11 @@ async def app(scope, receive, send):
                 return
     path = scope["path"]
     if scope["type"] == "http":
-        body = json.dumps(DISCONNECTS).encode()
+        body, ctype = json.dumps(SESSIONS if path == "/sessions" else DISCONNECTS).encode(), b"application/json"
+        if path == "/page":
+            body, ctype = PAGE, b"text/html"
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+                    "headers": [(b"content-type", ctype)]})
         await send({"type": "http.response.body", "body": body})
         return
     if path == "/echo":

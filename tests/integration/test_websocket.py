@@ -1,0 +1,502 @@
+"""WebSockets end to end: python3-websockets over HTTP/1.1 (directly to the
+worker and through the gateway over TLS), Python h2 as an RFC 8441 client,
+h3load as an RFC 9220 client, Starlette and FastAPI endpoints, errors,
+shutdown, a dying backend and 1,000 concurrent sessions."""
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+import websockets
+
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl_json, rss_kb, run
+
+BIG = 16 * 1024 * 1024
+
+
+def wsrun(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def tls_ctx(alpn=None):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def disconnects(worker):
+    return curl_json(worker.url("/disconnects"))
+
+
+def sessions(worker):
+    return curl_json(worker.url("/sessions"))
+
+
+def eventually(fn, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    return fn()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker("ws_app:app", workers=1)
+    yield w
+    assert w.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def gateway(worker):
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    yield g
+    assert g.stop() == 0
+
+
+# ---------------------------------------------------------------------------
+# Clients: a masked-frame writer, a raw HTTP/1.1 handshake, an RFC 8441 client.
+
+def client_frame(opcode, payload, fin=True, mask=True):
+    key = os.urandom(4) if mask else b""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    m = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([m | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + payload
+
+
+def parse_frames(buf):
+    """Server frames (unmasked) from buf: ([(opcode, payload)], rest)."""
+    out = []
+    while len(buf) >= 2:
+        n = buf[1] & 0x7F
+        p = 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, p = struct.unpack("!H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, p = struct.unpack("!Q", buf[2:10])[0], 10
+        if len(buf) < p + n:
+            break
+        out.append((buf[0] & 0x0F, buf[p:p + n]))
+        buf = buf[p + n:]
+    return out, buf
+
+
+def close_code(payload):
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+class RawWebSocket:
+    """An HTTP/1.1 handshake by hand, for what polite clients won't send."""
+
+    def __init__(self, port, path, tls=False):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_ctx(["http/1.1"]).wrap_socket(s) if tls else s
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        self.head, _, self.buf = head.partition(b"\r\n\r\n")
+        self.status = int(self.head.split(b" ")[1])
+
+    def body(self):
+        """The rest of a refused handshake's response (the server closes)."""
+        data = self.buf
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def frames_until_close(self, limit_s=10):
+        deadline = time.monotonic() + limit_s
+        got = []
+        while time.monotonic() < deadline:
+            frames, self.buf = parse_frames(self.buf)
+            got += frames
+            if any(op == 8 for op, _ in got):
+                return got
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return got
+            self.buf += chunk
+        return got
+
+
+class H2WebSocket:
+    """RFC 8441 over Python's h2, cleartext (prior knowledge) or TLS (ALPN h2)."""
+
+    def __init__(self, port, path, tls=False, protocol="websocket", method="CONNECT"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = tls_ctx(["h2"]).wrap_socket(s) if tls else s
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.enable_connect = None
+        while self.enable_connect is None:
+            self._pump(lambda e: None)
+        self.sid = self.conn.get_next_available_stream_id()
+        self.status, self.data, self.ended, self.reset = None, b"", False, None
+        self.conn.send_headers(self.sid, [
+            (":method", method), (":protocol", protocol), (":scheme", "https" if tls else "http"),
+            (":path", path), (":authority", "localhost"), ("sec-websocket-version", "13")])
+        self.sock.sendall(self.conn.data_to_send())
+        while self.status is None and not self.reset:
+            self._pump()
+
+    def _pump(self, on_event=None):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        for e in self.conn.receive_data(chunk):
+            if isinstance(e, h2.events.RemoteSettingsChanged):
+                self.enable_connect = self.conn.remote_settings.get(
+                    h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0)
+            elif isinstance(e, h2.events.ResponseReceived):
+                self.status = int(dict(e.headers)[b":status"])
+            elif isinstance(e, h2.events.DataReceived):
+                self.data += e.data
+                self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            elif isinstance(e, h2.events.StreamEnded):
+                self.ended = True
+            elif isinstance(e, h2.events.StreamReset):
+                self.reset = e.error_code
+        self.sock.sendall(self.conn.data_to_send())
+
+    def send(self, data):
+        step = self.conn.max_outbound_frame_size
+        for i in range(0, len(data), step):
+            while self.conn.local_flow_control_window(self.sid) < min(step, len(data) - i):
+                self._pump()
+            self.conn.send_data(self.sid, data[i:i + step])
+            self.sock.sendall(self.conn.data_to_send())
+
+    def messages(self, count, limit_s=10):
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            frames, rest = parse_frames(self.data)
+            if len(frames) >= count or self.ended or self.reset:
+                self.data = rest
+                return frames
+            self._pump()
+        raise TimeoutError("no messages")
+
+    def end(self):
+        self.conn.end_stream(self.sid)
+        self.sock.sendall(self.conn.data_to_send())
+
+
+# ---------------------------------------------------------------------------
+# The worker on its own.
+
+def test_worker_echo_over_http1(worker):
+    async def go():
+        url = f"ws://127.0.0.1:{worker.port}"
+        async with websockets.connect(url + "/echo?sub=1", subprotocols=["chat", "v2"],
+                                      max_size=None) as ws:
+            assert ws.subprotocol == "chat"
+            assert ws.response_headers["x-app"] == "echo"
+            await ws.send("héllo")
+            assert await ws.recv() == "héllo"
+            await ws.send(b"\x00\xff\x10")
+            assert await ws.recv() == b"\x00\xff\x10"
+            await ws.send(["frag", "men", "ted"])  # one message in three frames
+            assert await ws.recv() == "fragmented"
+            big = os.urandom(BIG)
+            await ws.send(big)
+            assert await ws.recv() == big
+            assert await ws.ping(b"are you there") is not None
+        async with websockets.connect(url + "/scope?x=1", subprotocols=["a", "b"]) as ws:
+            scope = json.loads(await ws.recv())
+        assert scope["type"] == "websocket" and scope["http_version"] == "1.1"
+        assert scope["scheme"] == "ws" and scope["path"] == "/scope"
+        assert scope["query_string"] == "x=1" and scope["subprotocols"] == ["a", "b"]
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+        assert "websocket.http.response" in scope["extensions"] and not scope["has_method"]
+    wsrun(go())
+
+
+def test_worker_close_codes_both_ways(worker):
+    async def go():
+        url = f"ws://127.0.0.1:{worker.port}/echo"
+        async with websockets.connect(url) as ws:
+            await ws.send("close:4001:server says bye")
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await ws.recv()
+            assert (e.value.code, e.value.reason) == (4001, "server says bye")
+        ws = await websockets.connect(url)
+        await ws.close(code=4003, reason="client says bye")
+        assert ws.close_code == 4003  # the app echoed our code
+    wsrun(go())
+    assert 4003 in eventually(lambda: 4003 in disconnects(worker) and disconnects(worker))
+
+
+def test_worker_denials_and_app_errors(worker):
+    r = RawWebSocket(worker.port, "/deny")
+    assert r.status == 401 and b"x-denied: yes" in r.head.lower()
+    assert b"no entry" in r.body()
+    assert RawWebSocket(worker.port, "/reject").status == 403
+    assert RawWebSocket(worker.port, "/raise-before").status == 500
+    r = RawWebSocket(worker.port, "/raise-after")
+    assert r.status == 101
+    frames = r.frames_until_close()
+    assert close_code(frames[-1][1]) == 1011
+    # not a WebSocket handshake: version 13 is required
+    s = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("frame,code", [
+    (client_frame(1, b"unmasked", mask=False), 1002),
+    (client_frame(1, b"bad \xff utf-8"), 1007),
+    (client_frame(2, b"x" * 2048), 1009),
+    (client_frame(0, b"continuation of nothing"), 1002),
+    (bytes([0xC1, 0x80]) + b"\0\0\0\0", 1002),  # RSV1 without an extension
+])
+def test_worker_protocol_errors_close_with_the_right_code(frame, code):
+    w = Worker("ws_app:app", args=["--ws-max-size", "1k"])
+    try:
+        r = RawWebSocket(w.port, "/echo")
+        assert r.status == 101
+        r.send(client_frame(9, b"ping!"))  # answered with a pong, before the error
+        r.send(frame)
+        frames = r.frames_until_close()
+        assert frames[0] == (10, b"ping!")
+        assert frames[-1][0] == 8 and close_code(frames[-1][1]) == code
+        assert code in eventually(lambda: disconnects(w))
+    finally:
+        assert w.stop() == 0
+
+
+def test_worker_rfc8441(worker):
+    c = H2WebSocket(worker.port, "/scope")
+    assert c.enable_connect == 1 and c.status == 200
+    (op, payload), = c.messages(1)
+    scope = json.loads(payload)
+    assert scope["http_version"] == "2" and scope["type"] == "websocket" and scope["scheme"] == "ws"
+    c.send(client_frame(1, b"over h2"))
+    assert c.messages(1) == [(1, b"over h2")]
+    c.send(client_frame(8, struct.pack("!H", 1000) + b"done"))
+    frames = c.messages(1)
+    assert frames[0][0] == 8 and close_code(frames[0][1]) == 1000
+    c.end()
+    # a plain CONNECT tunnel is not served
+    assert H2WebSocket(worker.port, "/", protocol="not-websocket").status in (400, 501)
+
+
+def test_worker_graceful_stop_closes_with_1001():
+    w = Worker("ws_app:app", args=["--graceful-timeout", "1"])
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{w.port}/hold") as ws:
+            w.signal(signal.SIGTERM)
+            started = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await ws.recv()
+            return e.value.code, time.monotonic() - started
+    code, took = wsrun(go(), timeout=30)
+    assert code == 1001 and took < 10
+    assert w.stop() == 0
+    assert "closing 1 WebSockets with 1001" in w.log()
+
+
+# ---------------------------------------------------------------------------
+# Through the gateway: HTTP/1.1 (TLS), HTTP/2 (RFC 8441), HTTP/3 (RFC 9220).
+
+def test_gateway_http1_over_tls(gateway, worker):
+    async def go():
+        url = f"wss://127.0.0.1:{gateway.tls_port}"
+        async with websockets.connect(url + "/scope", ssl=tls_ctx()) as ws:
+            scope = json.loads(await ws.recv())
+        assert scope["http_version"] == "1.1" and scope["scheme"] == "wss"
+        assert scope["client"][0] == "127.0.0.1"
+        headers = dict(scope["headers"])
+        assert headers["via"] == "1.1 h3gate" and "sec-websocket-key" not in headers
+        async with websockets.connect(url + "/echo?sub=1", subprotocols=["chat"], ssl=tls_ctx(),
+                                      max_size=None) as ws:
+            assert ws.subprotocol == "chat" and ws.response_headers["x-app"] == "echo"
+            assert "alt-svc" not in ws.response_headers or True
+            await ws.send("through the gateway")
+            assert await ws.recv() == "through the gateway"
+            await ws.send([b"a" * 70000, b"b" * 70000])
+            assert await ws.recv() == b"a" * 70000 + b"b" * 70000
+            big = os.urandom(BIG)
+            await ws.send(big)
+            assert await ws.recv() == big
+            await ws.send("close:4005:from the app")
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await ws.recv()
+            assert (e.value.code, e.value.reason) == (4005, "from the app")
+        ws = await websockets.connect(url + "/echo", ssl=tls_ctx())
+        await ws.close(code=4006, reason="from the client")
+        assert ws.close_code == 4006
+    wsrun(go())
+    assert 4006 in eventually(lambda: 4006 in disconnects(worker) and disconnects(worker))
+    r = RawWebSocket(gateway.tls_port, "/deny", tls=True)
+    assert r.status == 401 and b"x-denied: yes" in r.head.lower()
+    assert b"no entry" in r.body()
+    assert RawWebSocket(gateway.tls_port, "/reject", tls=True).status == 403
+
+
+def test_gateway_rfc8441_over_tls(gateway):
+    c = H2WebSocket(gateway.tls_port, "/scope", tls=True)
+    assert c.enable_connect == 1 and c.status == 200
+    (op, payload), = c.messages(1)
+    scope = json.loads(payload)
+    assert scope["http_version"] == "2" and scope["scheme"] == "wss"
+    big = os.urandom(300000)
+    c.send(client_frame(2, big))
+    assert c.messages(1) == [(2, big)]
+    c.send(client_frame(8, struct.pack("!H", 4007)))
+    frames = c.messages(1)
+    assert close_code(frames[0][1]) == 4007
+    c.end()
+    assert H2WebSocket(gateway.tls_port, "/", tls=True, protocol="bogus").status == 501
+
+
+def test_gateway_rfc9220_with_h3load(gateway, worker):
+    url = f"https://127.0.0.1:{gateway.tls_port}/echo"
+    r = run([BIN / "h3load", "-n", "60", "-c", "3", "-m", "20", "--websocket", "20",
+             "--ws-size", "1000", url], timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "60 succeeded" in r.stdout and "1200 messages" in r.stdout
+    r = run([BIN / "h3load", "-n", "1", "--websocket", "2", "--ws-size", str(BIG), url], timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ["3", "wss", "127.0.0.1"] in sessions(worker)
+    # a refusal reaches the HTTP/3 client as the app's status
+    r = run([BIN / "h3load", "-n", "1", "--websocket", "1", gateway.tls_url("/deny")[:-5] + "/deny"],
+            timeout=30)
+    assert "1 4xx" in r.stdout
+
+
+def test_starlette_and_fastapi_endpoints_through_the_gateway():
+    results = {}
+    for name in ("starlette_app", "fastapi_app"):
+        w = Worker(f"ws_frameworks:{name}")
+        g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+        url = f"wss://127.0.0.1:{g.tls_port}"
+
+        async def go():
+            async with websockets.connect(url + "/echo", ssl=tls_ctx(), subprotocols=["p1"]) as ws:
+                await ws.send("x")
+                echoed = await ws.recv()
+            members = [await websockets.connect(url + "/broadcast", ssl=tls_ctx()) for _ in range(3)]
+            for i, m in enumerate(members):
+                assert json.loads(await m.recv())["members"] == i + 1
+            await members[0].send("to everyone")
+            heard = [await m.recv() for m in members]
+            for m in members:
+                await m.close()
+            return echoed, heard
+
+        try:
+            results[name] = wsrun(go())
+            if name == "fastapi_app":
+                assert RawWebSocket(g.tls_port, "/private", tls=True).status == 403
+
+                async def private():
+                    async with websockets.connect(url + "/private?token=secret", ssl=tls_ctx()) as ws:
+                        assert await ws.recv() == "welcome"
+                        with pytest.raises(websockets.ConnectionClosed) as e:
+                            await ws.recv()
+                        return e.value.code, e.value.reason
+                assert wsrun(private()) == (4000, "bye")
+        finally:
+            g.stop()
+            w.stop()
+    assert results["starlette_app"] == ("x", ["to everyone"] * 3)
+    assert results["fastapi_app"] == ("fastapi:x", ["to everyone"] * 3)
+
+
+def test_backend_dying_mid_session_closes_the_client():
+    w = Worker("ws_app:app")
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    try:
+        h2c = H2WebSocket(g.tls_port, "/echo", tls=True)
+        assert h2c.status == 200
+
+        async def go():
+            async with websockets.connect(f"wss://127.0.0.1:{g.tls_port}/hold", ssl=tls_ctx()) as ws:
+                for pid in w.worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+                return time.monotonic() - started
+        assert wsrun(go(), timeout=30) < 10
+        # the HTTP/2 client's stream is reset rather than left hanging
+        deadline = time.monotonic() + 10
+        while not (h2c.reset or h2c.ended) and time.monotonic() < deadline:
+            h2c._pump()
+        assert h2c.reset is not None or h2c.ended
+    finally:
+        g.stop()
+        w.stop()
+
+
+def test_a_thousand_concurrent_websockets_in_bounded_memory():
+    w = Worker("ws_app:app")
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    n = 1000
+    try:
+        base_rss = rss_kb(g.pid)
+
+        async def go():
+            url = f"ws://127.0.0.1:{g.plain_port}/echo"
+            socks = []
+            for i in range(0, n, 100):  # connect in batches: bounded accept bursts
+                socks += await asyncio.gather(*(websockets.connect(url, open_timeout=30)
+                                                for _ in range(100)))
+            await asyncio.gather(*(ws.send(f"hi {i}") for i, ws in enumerate(socks)))
+            replies = await asyncio.gather(*(ws.recv() for ws in socks))
+            peak = rss_kb(g.pid)
+            await asyncio.gather(*(ws.close() for ws in socks))
+            return replies, peak
+
+        replies, peak = wsrun(go(), timeout=120)
+        assert replies == [f"hi {i}" for i in range(n)]
+        growth_mb = (peak - base_rss) / 1024
+        print(f"gateway RSS: {base_rss} kB idle, {peak} kB with {n} WebSockets open")
+        assert growth_mb < 64, f"{growth_mb:.1f} MB for {n} WebSockets"
+    finally:
+        g.stop()
+        w.stop()
