@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from h3env import Gateway, Worker, run
+from h3env import Gateway, Worker, curl_json, run
 from test_http3 import H3_CONFIG, SECRET
 
 CHROMIUM = shutil.which("chromium")
@@ -40,6 +40,34 @@ def test_chromium_loads_a_page_over_http3():
                  "--dump-dom", f"https://{origin}/page"], timeout=90)
         assert "http_version=3" in r.stdout, r.stdout + r.stderr[-3000:]
         assert "scheme=https" in r.stdout
+        shutil.rmtree(profile, ignore_errors=True)
+    finally:
+        g.stop()
+        w.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_chromium_websocket_through_the_gateway():
+    """The page comes over HTTPS (HTTP/2); its script opens a WebSocket to
+    the same origin, which Chromium sends as RFC 8441 extended CONNECT on
+    that HTTP/2 connection because the gateway advertises it."""
+    w = Worker("ws_app:app")
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s", secret=SECRET,
+                retry="never")
+    try:
+        origin = f"localhost:{g.tls_port}"
+        profile = tempfile.mkdtemp(prefix="h3chromium-")
+        r = run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--disable-quic",
+                 f"--ignore-certificate-errors-spki-list={spki_hash(g.dir / 'cert.pem')}",
+                 "--host-resolver-rules=MAP localhost 127.0.0.1", "--virtual-time-budget=10000",
+                 "--dump-dom", f"https://{origin}/page"], timeout=90)
+        assert "echo:browser says hi" in r.stdout, r.stdout + r.stderr[-3000:]
+        sessions = curl_json(w.url("/sessions"))
+        assert sessions and sessions[-1][1] == "wss", sessions
+        print("Chromium's WebSocket reached the app as HTTP", sessions[-1][0])
+        assert sessions[-1][0] == "2", f"expected RFC 8441 over HTTP/2, got {sessions}"
         shutil.rmtree(profile, ignore_errors=True)
     finally:
         g.stop()
