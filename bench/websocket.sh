@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# WebSocket echo through h3gate and through Caddy 2.6, to the same
+# h3gate-worker backend (tests/apps/ws_app.py, /echo), in one run: 100
+# connections (wsload, HTTP/1.1 Upgrade over cleartext TCP on both fronts),
+# each echoing messages one at a time. Prints messages per second, p99 round
+# trip and each proxy's CPU per 10k messages, and the ratios.
+#   N=messages per connection (default 2000)  SIZE=bytes per message (64)
+#   C=connections (100)  WORKERS=backend processes (2)
+source "$(dirname "$0")/lib.sh"
+prepare
+N=${N:-2000}; SIZE=${SIZE:-64}; C=${C:-100}; WORKERS=${WORKERS:-2}
+
+p_app=$(free_port); p_h3g=$(free_port); p_caddy=$(free_port)
+start backend "$BIN/h3gate-worker" --bind 127.0.0.1:$p_app --workers "$WORKERS" \
+  --app-dir "$ROOT/tests/apps" --log-level warning ws_app:app
+cat >"$WORK/h3gate.yaml" <<YAML
+log: {access_log: "off", level: warning}
+listen:
+  - address: 127.0.0.1:$p_h3g
+upstreams:
+  - name: app
+    servers: [127.0.0.1:$p_app]
+routes:
+  - path_prefix: /
+    upstream: app
+YAML
+cat >"$WORK/Caddyfile" <<CADDY
+{
+  admin off
+  auto_https off
+  log {
+    level ERROR
+  }
+}
+http://127.0.0.1:$p_caddy {
+  reverse_proxy 127.0.0.1:$p_app
+}
+CADDY
+start h3gate "$BIN/h3gate" -c "$WORK/h3gate.yaml"
+h3g=$LAST_PID
+start caddy env HOME="$WORK" XDG_DATA_HOME="$WORK" XDG_CONFIG_HOME="$WORK" caddy run --config "$WORK/Caddyfile" --adapter caddyfile
+caddy=$LAST_PID
+backend=$(pgrep -f "h3gate-worker --bind 127.0.0.1:$p_app" | head -1)
+wait_port_of backend $p_app; wait_port_of h3gate $p_h3g; wait_port_of caddy $p_caddy
+sleep 1
+
+measure() { # name pid port
+  local name=$1 pid=$2 port=$3
+  "$BIN/wsload" -c 10 -n 200 -s "$SIZE" "ws://127.0.0.1:$port/echo" >/dev/null # warm-up
+  local before after out rate p99 bbefore bafter
+  before=$(cpu_seconds "$pid"); bbefore=$(cpu_seconds "$backend")
+  out=$("$BIN/wsload" -c "$C" -n "$N" -s "$SIZE" -t 300 "ws://127.0.0.1:$port/echo") || {
+    echo "$name: wsload failed:"; echo "$out"; return 1; }
+  after=$(cpu_seconds "$pid"); bafter=$(cpu_seconds "$backend")
+  rate=$(echo "$out" | awk '/msg\/s/ {print $(NF-1)}')
+  p99=$(echo "$out" | awk '/^round trip/ {print $7}')
+  local total=$((C * N))
+  local per10k=$(awk -v a="$after" -v b="$before" -v n="$total" 'BEGIN { printf "%.3f", (a - b) / n * 10000 }')
+  local b10k=$(awk -v a="$bafter" -v b="$bbefore" -v n="$total" 'BEGIN { printf "%.3f", (a - b) / n * 10000 }')
+  printf '%-8s %12.0f %10s %16s %18s\n' "$name" "$rate" "$p99" "$per10k" "$b10k"
+  eval "R_${name}=$rate; P_${name}=$p99; C_${name}=$per10k"
+}
+
+printf 'WebSocket echo, %d connections x %d messages of %d bytes (HTTP/1.1 Upgrade, cleartext)\n' "$C" "$N" "$SIZE"
+printf '%-8s %12s %10s %16s %18s\n' proxy msg/s p99_ms cpu_s/10k_msgs backend_cpu/10k
+measure h3gate "$h3g" $p_h3g
+measure caddy "$caddy" $p_caddy
+printf 'h3gate/caddy msg/s: %s x (target >= 2)   p99: %s x   CPU per message: %s x\n' \
+  "$(ratio "$R_h3gate" "$R_caddy")" "$(ratio "$P_h3gate" "$P_caddy")" "$(ratio "$C_h3gate" "$C_caddy")"
