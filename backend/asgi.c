@@ -343,7 +343,7 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
     }
     break;
   case 3:
-    if (NAME_IS("via")) remember(&s->via, pair);
+    if (NAME_IS("via") && s->via == NULL) remember(&s->via, pair); /* the first entry counts */
     break;
   case 6:
     if (NAME_IS("expect") && vlen == 12 && strncasecmp(value, "100-continue", 12) == 0)

@@ -121,10 +121,31 @@ int forwarded_rfc7239_last(const char *v, size_t len, struct forwarded_client *c
   return 0;
 }
 
+/* The first element of a list whose elements may carry (comments, with
+ * commas). */
+static bool first_element(const char *v, size_t len, const char **elem, size_t *elen) {
+  size_t i = 0, depth = 0;
+  while (i < len && (v[i] == ' ' || v[i] == '\t')) i++;
+  size_t start = i;
+  for (; i < len; i++) {
+    if (v[i] == '(') depth++;
+    else if (v[i] == ')' && depth > 0) depth--;
+    else if (v[i] == ',' && depth == 0) break;
+  }
+  size_t end = i;
+  while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
+  *elem = v + start;
+  *elen = end - start;
+  return end > start;
+}
+
+/* The first entry's received-protocol: the protocol the client itself used
+ * (RFC 9110 7.6.3; each proxy appends its own entry, and ours drops a Via
+ * from peers it does not trust, so the first entry is one we vouch for). */
 int forwarded_via_protocol(const char *v, size_t len, char *out, size_t out_size) {
   const char *elem;
-  size_t elen, pos = len;
-  if (!prev_element(v, &pos, &elem, &elen) || elen == 0) return -1;
+  size_t elen;
+  if (!first_element(v, len, &elem, &elen)) return -1;
   size_t tok = 0;
   while (tok < elen && elem[tok] != ' ' && elem[tok] != '\t') tok++;
   const char *proto = elem;

@@ -22,8 +22,8 @@ int forwarded_xff_client(const char *v, size_t len, const struct cidr_list *trus
  * proto=. Missing parameters are left empty. 0 or -1 when unparsable. */
 int forwarded_rfc7239_last(const char *v, size_t len, struct forwarded_client *client,
                            char *proto, size_t proto_size);
-/* The received-protocol of the Via entry added by the nearest proxy (the
- * last one), without an "HTTP/" prefix: "3", "2", "1.1". 0 or -1. */
+/* The received-protocol of the first Via entry (the protocol the client
+ * used), without an "HTTP/" prefix: "3", "2", "1.1". 0 or -1. */
 int forwarded_via_protocol(const char *v, size_t len, char *out, size_t out_size);
 
 #endif

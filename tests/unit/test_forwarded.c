@@ -37,9 +37,13 @@ int main(void) {
   CHECK_STR(proto, "http");
 
   char v[8];
-  const char *via = "1.0 fred, 3 h3gate";
+  /* the first entry: the protocol the client used before any proxy */
+  const char *via = "3 edge (cdn, v2), 1.1 h3gate";
   CHECK(forwarded_via_protocol(via, strlen(via), v, sizeof v) == 0);
   CHECK_STR(v, "3");
+  via = "  2 h3gate , 1.1 other";
+  CHECK(forwarded_via_protocol(via, strlen(via), v, sizeof v) == 0);
+  CHECK_STR(v, "2");
   via = "HTTP/2 h3gate";
   CHECK(forwarded_via_protocol(via, strlen(via), v, sizeof v) == 0);
   CHECK_STR(v, "2");
