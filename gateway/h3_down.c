@@ -421,7 +421,7 @@ int h3_conn_setup(struct quic_conn *qc) {
   settings.qpack_max_dtable_capacity = q->qpack_table_capacity;
   settings.qpack_blocked_streams = q->qpack_blocked_streams;
   settings.enable_connect_protocol = 1; /* WebSockets over HTTP/3 (RFC 9220) */
-  if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, NULL, qc) != 0) return -1;
+  if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, quic_nghttp3_mem(), qc) != 0) return -1;
   nghttp3_conn_set_max_client_streams_bidi(qc->h3, q->max_streams_bidi);
   int64_t ctrl, qenc, qdec;
   if (quic_conn_open_uni(qc, &ctrl) != 0 || nghttp3_conn_bind_control_stream(qc->h3, ctrl) != 0 ||

@@ -73,6 +73,11 @@ void metrics_render(struct evbuffer *out) {
                            "h3gate_client_connections{transport=\"tcp\"} %zu\n"
                            "h3gate_client_connections{transport=\"quic\"} %zu\n",
                       down_count(), quic_connection_count());
+  evbuffer_add_printf(out, "# HELP h3gate_quic_library_bytes Heap held by the QUIC and HTTP/3 libraries.\n"
+                           "# TYPE h3gate_quic_library_bytes gauge\n"
+                           "h3gate_quic_library_bytes{library=\"ngtcp2\"} %lld\n"
+                           "h3gate_quic_library_bytes{library=\"nghttp3\"} %lld\n",
+                      (long long)quic_mem_stats.ngtcp2_bytes, (long long)quic_mem_stats.nghttp3_bytes);
   struct gw_runtime *rt = gw.rt;
   evbuffer_add_printf(out, "# HELP h3gate_upstream_server_state Upstream servers (1 for the current state).\n"
                            "# TYPE h3gate_upstream_server_state gauge\n"

@@ -113,6 +113,15 @@ struct quic_conn {
   TAILQ_ENTRY(quic_conn) blocked_link;
 };
 
+/* quic_mem.c: counting allocators for the libraries */
+struct quic_mem_stats {
+  int64_t ngtcp2_bytes;
+  int64_t nghttp3_bytes;
+};
+extern struct quic_mem_stats quic_mem_stats;
+const ngtcp2_mem *quic_ngtcp2_mem(void);
+const nghttp3_mem *quic_nghttp3_mem(void);
+
 /* quic_tls.c */
 int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_t secret[32],
                   char *err, size_t err_size);

@@ -264,7 +264,7 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
     params.original_dcid = hd->dcid;
   }
   int rc = ngtcp2_conn_server_new(&qc->conn, &hd->scid, &scid, path, hd->version, &callbacks,
-                                  &settings, &params, NULL, qc);
+                                  &settings, &params, quic_ngtcp2_mem(), qc);
   if (rc != 0) {
     log_debug("quic: ngtcp2_conn_server_new: %s", ngtcp2_strerror(rc));
     goto err_free;
