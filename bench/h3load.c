@@ -27,10 +27,22 @@
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #include "ws_frame.h"
 
-enum { MAX_UDP = 1452, CIDLEN = 18 };
+enum { MAX_UDP = 1452, CIDLEN = 18, GSO_MAX = 32 };
+
+/* The kernel refused GSO or GRO once: one datagram per system call. */
+static bool no_gso;
 
 struct options {
   char host[300], port[8], authority[300], path[2048], method[16];
@@ -586,9 +598,42 @@ static void update_timer(struct conn *c) {
   evtimer_add(c->timer, &tv);
 }
 
+/* Sends len bytes of equal-sized datagrams (the last may be shorter) in
+ * one sendmsg with UDP_SEGMENT, as the gateway does, so the client is not
+ * what limits a bulk transfer. */
+static void send_batch(struct conn *c, const uint8_t *buf, size_t len, size_t seg) {
+  if (len == 0) return;
+  if (!no_gso && len > seg) {
+    struct iovec iov = {(void *)buf, len};
+    char ctrl[CMSG_SPACE(sizeof(uint16_t))] = {0};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+                        .msg_controllen = sizeof ctrl};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t size = (uint16_t)seg;
+    memcpy(CMSG_DATA(cm), &size, sizeof size);
+    if (sendmsg(c->fd, &mh, 0) >= 0 || errno == EAGAIN || errno == ECONNREFUSED) return;
+    if (errno != EIO && errno != EINVAL) {
+      fprintf(stderr, "sendmsg: %s\n", strerror(errno));
+      return;
+    }
+    no_gso = true;
+  }
+  for (size_t off = 0; off < len; off += seg) {
+    size_t n = len - off < seg ? len - off : seg;
+    if (send(c->fd, buf + off, n, 0) < 0 && errno != EAGAIN && errno != ECONNREFUSED) {
+      fprintf(stderr, "send: %s\n", strerror(errno));
+      return;
+    }
+  }
+}
+
 static void conn_write(struct conn *c) {
   if (c->closed) return;
-  uint8_t buf[MAX_UDP];
+  static uint8_t batch[GSO_MAX * MAX_UDP];
+  size_t blen = 0, seg = 0;
   ngtcp2_path_storage ps;
   ngtcp2_path_storage_zero(&ps);
   ngtcp2_pkt_info pi;
@@ -607,7 +652,8 @@ static void conn_write(struct conn *c) {
     }
     ngtcp2_ssize ndatalen;
     uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
-    ngtcp2_ssize n = ngtcp2_conn_writev_stream(c->q, &ps.path, &pi, buf, sizeof buf, &ndatalen, flags,
+    uint8_t *buf = batch + blen;
+    ngtcp2_ssize n = ngtcp2_conn_writev_stream(c->q, &ps.path, &pi, buf, MAX_UDP, &ndatalen, flags,
                                                sid, (const ngtcp2_vec *)vec, (size_t)vcnt, ts);
     if (n < 0) {
       if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
@@ -628,11 +674,23 @@ static void conn_write(struct conn *c) {
     }
     if (ndatalen >= 0 && c->h3) nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
     if (n == 0) break;
-    if (send(c->fd, buf, (size_t)n, 0) < 0 && errno != EAGAIN && errno != ECONNREFUSED) {
-      fprintf(stderr, "send: %s\n", strerror(errno));
-      break;
+    size_t pkt = (size_t)n;
+    if (blen == 0) {
+      seg = pkt;
+    } else if (pkt > seg) { /* a bigger datagram can't join: send what came before */
+      send_batch(c, batch, blen, seg);
+      memmove(batch, buf, pkt);
+      blen = 0;
+      seg = pkt;
+    }
+    blen += pkt;
+    /* A shorter datagram ends a batch, as does a full one. */
+    if (pkt < seg || blen + MAX_UDP > sizeof batch) {
+      send_batch(c, batch, blen, seg);
+      blen = 0;
     }
   }
+  send_batch(c, batch, blen, seg);
   ngtcp2_conn_update_pkt_tx_time(c->q, ts);
   update_timer(c);
 }
@@ -640,19 +698,34 @@ static void conn_write(struct conn *c) {
 static void on_read(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct conn *c = arg;
-  uint8_t buf[65536];
+  static uint8_t buf[65536];
   for (int i = 0; i < 64 && !c->closed; i++) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    struct iovec iov = {buf, sizeof buf};
+    char ctrl[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+                        .msg_controllen = sizeof ctrl};
+    ssize_t n = recvmsg(fd, &mh, 0);
     if (n < 0) break;
+    size_t seg = (size_t)n; /* GRO: several datagrams of seg bytes (the last may be shorter) */
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+      if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+        int gso;
+        memcpy(&gso, CMSG_DATA(cm), sizeof gso);
+        if (gso > 0) seg = (size_t)gso;
+      }
+    }
     ngtcp2_path path = {{(ngtcp2_sockaddr *)&c->local, c->local_len},
                         {(ngtcp2_sockaddr *)&c->remote, c->remote_len}, NULL};
-    ngtcp2_pkt_info pi = {0};
-    int rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, buf, (size_t)n, now_ns());
-    if (rv != 0) {
-      if (!O.quiet && rv != NGTCP2_ERR_DRAINING)
-        fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror(rv));
-      conn_close(c);
-      return;
+    for (size_t off = 0; off < (size_t)n && !c->closed; off += seg) {
+      size_t len = (size_t)n - off < seg ? (size_t)n - off : seg;
+      ngtcp2_pkt_info pi = {0};
+      int rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, buf + off, len, now_ns());
+      if (rv != 0) {
+        if (!O.quiet && rv != NGTCP2_ERR_DRAINING)
+          fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror(rv));
+        conn_close(c);
+        return;
+      }
     }
   }
   conn_write(c);
@@ -713,6 +786,10 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) { return ((struct conn
 static int conn_open(struct conn *c, const struct addrinfo *ai) {
   c->fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (c->fd < 0 || connect(c->fd, ai->ai_addr, ai->ai_addrlen) != 0) return -1;
+  int one = 1, buf_size = 4 << 20;
+  setsockopt(c->fd, SOL_UDP, UDP_GRO, &one, sizeof one); /* best effort: plain datagrams otherwise */
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &buf_size, sizeof buf_size);
+  setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &buf_size, sizeof buf_size);
   memcpy(&c->remote, ai->ai_addr, ai->ai_addrlen);
   c->remote_len = ai->ai_addrlen;
   c->local_len = sizeof c->local;
