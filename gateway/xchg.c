@@ -446,6 +446,24 @@ static int websocket_from_upgrade(struct xchg *x, const char **why) {
   return 0;
 }
 
+/* 0, or the status a malformed or unserviceable head gets (why says why). */
+static int check_head(struct xchg *x, const char **why) {
+  if (x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "CONNECT") == 0) {
+    int status = websocket_connect(x, why);
+    if (status) return status;
+  } else if (x->i_protocol >= 0) {
+    return *why = ":protocol without CONNECT", 400;
+  } else if (x->websocket) {
+    int status = websocket_from_upgrade(x, why);
+    if (status) return status;
+  }
+  if (x->i_method < 0 || x->i_path < 0) return *why = "missing method or path", 400;
+  if (x->i_authority < 0) return *why = "missing Host", 400;
+  const char *path = hdr_value(&x->req, x->i_path);
+  if (path[0] != '/' && strcmp(path, "*") != 0) return *why = "request target must be a path", 400;
+  return 0;
+}
+
 int xchg_req_head_done(struct xchg *x) {
   if (x->i_authority < 0) {
     int host = hdr_find(&x->req, "host", 4, 0);
@@ -455,21 +473,8 @@ int xchg_req_head_done(struct xchg *x) {
       free(v);
     }
   }
-  int status = 0;
   const char *why = NULL;
-  if (x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "CONNECT") == 0)
-    status = websocket_connect(x, &why);
-  else if (x->i_protocol >= 0)
-    status = 400, why = ":protocol without CONNECT";
-  else if (x->websocket)
-    status = websocket_from_upgrade(x, &why);
-  if (status) {
-    /* answered below */
-  } else if (x->i_method < 0 || x->i_path < 0) status = 400, why = "missing method or path";
-  else if (x->i_authority < 0) status = 400, why = "missing Host";
-  else if (hdr_value(&x->req, x->i_path)[0] != '/' &&
-           strcmp(hdr_value(&x->req, x->i_path), "*") != 0)
-    status = 400, why = "request target must be a path";
+  int status = check_head(x, &why);
   if (status) {
     xchg_respond_local(x, status, why);
     return status;

@@ -500,3 +500,29 @@ def test_a_thousand_concurrent_websockets_in_bounded_memory():
     finally:
         g.stop()
         w.stop()
+
+
+def test_websocket_idle_timeout_is_its_own():
+    """A WebSocket outlives the ordinary idle timeout while it is quiet, and
+    is closed after timeouts.websocket_idle without a frame either way."""
+    w = Worker("ws_app:app")
+    config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
+                                  "  response_header: {response_timeout}\n  idle: 300ms\n"
+                                  "  websocket_idle: 2s")
+    g = Gateway(config, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    try:
+        async def go():
+            async with websockets.connect(f"ws://127.0.0.1:{g.plain_port}/echo",
+                                          ping_interval=None) as ws:
+                await asyncio.sleep(1.0)  # over `idle`, under `websocket_idle`
+                await ws.send("still here")
+                assert await ws.recv() == "still here"
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()  # nothing moves: the gateway closes it
+                return time.monotonic() - started
+        quiet = wsrun(go(), timeout=30)
+        assert 1.5 < quiet < 6, quiet
+    finally:
+        g.stop()
+        w.stop()
