@@ -25,6 +25,9 @@
 #include "log.h"
 #include "quic.h"
 #include "upstream.h"
+#include "xchg.h"
+
+enum { WS_CLOSE_GRACE_US = 1000 * 1000 }; /* for the close frames a stop sends */
 
 #define H3GATE_VERSION "0.1.0"
 
@@ -40,6 +43,7 @@ static struct {
   const char *config_path;
   struct event *stop_check;
   uint64_t stop_deadline_us;
+  bool ws_going_away_sent;
   uint64_t generations;
 } M;
 
@@ -190,6 +194,17 @@ static void on_stop_check(evutil_socket_t fd, short what, void *arg) {
     log_info("all connections closed: exiting");
     event_base_loopexit(gw.base, NULL);
     return;
+  }
+  if (gw_now_us() >= M.stop_deadline_us && !M.ws_going_away_sent) {
+    /* WebSockets never end by themselves: say goodbye (1001) and give the
+     * close frames a moment to leave. */
+    M.ws_going_away_sent = true;
+    size_t n = xchg_websockets_going_away();
+    if (n > 0) {
+      log_info("graceful timeout: closing %zu WebSockets with 1001 (going away)", n);
+      M.stop_deadline_us = gw_now_us() + WS_CLOSE_GRACE_US;
+      return;
+    }
   }
   if (gw_now_us() >= M.stop_deadline_us) {
     log_warn("graceful timeout: closing %zu connections", down_count());

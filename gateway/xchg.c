@@ -30,6 +30,15 @@ enum {
 
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
+/* Open WebSocket tunnels, for the close frames a shutdown sends. */
+static LIST_HEAD(, xchg) open_websockets = LIST_HEAD_INITIALIZER(open_websockets);
+
+static void ws_unlist(struct xchg *x) {
+  if (!x->ws_open) return;
+  LIST_REMOVE(x, ws_link);
+  x->ws_open = false;
+}
+
 static void arm_timer(struct xchg *x, uint64_t ms) {
   struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
   event_add(&x->timer, &tv);
@@ -116,6 +125,7 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
 
 static void xchg_free(void *p) {
   struct xchg *x = p;
+  ws_unlist(x);
   if (!x->pinned) access_log_write(x);
   metrics_request_done(x, gw_now_us() - x->start_us);
   event_del(&x->timer);
@@ -572,6 +582,11 @@ void xchg_up_resp_head(struct xchg *x) {
   x->req_replayable = false;
   evbuffer_drain(x->req_replay, evbuffer_get_length(x->req_replay));
   drop_response_hop_by_hop(x);
+  if (x->websocket && x->status / 100 == 2 && !x->ws_open) {
+    x->ws_open = true;
+    memset(&x->ws_down, 0, sizeof x->ws_down);
+    LIST_INSERT_HEAD(&open_websockets, x, ws_link);
+  }
   arm_timer(x, idle_ms(x));
   if (x->down_attached) x->down->on_resp_head(x);
 }
@@ -579,12 +594,14 @@ void xchg_up_resp_head(struct xchg *x) {
 void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len) {
   x->resp_bytes += len;
   if (!x->down_attached) return;
+  if (x->ws_open) ws_boundary_feed(&x->ws_down, data, len, false);
   evbuffer_add(x->resp_body, data, len);
   arm_timer(x, idle_ms(x));
   x->down->on_resp_body(x);
 }
 
 void xchg_up_resp_end(struct xchg *x) {
+  ws_unlist(x);
   x->resp_end = true;
   x->state = XS_DONE;
   event_del(&x->timer);
@@ -594,6 +611,22 @@ void xchg_up_resp_end(struct xchg *x) {
 void xchg_resp_consumed(struct xchg *x, size_t n) {
   if (x->up.conn) up_consumed(x, n);
   if (x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
+}
+
+size_t xchg_websockets_going_away(void) {
+  static const uint8_t close_1001[] = {0x88, 0x02, 1001 >> 8, 1001 & 0xff};
+  size_t n = 0;
+  struct xchg *x = LIST_FIRST(&open_websockets), *next;
+  for (; x; x = next) {
+    next = LIST_NEXT(x, ws_link);
+    if (!x->down_attached || x->resp_end || !ws_boundary_between_frames(&x->ws_down)) continue;
+    if (x->up.conn || queued(x)) up_cancel(x);
+    evbuffer_add(x->resp_body, close_1001, sizeof close_1001);
+    x->resp_bytes += sizeof close_1001;
+    xchg_up_resp_end(x);
+    n++;
+  }
+  return n;
 }
 
 /* ---------------------------------------------------------------------------

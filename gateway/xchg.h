@@ -19,6 +19,7 @@
 #include <event2/event_struct.h>
 
 #include "hdrs.h"
+#include "ws_frame.h"
 
 struct xchg;
 struct gw_runtime;
@@ -71,6 +72,9 @@ struct xchg {
    * websocket): forwarded as RFC 8441 extended CONNECT; the bodies are the
    * tunnel's two directions. HTTP/1.1 fronts set it before head_done. */
   bool websocket;
+  bool ws_open;                /* a tunnel is up: on the list of open WebSockets */
+  struct ws_boundary ws_down;  /* frames toward the client, for a close of our own */
+  LIST_ENTRY(xchg) ws_link;
   char client_ip[64];
   uint16_t client_port;
   uint16_t local_port;
@@ -161,6 +165,11 @@ size_t xchg_up_take_req_body(struct xchg *x, uint8_t *buf, size_t max);
 bool xchg_up_req_body_eof(const struct xchg *x);
 /* The upstream stream is gone; the exchange may now be freed. */
 void xchg_up_detach(struct xchg *x);
+
+/* Shutdown: every open WebSocket that sits between two frames toward its
+ * client gets a close frame (1001, going away) and ends; its backend
+ * stream is cancelled. Returns how many were closed. */
+size_t xchg_websockets_going_away(void);
 
 /* Called by the pool when the exchange is put on an upstream stream. */
 void xchg_arm_response_timer(struct xchg *x);

@@ -151,6 +151,39 @@ bool ws_handshake_complete(const struct ws_handshake *hs) {
   return hs->version_ok && hs->key[0] != '\0';
 }
 
+void ws_boundary_feed(struct ws_boundary *b, const uint8_t *data, size_t len, bool from_client) {
+  while (len > 0) {
+    if (b->payload_left > 0) {
+      size_t n = b->payload_left < len ? (size_t)b->payload_left : len;
+      b->payload_left -= n;
+      data += n;
+      len -= n;
+      continue;
+    }
+    size_t take = WS_MAX_HDR - b->hdr_have < len ? WS_MAX_HDR - b->hdr_have : len;
+    memcpy(b->hdr + b->hdr_have, data, take);
+    struct ws_frame_hdr h;
+    int rc = ws_parse_header(b->hdr, b->hdr_have + take, from_client, &h);
+    if (rc == 0) { /* the header continues in the next bytes */
+      b->hdr_have += take;
+      return;
+    }
+    if (rc < 0) { /* not a WebSocket we understand: never "between frames" again */
+      b->payload_left = UINT64_MAX;
+      return;
+    }
+    size_t used = (size_t)rc - b->hdr_have;
+    b->hdr_have = 0;
+    b->payload_left = h.len;
+    data += used;
+    len -= used;
+  }
+}
+
+bool ws_boundary_between_frames(const struct ws_boundary *b) {
+  return b->hdr_have == 0 && b->payload_left == 0;
+}
+
 /* ---------------------------------------------------------------------------
  * The reader.
  */

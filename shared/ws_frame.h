@@ -72,6 +72,17 @@ void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, 
 /* Version 13 and a key: the request can be answered with 101. */
 bool ws_handshake_complete(const struct ws_handshake *hs);
 
+/* Where frame boundaries fall in a byte stream one only forwards (the
+ * gateway's tunnels): enough to know when a frame of one's own, such as a
+ * close frame at shutdown, may be put in between. */
+struct ws_boundary {
+  uint8_t hdr[WS_MAX_HDR];
+  size_t hdr_have;
+  uint64_t payload_left;
+};
+void ws_boundary_feed(struct ws_boundary *b, const uint8_t *data, size_t len, bool from_client);
+bool ws_boundary_between_frames(const struct ws_boundary *b);
+
 /* An incremental reader of a WebSocket byte stream: it unmasks payloads in
  * place and reports one event per call, keeping only a frame header (14
  * bytes) and a control payload (125) of its own. The caller assembles

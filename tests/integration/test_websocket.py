@@ -17,6 +17,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 import websockets
@@ -167,6 +168,7 @@ class H2WebSocket:
     def __init__(self, port, path, tls=False, protocol="websocket", method="CONNECT"):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock = tls_ctx(["h2"]).wrap_socket(s) if tls else s
+        self.rawbuf, self.data, self.goaway = b"", b"", False
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
@@ -174,7 +176,7 @@ class H2WebSocket:
         while self.enable_connect is None:
             self._pump(lambda e: None)
         self.sid = self.conn.get_next_available_stream_id()
-        self.status, self.data, self.ended, self.reset = None, b"", False, None
+        self.status, self.ended, self.reset = None, False, None
         self.conn.send_headers(self.sid, [
             (":method", method), (":protocol", protocol), (":scheme", "https" if tls else "http"),
             (":path", path), (":authority", "localhost"), ("sec-websocket-version", "13")])
@@ -182,24 +184,51 @@ class H2WebSocket:
         while self.status is None and not self.reset:
             self._pump()
 
+    def _raw_frames(self, chunk):
+        """Our stream's DATA, read from the raw frames: Python's h2 refuses
+        any frame after a GOAWAY, though RFC 9113 6.8 lets open streams go on."""
+        self.rawbuf += chunk
+        while len(self.rawbuf) >= 9:
+            length = int.from_bytes(self.rawbuf[:3], "big")
+            if len(self.rawbuf) < 9 + length:
+                break
+            ftype, flags = self.rawbuf[3], self.rawbuf[4]
+            sid = int.from_bytes(self.rawbuf[5:9], "big") & 0x7FFFFFFF
+            payload = self.rawbuf[9:9 + length]
+            self.rawbuf = self.rawbuf[9 + length:]
+            if ftype == 0 and sid == getattr(self, "sid", None):
+                if flags & 0x8:  # PADDED
+                    payload = payload[1:len(payload) - payload[0]]
+                self.data += payload
+
     def _pump(self, on_event=None):
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError("closed")
-        for e in self.conn.receive_data(chunk):
+        self._raw_frames(chunk)
+        if self.goaway:
+            return
+        try:
+            events = self.conn.receive_data(chunk)
+        except h2.exceptions.ProtocolError:
+            self.goaway = True
+            return
+        for e in events:
             if isinstance(e, h2.events.RemoteSettingsChanged):
                 self.enable_connect = self.conn.remote_settings.get(
                     h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0)
             elif isinstance(e, h2.events.ResponseReceived):
                 self.status = int(dict(e.headers)[b":status"])
             elif isinstance(e, h2.events.DataReceived):
-                self.data += e.data
                 self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            elif isinstance(e, h2.events.ConnectionTerminated):
+                self.goaway = True
             elif isinstance(e, h2.events.StreamEnded):
                 self.ended = True
             elif isinstance(e, h2.events.StreamReset):
                 self.reset = e.error_code
-        self.sock.sendall(self.conn.data_to_send())
+        if not self.goaway:
+            self.sock.sendall(self.conn.data_to_send())
 
     def send(self, data):
         step = self.conn.max_outbound_frame_size
@@ -523,6 +552,37 @@ def test_websocket_idle_timeout_is_its_own():
                 return time.monotonic() - started
         quiet = wsrun(go(), timeout=30)
         assert 1.5 < quiet < 6, quiet
+    finally:
+        g.stop()
+        w.stop()
+
+
+def test_gateway_stop_closes_websockets_with_1001():
+    """SIGTERM to the gateway: when the graceful period runs out, open
+    WebSockets get a close frame 1001 (going away) from the gateway, over
+    HTTP/1.1 and HTTP/2 alike, instead of a cut connection."""
+    w = Worker("ws_app:app")
+    config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
+                                  "  response_header: {response_timeout}\n  graceful_shutdown: 1s")
+    g = Gateway(config, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    try:
+        h2ws = H2WebSocket(g.tls_port, "/hold", tls=True)
+        assert h2ws.status == 200
+
+        async def go():
+            async with websockets.connect(f"wss://127.0.0.1:{g.tls_port}/hold", ssl=tls_ctx(),
+                                          ping_interval=None) as ws:
+                g.signal(signal.SIGTERM)
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed) as e:
+                    await ws.recv()
+                return e.value.code, time.monotonic() - started
+        code, took = wsrun(go(), timeout=30)
+        assert code == 1001 and took < 10
+        frames = h2ws.messages(1)
+        assert frames and frames[0][0] == 8 and close_code(frames[0][1]) == 1001
+        assert g.proc.wait(timeout=15) == 0
+        assert "closing 2 WebSockets with 1001" in g.log()
     finally:
         g.stop()
         w.stop()

@@ -109,8 +109,32 @@ static void test_reader(void) {
   CHECK_STR(out, "E1007|");
 }
 
+static void test_boundary(void) {
+  uint8_t s[512];
+  size_t n = ws_write_header(s, true, WS_TEXT, 3, NULL);
+  memcpy(s + n, "abc", 3);
+  n += 3;
+  size_t second = n;
+  n += ws_write_header(s + n, true, WS_BINARY, 300, NULL);
+  memset(s + n, 'x', 300);
+  n += 300;
+  struct ws_boundary b = {0};
+  CHECK(ws_boundary_between_frames(&b));
+  /* byte by byte: between frames exactly after each frame's last byte */
+  for (size_t i = 0; i < n; i++) {
+    ws_boundary_feed(&b, s + i, 1, false);
+    bool expect = i + 1 == second || i + 1 == n;
+    CHECK(ws_boundary_between_frames(&b) == expect);
+  }
+  /* garbage (reserved bits) means never between frames again */
+  uint8_t bad[2] = {0xF1, 0x00};
+  ws_boundary_feed(&b, bad, 2, false);
+  CHECK(!ws_boundary_between_frames(&b));
+}
+
 int main(void) {
   test_reader();
+  test_boundary();
   struct ws_frame_hdr h;
   /* RFC 6455 5.7: a single-frame masked text message "Hello" */
   uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
