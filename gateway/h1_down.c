@@ -21,6 +21,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "addr.h"
 #include "down.h"
 #include "h1_parser.h"
 #include "http_status.h"
@@ -67,7 +68,7 @@ static int ensure_xchg(struct h1d *h) {
   h->x = xchg_new(c->rt, XCHG_HTTP_1_1, &xchg_ops, h);
   if (h->x == NULL) return 503;
   h->x->tls = c->tls;
-  snprintf(h->x->client_ip, sizeof h->x->client_ip, "%s", c->peer_ip);
+  h3g_copy_str(h->x->client_ip, sizeof h->x->client_ip, c->peer_ip);
   h->x->client_port = c->peer_port;
   h->req_done = h->head_written = h->chunked = h->close_delimited = false;
   h->no_body = h->is_head = false;

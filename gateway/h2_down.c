@@ -20,6 +20,7 @@
 #include <event2/bufferevent.h>
 #include <nghttp2/nghttp2.h>
 
+#include "addr.h"
 #include "down.h"
 #include "h2_guard.h"
 #include "http_status.h"
@@ -89,7 +90,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   s->x->tls = c->tls;
-  snprintf(s->x->client_ip, sizeof s->x->client_ip, "%s", c->peer_ip);
+  h3g_copy_str(s->x->client_ip, sizeof s->x->client_ip, c->peer_ip);
   s->x->client_port = c->peer_port;
   LIST_INSERT_HEAD(&h->streams, s, link);
   h->n_streams++;

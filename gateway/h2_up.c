@@ -18,6 +18,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "addr.h"
 #include "h2_guard.h"
 #include "log.h"
 #include "sock.h"
@@ -484,7 +485,7 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
   x->up.conn = c;
   x->up.stream_id = id;
   x->server = c->server;
-  snprintf(x->upstream_addr, sizeof x->upstream_addr, "%s", c->server->addr_text);
+  h3g_copy_str(x->upstream_addr, sizeof x->upstream_addr, c->server->addr_text);
   TAILQ_INSERT_TAIL(&impl(c)->streams.head, x, up_link);
   c->n_streams++;
   c->server->outstanding++;

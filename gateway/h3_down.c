@@ -18,6 +18,7 @@
 #include <string.h>
 #include <event2/buffer.h>
 
+#include "addr.h"
 #include "config.h"
 #include "http_status.h"
 #include "log.h"
@@ -166,7 +167,7 @@ static int cb_begin_headers(nghttp3_conn *conn, int64_t stream_id, void *user, v
     return NGHTTP3_ERR_CALLBACK_FAILURE;
   }
   s->x->tls = true;
-  snprintf(s->x->client_ip, sizeof s->x->client_ip, "%s", qc->peer_ip);
+  h3g_copy_str(s->x->client_ip, sizeof s->x->client_ip, qc->peer_ip);
   s->x->client_port = qc->peer_port;
   LIST_INSERT_HEAD(&qc->streams, s, link);
   qc->n_streams++;

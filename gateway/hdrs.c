@@ -28,10 +28,8 @@ int hdr_add(struct hdr_list *l, const char *name, size_t nlen, const char *value
   struct hdr *h = &l->v[l->n];
   h->name_off = l->used;
   h->name_len = (uint32_t)nlen;
-  for (size_t i = 0; i < nlen; i++) {
-    char c = name[i];
-    l->arena[l->used++] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-  }
+  memcpy(l->arena + l->used, name, nlen);
+  l->used += (uint32_t)nlen;
   l->arena[l->used++] = '\0';
   h->value_off = l->used;
   h->value_len = (uint32_t)vlen;

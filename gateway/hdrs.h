@@ -27,7 +27,9 @@ struct hdr_list {
   uint32_t bytes; /* name + value bytes, for limits */
 };
 
-/* Appends a field; the name is lower-cased on the way in. Returns the index or -1. */
+/* Appends a field. The name must be lower-case already: HTTP/2 and HTTP/3
+ * require it (nghttp2 and nghttp3 check), the HTTP/1.1 parser lower-cases,
+ * and our own names are literals. Returns the index or -1. */
 int hdr_add(struct hdr_list *l, const char *name, size_t nlen, const char *value, size_t vlen);
 int hdr_find(const struct hdr_list *l, const char *name, size_t nlen, int from);
 static inline const char *hdr_name(const struct hdr_list *l, int i) { return l->arena + l->v[i].name_off; }

@@ -568,12 +568,21 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
 
 void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->rt->conf->response_header_timeout_ms); }
 
+/* Connection-specific fields a backend's response may carry (by length
+ * first: this runs for every response). */
 static void drop_response_hop_by_hop(struct xchg *x) {
-  static const char *const names[] = {"connection", "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "upgrade"};
-  for (uint32_t i = 0; i < x->resp.n; i++)
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-      if (hdr_name_is(&x->resp, (int)i, names[k])) x->resp.v[i].flags |= HDR_DROPPED;
+  for (uint32_t i = 0; i < x->resp.n; i++) {
+    const char *n = hdr_name(&x->resp, (int)i);
+    bool hop;
+    switch (x->resp.v[i].name_len) {
+    case 7: hop = memcmp(n, "upgrade", 7) == 0; break;
+    case 10: hop = memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0; break;
+    case 16: hop = memcmp(n, "proxy-connection", 16) == 0; break;
+    case 17: hop = memcmp(n, "transfer-encoding", 17) == 0; break;
+    default: hop = false; break;
+    }
+    if (hop) x->resp.v[i].flags |= HDR_DROPPED;
+  }
 }
 
 void xchg_up_resp_head(struct xchg *x) {

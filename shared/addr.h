@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 struct h3g_hostport {
@@ -27,6 +28,14 @@ void h3g_sockaddr_format(const struct sockaddr *sa, socklen_t len, char *buf, si
 /* Only the host part ("1.2.3.4", "::1", or "unix" for unix sockets). */
 void h3g_sockaddr_host(const struct sockaddr *sa, char *buf, size_t size);
 uint16_t h3g_sockaddr_port(const struct sockaddr *sa);
+
+/* Copies a string into a buffer of size bytes, cut short if need be, always
+ * NUL-terminated: snprintf("%s") without the format parsing, for hot paths. */
+static inline void h3g_copy_str(char *dst, size_t size, const char *src) {
+  size_t n = strnlen(src, size - 1);
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
 bool h3g_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b);
 
 #endif
