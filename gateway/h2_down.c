@@ -21,6 +21,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "addr.h"
+#include "h2_out.h"
 #include "down.h"
 #include "h2_guard.h"
 #include "http_status.h"
@@ -360,15 +361,9 @@ static void h2_on_read(struct down_conn *c) {
 static void h2_flush(struct down_conn *c) {
   struct h2d *h = h2d(c);
   struct evbuffer *out = bufferevent_get_output(c->bev);
-  while (evbuffer_get_length(out) < OUT_HIGH_WATER) {
-    const uint8_t *data;
-    ssize_t n = nghttp2_session_mem_send(h->session, &data);
-    if (n < 0) {
-      down_close(c, true);
-      return;
-    }
-    if (n == 0) break;
-    evbuffer_add(out, data, (size_t)n);
+  if (h2_send_into(h->session, out, OUT_HIGH_WATER) != 0) {
+    down_close(c, true);
+    return;
   }
   if (!nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session))
     down_close(c, false);

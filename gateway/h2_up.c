@@ -19,6 +19,7 @@
 #include <event2/bufferevent.h>
 
 #include "addr.h"
+#include "h2_out.h"
 #include "h2_guard.h"
 #include "log.h"
 #include "sock.h"
@@ -213,33 +214,11 @@ static ssize_t read_req_body(nghttp2_session *session, int32_t id, uint8_t *buf,
 
 /* Frames nghttp2 has ready, gathered in one buffer and appended at once:
  * one evbuffer chain (and socket write) rather than one per frame. */
-static int flush_session(nghttp2_session *session, struct evbuffer *out, size_t high_water) {
-  uint8_t batch[16384];
-  size_t used = 0;
-  while (evbuffer_get_length(out) + used < high_water) {
-    const uint8_t *data;
-    ssize_t n = nghttp2_session_mem_send(session, &data);
-    if (n < 0) return -1;
-    if (n == 0) break;
-    if (used + (size_t)n > sizeof batch) {
-      evbuffer_add(out, batch, used);
-      used = 0;
-    }
-    if ((size_t)n > sizeof batch) {
-      evbuffer_add(out, data, (size_t)n);
-    } else {
-      memcpy(batch + used, data, (size_t)n);
-      used += (size_t)n;
-    }
-  }
-  if (used) evbuffer_add(out, batch, used);
-  return 0;
-}
 static void conn_flush(struct flushable *f) {
   struct up_conn *c = (struct up_conn *)f;
   if (c->state == UC_CLOSED || c->state == UC_CONNECTING) return;
   struct evbuffer *out = bufferevent_get_output(c->bev);
-  if (flush_session(c->session, out, OUT_HIGH_WATER) != 0) {
+  if (h2_send_into(c->session, out, OUT_HIGH_WATER) != 0) {
     conn_broken(c, "HTTP/2 session error", true);
     return;
   }
