@@ -44,26 +44,38 @@ backend=$(pgrep -f "h3gate-worker --bind 127.0.0.1:$p_app" | head -1)
 wait_port_of backend $p_app; wait_port_of h3gate $p_h3g; wait_port_of caddy $p_caddy
 sleep 1
 
-measure() { # name pid port
-  local name=$1 pid=$2 port=$3
-  "$BIN/wsload" -c 10 -n 200 -s "$SIZE" "ws://127.0.0.1:$port/echo" >/dev/null # warm-up
-  local before after out rate p99 bbefore bafter
+# One run: prints "msg/s p99_ms proxy_cpu_per_10k backend_cpu_per_10k".
+run_once() { # pid port
+  local pid=$1 port=$2 before after bbefore bafter out rate p99 total=$((C * N))
   before=$(cpu_seconds "$pid"); bbefore=$(cpu_seconds "$backend")
   out=$("$BIN/wsload" -c "$C" -n "$N" -s "$SIZE" -t 300 "ws://127.0.0.1:$port/echo") || {
-    echo "$name: wsload failed:"; echo "$out"; return 1; }
+    echo "wsload failed: $out" >&2; echo "0 0 0 0"; return; }
   after=$(cpu_seconds "$pid"); bafter=$(cpu_seconds "$backend")
   rate=$(echo "$out" | awk '/msg\/s/ {print $(NF-1)}')
   p99=$(echo "$out" | awk '/^round trip/ {print $7}')
-  local total=$((C * N))
-  local per10k=$(awk -v a="$after" -v b="$before" -v n="$total" 'BEGIN { printf "%.3f", (a - b) / n * 10000 }')
-  local b10k=$(awk -v a="$bafter" -v b="$bbefore" -v n="$total" 'BEGIN { printf "%.3f", (a - b) / n * 10000 }')
-  printf '%-8s %12.0f %10s %16s %18s\n' "$name" "$rate" "$p99" "$per10k" "$b10k"
-  eval "R_${name}=$rate; P_${name}=$p99; C_${name}=$per10k"
+  awk -v r="$rate" -v p="$p99" -v a="$after" -v b="$before" -v ba="$bafter" -v bb="$bbefore" -v n="$total" \
+    'BEGIN { printf "%s %s %.3f %.3f\n", r, p, (a - b) / n * 10000, (ba - bb) / n * 10000 }'
 }
 
-printf 'WebSocket echo, %d connections x %d messages of %d bytes (HTTP/1.1 Upgrade, cleartext)\n' "$C" "$N" "$SIZE"
+# ROUNDS interleaved rounds (default 3), each proxy's median round reported.
+ROUNDS=${ROUNDS:-3}
+f=$WORK/rounds
+for r in $(seq 1 "$ROUNDS"); do
+  for name in h3gate caddy; do
+    if [ $name = h3gate ]; then pid=$h3g port=$p_h3g; else pid=$caddy port=$p_caddy; fi
+    [ "$r" = 1 ] && "$BIN/wsload" -c 10 -n 200 -s "$SIZE" "ws://127.0.0.1:$port/echo" >/dev/null # warm-up
+    echo "$name $(run_once "$pid" "$port")" >>"$f"
+  done
+done
+
+printf 'WebSocket echo, %d connections x %d messages of %d bytes (HTTP/1.1 Upgrade, cleartext), median of %d rounds\n' "$C" "$N" "$SIZE" "$ROUNDS"
 printf '%-8s %12s %10s %16s %18s\n' proxy msg/s p99_ms cpu_s/10k_msgs backend_cpu/10k
-measure h3gate "$h3g" $p_h3g
-measure caddy "$caddy" $p_caddy
+for name in h3gate caddy; do
+  row=$(awk -v s="$name" '$1 == s' "$f" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
+  read -r _ rate p99 per10k b10k <<<"$row"
+  printf '%-8s %12.0f %10s %16s %18s   rounds: %s\n' "$name" "$rate" "$p99" "$per10k" "$b10k" \
+    "$(awk -v s="$name" '$1 == s {printf "%.0f ", $2}' "$f")"
+  eval "R_${name}=$rate; P_${name}=$p99; C_${name}=$per10k"
+done
 printf 'h3gate/caddy msg/s: %s x (target >= 2)   p99: %s x   CPU per message: %s x\n' \
   "$(ratio "$R_h3gate" "$R_caddy")" "$(ratio "$P_h3gate" "$P_caddy")" "$(ratio "$C_h3gate" "$C_caddy")"
