@@ -13,22 +13,39 @@ scope, by path.
   /disconnects       plain HTTP: the disconnect codes recorded so far
   /sessions          plain HTTP: [http_version, scheme, client host] of each /echo
   /page              plain HTTP: a page whose script echoes over a WebSocket
+  /wait-echo         plain HTTP: answers once an /echo session has ended (the
+                     page's image: its load event waits for the WebSocket)
 """
 import asyncio
 import json
 
 DISCONNECTS = []
 SESSIONS = []
+ECHO_ENDED = None  # an asyncio.Event, made on the loop that uses it
 
 PAGE = b"""<!doctype html><title>pending</title><body><script>
 const ws = new WebSocket(`wss://${location.host}/echo`);
 ws.onopen = () => ws.send("browser says hi");
 ws.onmessage = (e) => { document.title = "echo:" + e.data; document.body.textContent = "echo:" + e.data; ws.close(1000); };
 ws.onerror = () => { document.title = "error"; document.body.textContent = "error"; };
-</script></body>"""
+</script><img src="/wait-echo" alt=""></body>"""
+
+
+def echo_ended():
+    global ECHO_ENDED
+    if ECHO_ENDED is None:
+        ECHO_ENDED = asyncio.Event()
+    return ECHO_ENDED
 
 
 async def echo(scope, receive, send):
+    try:
+        await echo_session(scope, receive, send)
+    finally:
+        echo_ended().set()
+
+
+async def echo_session(scope, receive, send):
     await receive()  # websocket.connect
     SESSIONS.append([scope["http_version"], scope["scheme"], scope["client"][0] if scope["client"] else None])
     sub = scope["subprotocols"][0] if scope["subprotocols"] and b"sub=1" in scope["query_string"] else None
@@ -77,6 +94,12 @@ async def app(scope, receive, send):
         body, ctype = json.dumps(SESSIONS if path == "/sessions" else DISCONNECTS).encode(), b"application/json"
         if path == "/page":
             body, ctype = PAGE, b"text/html"
+        elif path == "/wait-echo":
+            try:
+                await asyncio.wait_for(echo_ended().wait(), 20)
+            except asyncio.TimeoutError:
+                pass
+            body, ctype = b"GIF89a", b"image/gif"
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", ctype)]})
         await send({"type": "http.response.body", "body": body})
