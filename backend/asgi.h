@@ -31,6 +31,7 @@ struct asgi_env {
   size_t body_buffer_limit; /* request bytes buffered before reads pause */
   size_t send_high_water;   /* await send() blocks above this many queued bytes */
   size_t ws_max_size;       /* bytes per incoming WebSocket message */
+  uint64_t ws_ping_interval_ms, ws_ping_timeout_ms; /* keepalive; 0: off */
 };
 extern struct asgi_env asgi_env;
 
@@ -87,6 +88,9 @@ bool asgi_stream_ws_accepted(const struct asgi_stream *s);
 /* Graceful stop ran out of time: close every open WebSocket with 1001
  * (going away). Returns how many were open. */
 size_t asgi_ws_going_away_all(void);
+/* Keepalive, from the server's periodic tick: pings WebSockets the client
+ * has been quiet on, and closes (1011) those that don't answer in time. */
+void asgi_ws_tick(uint64_t now_ms);
 
 /* Creates the app's task. -1 when the app could not be called (a 500 is queued). */
 int asgi_stream_start_app(struct asgi_stream *s);

@@ -27,6 +27,7 @@
 #include "asgi_internal.h"
 #include "conn.h"
 #include "log.h"
+#include "server.h"
 #include "ws_frame.h"
 
 enum {
@@ -49,6 +50,8 @@ struct asgi_ws {
   bool denied;     /* the app answers with an HTTP response instead */
   bool close_sent; /* our close frame (or the end of our side) is queued */
   bool closed;     /* no more client messages: close, error or transport gone */
+  uint64_t last_rx_ms;   /* the client last sent anything */
+  uint64_t ping_sent_ms; /* our keepalive ping is unanswered since; 0: none */
   unsigned close_code;
   PyObject *close_reason; /* str */
 };
@@ -107,6 +110,7 @@ int asgi_stream_set_websocket(struct asgi_stream *s) {
     return -1;
   }
   w->s = s;
+  w->last_rx_ms = server_now_ms();
   ws_reader_init(&w->reader, true, asgi_env.ws_max_size);
   w->next = all_ws;
   if (all_ws) all_ws->prev = w;
@@ -328,7 +332,12 @@ static void pump(struct asgi_stream *s) {
   asgi_wake_receiver(s);
 }
 
-void asgi_ws_on_bytes(struct asgi_stream *s) { pump(s); }
+void asgi_ws_on_bytes(struct asgi_stream *s) {
+  /* Anything from the client shows it is alive, a pong or not. */
+  s->ws->last_rx_ms = server_now_ms();
+  s->ws->ping_sent_ms = 0;
+  pump(s);
+}
 
 void asgi_ws_transport_closed(struct asgi_stream *s) {
   struct asgi_ws *w = s->ws;
@@ -524,6 +533,25 @@ void asgi_ws_app_finished(struct asgi_stream *s, PyObject *exc) {
     if (!s->resp_body_done && s->conn) s->conn->proto->abort_stream(s->conn, s);
   } else {
     asgi_stream_respond_error(s, exc ? 500 : 403, exc ? "Internal Server Error\n" : "Forbidden\n");
+  }
+}
+
+void asgi_ws_tick(uint64_t now) {
+  if (asgi_env.ws_ping_interval_ms == 0) return;
+  for (struct asgi_ws *w = all_ws; w; w = w->next) {
+    if (!w->accepted || w->close_sent || w->s->disconnected) continue;
+    if (w->ping_sent_ms && now - w->ping_sent_ms >= asgi_env.ws_ping_timeout_ms) {
+      static const char reason[] = "keepalive ping timeout";
+      log_debug("WebSocket: no answer to our ping for %llu ms: closing with 1011",
+                (unsigned long long)(now - w->ping_sent_ms));
+      mark_closed(w, WS_INTERNAL, reason, sizeof reason - 1);
+      send_close(w->s, WS_INTERNAL, reason, sizeof reason - 1);
+      asgi_wake_receiver(w->s);
+    } else if (!w->ping_sent_ms && now - w->last_rx_ms >= asgi_env.ws_ping_interval_ms) {
+      w->ping_sent_ms = now;
+      if (queue_frame(w->s, WS_PING, "h3gate", 6) != 0) PyErr_Clear();
+      want_send(w->s);
+    }
   }
 }
 

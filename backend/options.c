@@ -33,6 +33,8 @@ static const char usage_text[] =
     "  --timeout-keep-alive SECS  close idle connections after this (default 5)\n"
     "  --limit-request-head BYTES largest request head (default 65536)\n"
     "  --ws-max-size BYTES        largest incoming WebSocket message (default 16m)\n"
+    "  --ws-ping-interval SECS    ping a quiet WebSocket this often (default 20; 0: never)\n"
+    "  --ws-ping-timeout SECS     close it (1011) when no answer comes this long (default 20)\n"
     "  --h2-max-concurrent-streams N (default 256)\n"
     "  --h2-stream-window BYTES   per-stream receive window (default 1MiB)\n"
     "  --h2-connection-window BYTES (default 16MiB)\n"
@@ -48,7 +50,7 @@ enum {
   OPT_BIND = 256, OPT_UDS, OPT_WORKERS, OPT_APP_DIR, OPT_FACTORY, OPT_ROOT_PATH, OPT_FWD,
   OPT_LIFESPAN, OPT_LOOP, OPT_MAX_REQ, OPT_GRACEFUL, OPT_KEEPALIVE, OPT_HEAD, OPT_STREAMS,
   OPT_SWIN, OPT_CWIN, OPT_BACKLOG, OPT_LOG_LEVEL, OPT_ACCESS, OPT_NO_ACCESS, OPT_HELP,
-  OPT_VERSION, OPT_WS_MAX,
+  OPT_VERSION, OPT_WS_MAX, OPT_WS_PING, OPT_WS_PING_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -66,6 +68,8 @@ static const struct option long_opts[] = {
     {"timeout-keep-alive", required_argument, NULL, OPT_KEEPALIVE},
     {"limit-request-head", required_argument, NULL, OPT_HEAD},
     {"ws-max-size", required_argument, NULL, OPT_WS_MAX},
+    {"ws-ping-interval", required_argument, NULL, OPT_WS_PING},
+    {"ws-ping-timeout", required_argument, NULL, OPT_WS_PING_TIMEOUT},
     {"h2-max-concurrent-streams", required_argument, NULL, OPT_STREAMS},
     {"h2-stream-window", required_argument, NULL, OPT_SWIN},
     {"h2-connection-window", required_argument, NULL, OPT_CWIN},
@@ -127,6 +131,8 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
   c->h2_max_frame_size = 64 * 1024;
   c->max_header_bytes = 64 * 1024;
   c->ws_max_size = 16u << 20;
+  c->ws_ping_interval_ms = 20000; /* uvicorn's defaults */
+  c->ws_ping_timeout_ms = 20000;
   c->keepalive_timeout_ms = 5000;
   c->graceful_timeout_ms = 30000;
   const char *fwd = "127.0.0.1,::1,unix";
@@ -182,6 +188,11 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
       if (h3g_parse_size(optarg, &v) != 0 || v < 125 || v > (1ull << 31))
         return usage_error("--ws-max-size must be 125 to 2g, got \"%s\"", optarg);
       c->ws_max_size = v;
+      break;
+    case OPT_WS_PING:
+    case OPT_WS_PING_TIMEOUT:
+      if (parse_seconds(optarg, opt == OPT_WS_PING ? &c->ws_ping_interval_ms : &c->ws_ping_timeout_ms) != 0)
+        return usage_error("WebSocket ping times must be seconds, got \"%s\"", optarg);
       break;
     case OPT_STREAMS:
       if (parse_uint(optarg, 1u << 20, &v) != 0 || v == 0)

@@ -419,6 +419,7 @@ static PyObject *on_tick(PyObject *mod, PyObject *unused) {
   (void)mod;
   (void)unused;
   idle_sweep(server_now_ms());
+  asgi_ws_tick(server_now_ms());
   if (S.stopping) stop_progress();
   PyObject *delay = PyFloat_FromDouble(S.stopping ? 0.1 : 1.0);
   if (delay) {

@@ -20,6 +20,8 @@ struct worker_config {
   uint32_t h2_max_frame_size;
   size_t max_header_bytes;
   size_t ws_max_size;
+  uint64_t ws_ping_interval_ms; /* 0: no keepalive pings */
+  uint64_t ws_ping_timeout_ms;
   uint64_t keepalive_timeout_ms;
   uint64_t graceful_timeout_ms;
   uint64_t max_requests;

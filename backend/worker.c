@@ -124,6 +124,8 @@ int worker_main(const struct worker_options *o, const int *fds, size_t n_fds, in
   asgi_env.body_buffer_limit = 1 << 20;
   asgi_env.send_high_water = 512 * 1024;
   asgi_env.ws_max_size = o->config.ws_max_size;
+  asgi_env.ws_ping_interval_ms = o->config.ws_ping_interval_ms;
+  asgi_env.ws_ping_timeout_ms = o->config.ws_ping_timeout_ms;
   PyObject *module = PyImport_ImportModule("_h3gate");
   PyObject *options = Py_BuildValue("{s:s,s:s}", "loop", o->loop, "lifespan", o->lifespan);
   if (!asgi_env.root_path || !asgi_env.log_exception || !module || !options) {

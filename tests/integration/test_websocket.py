@@ -337,6 +337,27 @@ def test_worker_protocol_errors_close_with_the_right_code(frame, code):
         assert w.stop() == 0
 
 
+def test_worker_keepalive_pings():
+    """A quiet client is pinged; one that answers stays, one that doesn't is
+    closed with 1011 (uvicorn's --ws-ping-interval/--ws-ping-timeout)."""
+    w = Worker("ws_app:app", args=["--ws-ping-interval", "1", "--ws-ping-timeout", "1"])
+    try:
+        silent = RawWebSocket(w.port, "/echo")  # never answers
+        assert silent.status == 101
+
+        async def answering():
+            async with websockets.connect(f"ws://127.0.0.1:{w.port}/echo", ping_interval=None) as ws:
+                await asyncio.sleep(4)  # the library answers the worker's pings by itself
+                await ws.send("alive")
+                return await ws.recv()
+        assert wsrun(answering(), timeout=30) == "alive"
+        frames = silent.frames_until_close(limit_s=10)
+        assert frames[0][0] == 9, frames  # a ping first
+        assert frames[-1][0] == 8 and close_code(frames[-1][1]) == 1011, frames
+    finally:
+        assert w.stop() == 0
+
+
 def test_worker_rfc8441(worker):
     c = H2WebSocket(worker.port, "/scope")
     assert c.enable_connect == 1 and c.status == 200
