@@ -638,7 +638,9 @@ static void conn_write(struct conn *c) {
   ngtcp2_path_storage_zero(&ps);
   ngtcp2_pkt_info pi;
   uint64_t ts = now_ns();
-  for (int pkts = 0; pkts < 256; pkts++) {
+  /* Only finished packets count: leaving while ngtcp2 still builds one
+   * (after NGTCP2_ERR_WRITE_MORE) would trip its next read. */
+  for (int pkts = 0; pkts < 256;) {
     int64_t sid = -1;
     int fin = 0;
     nghttp3_vec vec[16];
@@ -674,6 +676,7 @@ static void conn_write(struct conn *c) {
     }
     if (ndatalen >= 0 && c->h3) nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
     if (n == 0) break;
+    pkts++;
     size_t pkt = (size_t)n;
     if (blen == 0) {
       seg = pkt;

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,8 +269,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
 /* ---------------------------------------------------------------------------
  * main.
  */
+/* Steady traffic grows and shrinks the heap's top by a few hundred KB over
+ * and over; glibc would hand it back to the kernel each time (trim) and
+ * fault it in again (measured: 2.4% of the CPU of an HTTP/3 upload in page
+ * faults under malloc). Keep what was needed once, and serve buffers below
+ * 4 MiB from the heap rather than from fresh mmaps. */
+static void tune_malloc(void) {
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  mallopt(M_TOP_PAD, 1 << 20);
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+}
+
 int main(int argc, char **argv) {
   h3g_log_init("h3gate");
+  tune_malloc();
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
       {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
