@@ -42,6 +42,11 @@ struct cid_map {
   struct cid_entry *slots;
   size_t cap, used, tombstones;
   uint64_t key[2];
+  /* The last hit: a GRO batch or a bulk transfer brings many packets for one
+   * connection in a row, and each would hash the same CID again. */
+  uint8_t last_cid[NGTCP2_MAX_CIDLEN];
+  size_t last_len; /* 0: nothing cached */
+  struct quic_conn *last_conn;
 };
 
 struct rate_limit {
@@ -132,7 +137,7 @@ int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_
 uint64_t quic_now_ns(void);
 int cid_map_put(struct cid_map *m, const uint8_t *cid, size_t len, struct quic_conn *conn);
 void cid_map_del(struct cid_map *m, const uint8_t *cid, size_t len);
-struct quic_conn *cid_map_get(const struct cid_map *m, const uint8_t *cid, size_t len);
+struct quic_conn *cid_map_get(struct cid_map *m, const uint8_t *cid, size_t len);
 /* Sends datagrams of one size (the last may be shorter) to remote. 0, or
  * -EAGAIN when the socket is full (the caller waits in the blocked list). */
 int quic_ep_send(struct quic_endpoint *ep, const ngtcp2_addr *remote, const uint8_t *data,

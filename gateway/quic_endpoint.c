@@ -100,7 +100,7 @@ static int cid_map_grow(struct cid_map *m) {
   size_t cap = m->cap ? m->cap * 2 : 256;
   struct cid_entry *slots = calloc(cap, sizeof *slots);
   if (slots == NULL) return -1;
-  struct cid_map n = {slots, cap, 0, 0, {m->key[0], m->key[1]}};
+  struct cid_map n = {.slots = slots, .cap = cap, .key = {m->key[0], m->key[1]}};
   for (size_t i = 0; i < m->cap; i++) {
     struct cid_entry *e = &m->slots[i];
     if (e->len == SLOT_EMPTY || e->len == SLOT_DELETED) continue;
@@ -115,6 +115,7 @@ static int cid_map_grow(struct cid_map *m) {
 }
 
 int cid_map_put(struct cid_map *m, const uint8_t *cid, size_t len, struct quic_conn *conn) {
+  m->last_len = 0;
   if ((m->used + m->tombstones + 1) * 4 >= m->cap * 3 && cid_map_grow(m) != 0) return -1;
   size_t i = slot_of(m, cid, len);
   while (m->slots[i].len != SLOT_EMPTY && m->slots[i].len != SLOT_DELETED)
@@ -138,12 +139,18 @@ static struct cid_entry *cid_map_find(const struct cid_map *m, const uint8_t *ci
   return NULL;
 }
 
-struct quic_conn *cid_map_get(const struct cid_map *m, const uint8_t *cid, size_t len) {
+struct quic_conn *cid_map_get(struct cid_map *m, const uint8_t *cid, size_t len) {
+  if (len != 0 && len == m->last_len && memcmp(cid, m->last_cid, len) == 0) return m->last_conn;
   struct cid_entry *e = cid_map_find(m, cid, len);
-  return e ? e->conn : NULL;
+  if (e == NULL) return NULL;
+  memcpy(m->last_cid, cid, len);
+  m->last_len = len;
+  m->last_conn = e->conn;
+  return e->conn;
 }
 
 void cid_map_del(struct cid_map *m, const uint8_t *cid, size_t len) {
+  m->last_len = 0;
   struct cid_entry *e = cid_map_find(m, cid, len);
   if (e == NULL) return;
   e->len = SLOT_DELETED;
