@@ -4,7 +4,8 @@
 # one run, driven by h3load (-c 10 -m 10). Prints req/s, p99, CPU per 100k
 # requests and RSS per 1,000 idle QUIC connections; then HTTP/3 against
 # HTTP/2 (h2load) through h3gate for 100 MB uploads and downloads, and
-# whether 5,000 concurrent QUIC connections are held.
+# whether 5,000 concurrent QUIC connections are held. ROUNDS=3 interleaved
+# rounds for the req/s part; medians.
 source "$(dirname "$0")/lib.sh"
 prepare
 N=${N:-100000}
@@ -70,32 +71,50 @@ h3run() {
 
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
 
-measure() { # name pid port
-  local name=$1 pid=$2 port=$3
-  "$H3LOAD" -q -n 5000 -c 10 -m 10 "https://127.0.0.1:$port/index.html" >/dev/null 2>&1 || true
-  local before after rps p99 done
+# One run: "req/s p99_ms done cpu_s_per_100k us_per_req".
+run_once() { # pid port
+  local pid=$1 port=$2 before after rps p99 done
   before=$(cpu_seconds "$pid")
   read -r rps p99 done < <(h3run -n "$N" -c 10 -m 10 "https://127.0.0.1:$port/index.html")
   after=$(cpu_seconds "$pid")
-  local us=$(awk -v a="$after" -v b="$before" -v n="$done" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n * 1e6; else print "n/a" }')
-  local per100k=$(awk -v a="$after" -v b="$before" -v n="$done" 'BEGIN { if (n > 0) printf "%.2f", (a - b) / n * 100000; else print "n/a" }')
-  # idle connections: RSS growth for 1,000 connections held open
-  local r0 r1
+  awk -v a="$after" -v b="$before" -v n="$done" -v r="$rps" -v p="$p99" \
+    'BEGIN { if (n > 0) printf "%s %s %s %.2f %.1f\n", r, p, n, (a - b) / n * 100000, (a - b) / n * 1e6; else print r, p, n, "n/a n/a" }'
+}
+
+# Idle connections: RSS growth for 1,000 connections held open.
+idle_kb() { # pid port
+  local pid=$1 port=$2 r0 r1 hold
   r0=$(rss_kb "$pid")
   ("$H3LOAD" -q -n 1000 -c 1000 --hold 6 "https://127.0.0.1:$port/index.html" >/dev/null 2>&1 || true) &
-  local hold=$!
+  hold=$!
   sleep 4
   r1=$(rss_kb "$pid")
   wait $hold || true
-  local idle=$(( (r1 - r0) ))
-  printf '%-10s %12.0f %10s %14s %10s %10s %18s\n' "$name" "$rps" "$p99" "$per100k" "$us" "$done" "$idle"
-  eval "R_${name}=$rps; C_${name}=$us; I_${name}=$idle"
+  echo $((r1 - r0))
 }
 
-printf '\nHTTP/3, %s requests (h3load -c 10 -m 10)\n' "$N"
+# ROUNDS interleaved rounds (default 3), each proxy's median round reported.
+ROUNDS=${ROUNDS:-3}
+rounds=$WORK/rounds
+for r in $(seq 1 "$ROUNDS"); do
+  for name in h3gate caddy; do
+    if [ $name = h3gate ]; then pid=$h3g port=$p_h3g; else pid=$caddy port=$p_caddy; fi
+    [ "$r" = 1 ] && { "$H3LOAD" -q -n 5000 -c 10 -m 10 "https://127.0.0.1:$port/index.html" >/dev/null 2>&1 || true; }
+    echo "$name $(run_once "$pid" "$port")" >>"$rounds"
+  done
+done
+
+printf '\nHTTP/3, %s requests (h3load -c 10 -m 10), median of %s rounds\n' "$N" "$ROUNDS"
 printf '%-10s %12s %10s %14s %10s %10s %18s\n' proxy req/s p99_ms cpu_s/100k us/req done "KiB/1000 idle conn"
-measure h3gate "$h3g" $p_h3g
-measure caddy "$caddy" $p_caddy
+for name in h3gate caddy; do
+  if [ $name = h3gate ]; then pid=$h3g port=$p_h3g; else pid=$caddy port=$p_caddy; fi
+  row=$(awk -v s="$name" '$1 == s' "$rounds" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
+  read -r _ rps p99 done per100k us <<<"$row"
+  idle=$(idle_kb "$pid" "$port")
+  printf '%-10s %12.0f %10s %14s %10s %10s %18s   rounds: %s\n' "$name" "$rps" "$p99" "$per100k" "$us" "$done" "$idle" \
+    "$(awk -v s="$name" '$1 == s {printf "%.0f ", $2}' "$rounds")"
+  eval "R_${name}=$rps; C_${name}=$us; I_${name}=$idle"
+done
 printf 'h3gate/caddy: req/s %s x (target >= 5), CPU per request %s x (target <= 0.125)\n' \
   "$(ratio "$R_h3gate" "$R_caddy")" "$(ratio "$C_h3gate" "$C_caddy")"
 printf 'per idle QUIC connection: h3gate %s KiB (target < 64), caddy %s KiB\n' \
