@@ -517,6 +517,7 @@ int xchg_req_body(struct xchg *x, const void *data, size_t len) {
   const struct gw_conf *conf = x->rt->conf;
   x->req_bytes += len;
   if (x->websocket && x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
+  if (x->ws_open) ws_boundary_feed(&x->ws_up, data, len, true);
   if (conf->max_body_size && x->req_bytes > conf->max_body_size && !x->websocket) {
     if (x->state != XS_RESPONDING && x->state != XS_DONE) {
       if (x->up.conn || queued(x)) up_cancel(x);
@@ -594,6 +595,7 @@ void xchg_up_resp_head(struct xchg *x) {
   if (x->websocket && x->status / 100 == 2 && !x->ws_open) {
     x->ws_open = true;
     memset(&x->ws_down, 0, sizeof x->ws_down);
+    memset(&x->ws_up, 0, sizeof x->ws_up);
     LIST_INSERT_HEAD(&open_websockets, x, ws_link);
   }
   arm_timer(x, idle_ms(x));
@@ -603,6 +605,10 @@ void xchg_up_resp_head(struct xchg *x) {
 void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len) {
   x->resp_bytes += len;
   if (!x->down_attached) return;
+  if (x->resp_end) { /* we ended it ourselves (a shutdown's close frame): drop the rest */
+    if (x->up.conn) up_consumed(x, len);
+    return;
+  }
   if (x->ws_open) ws_boundary_feed(&x->ws_down, data, len, false);
   evbuffer_add(x->resp_body, data, len);
   arm_timer(x, idle_ms(x));
@@ -622,6 +628,17 @@ void xchg_resp_consumed(struct xchg *x, size_t n) {
   if (x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
 }
 
+/* Our close frame toward the backend: a client's frame must be masked; a
+ * zero mask leaves the payload as it is (RFC 6455 5.3). */
+static bool close_backend_side(struct xchg *x) {
+  static const uint8_t close_1001_masked[] = {0x88, 0x82, 0, 0, 0, 0, 1001 >> 8, 1001 & 0xff};
+  if (x->up.conn == NULL || x->req_end || !ws_boundary_between_frames(&x->ws_up)) return false;
+  evbuffer_add(x->req_body, close_1001_masked, sizeof close_1001_masked);
+  x->req_end = true; /* END_STREAM after it: the app sees 1001, then the end */
+  up_resume_req(x);
+  return true;
+}
+
 size_t xchg_websockets_going_away(void) {
   static const uint8_t close_1001[] = {0x88, 0x02, 1001 >> 8, 1001 & 0xff};
   size_t n = 0;
@@ -629,7 +646,7 @@ size_t xchg_websockets_going_away(void) {
   for (; x; x = next) {
     next = LIST_NEXT(x, ws_link);
     if (!x->down_attached || x->resp_end || !ws_boundary_between_frames(&x->ws_down)) continue;
-    if (x->up.conn || queued(x)) up_cancel(x);
+    if (!close_backend_side(x) && (x->up.conn || queued(x))) up_cancel(x);
     evbuffer_add(x->resp_body, close_1001, sizeof close_1001);
     x->resp_bytes += sizeof close_1001;
     xchg_up_resp_end(x);

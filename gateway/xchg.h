@@ -74,6 +74,7 @@ struct xchg {
   bool websocket;
   bool ws_open;                /* a tunnel is up: on the list of open WebSockets */
   struct ws_boundary ws_down;  /* frames toward the client, for a close of our own */
+  struct ws_boundary ws_up;    /* frames toward the backend, likewise */
   LIST_ENTRY(xchg) ws_link;
   char client_ip[64];
   uint16_t client_port;
@@ -167,8 +168,9 @@ bool xchg_up_req_body_eof(const struct xchg *x);
 void xchg_up_detach(struct xchg *x);
 
 /* Shutdown: every open WebSocket that sits between two frames toward its
- * client gets a close frame (1001, going away) and ends; its backend
- * stream is cancelled. Returns how many were closed. */
+ * client gets a close frame (1001, going away) and ends. The backend gets
+ * one too when its direction is between frames as well (else its stream is
+ * cancelled). Returns how many were closed. */
 size_t xchg_websockets_going_away(void);
 
 /* Called by the pool when the exchange is put on an upstream stream. */

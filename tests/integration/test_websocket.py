@@ -581,7 +581,7 @@ def test_websocket_idle_timeout_is_its_own():
 def test_gateway_stop_closes_websockets_with_1001():
     """SIGTERM to the gateway: when the graceful period runs out, open
     WebSockets get a close frame 1001 (going away) from the gateway, over
-    HTTP/1.1 and HTTP/2 alike, instead of a cut connection."""
+    HTTP/1.1 and HTTP/2 alike, instead of a cut connection; so does the app."""
     w = Worker("ws_app:app")
     config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
                                   "  response_header: {response_timeout}\n  graceful_shutdown: 1s")
@@ -604,6 +604,8 @@ def test_gateway_stop_closes_websockets_with_1001():
         assert frames and frames[0][0] == 8 and close_code(frames[0][1]) == 1001
         assert g.proc.wait(timeout=15) == 0
         assert "closing 2 WebSockets with 1001" in g.log()
+        # the app behind heard it too: a close 1001 from the gateway, not a cut
+        assert eventually(lambda: disconnects(w).count(1001) >= 2), disconnects(w)
     finally:
         g.stop()
         w.stop()
