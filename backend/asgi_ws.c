@@ -307,10 +307,13 @@ static int on_event(struct asgi_stream *s, const struct ws_event *ev) {
 }
 
 /* Reads frames from the stream's input until the inbox is full or the
- * input runs out; returns the credit for what was read to the client. */
+ * input runs out; returns the credit for what was read to the client. It
+ * wakes nobody: a wake-up takes a message out, which may pump again, and a
+ * pump that woke the receiver from in there would hand it a second message
+ * while the first is still on its way. */
 static void pump(struct asgi_stream *s) {
   struct asgi_ws *w = s->ws;
-  if (w->pumping) return; /* the wake-up below may call back into us */
+  if (w->pumping) return;
   w->pumping = true;
   size_t used_total = 0;
   while (!w->closed && w->inbox_count < INBOX_MAX) {
@@ -329,7 +332,6 @@ static void pump(struct asgi_stream *s) {
   if (w->closed) bytebuf_consume(&s->in, bytebuf_size(&s->in)); /* nothing reads it now */
   w->pumping = false;
   if (used_total > 0 && s->conn) s->conn->proto->consumed(s->conn, s, used_total);
-  asgi_wake_receiver(s);
 }
 
 void asgi_ws_on_bytes(struct asgi_stream *s) {
@@ -337,6 +339,7 @@ void asgi_ws_on_bytes(struct asgi_stream *s) {
   s->ws->last_rx_ms = server_now_ms();
   s->ws->ping_sent_ms = 0;
   pump(s);
+  asgi_wake_receiver(s);
 }
 
 void asgi_ws_transport_closed(struct asgi_stream *s) {

@@ -10,6 +10,8 @@ scope, by path.
   /raise-before      raise before accepting (500)
   /raise-after       accept, then raise (close 1011)
   /hold              accept and wait for the disconnect; its code is recorded
+  /slow-echo         accept, sleep a second while the client sends, then echo
+                     everything in order (messages pile up in the server)
   /disconnects       plain HTTP: the disconnect codes recorded so far
   /sessions          plain HTTP: [http_version, scheme, client host] of each /echo
   /page              plain HTTP: a page whose script echoes over a WebSocket
@@ -128,6 +130,11 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
         await asyncio.sleep(0)
         raise RuntimeError("failing after accept")
+    if path == "/slow-echo":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(1)
+        return await echo_rest(receive, send)
     if path == "/hold":
         await receive()
         await send({"type": "websocket.accept"})

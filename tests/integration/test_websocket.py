@@ -283,6 +283,41 @@ def test_worker_echo_over_http1(worker):
     wsrun(go())
 
 
+def test_worker_keeps_every_message_in_a_burst(worker):
+    """More messages in one read than the bridge's inbox holds, while the app
+    waits in receive(): all come back, once each, in order."""
+    r = RawWebSocket(worker.port, "/echo")
+    assert r.status == 101
+    r.send(b"".join(client_frame(1, f"b{i}".encode()) for i in range(300)))
+    got = []
+    deadline = time.monotonic() + 15
+    while len(got) < 300 and time.monotonic() < deadline:
+        frames, r.buf = parse_frames(r.buf)
+        got += [p for _, p in frames]
+        if len(got) < 300:
+            r.buf += r.sock.recv(65536)
+    assert got == [f"b{i}".encode() for i in range(300)]
+
+
+def test_worker_keeps_every_message_when_the_app_is_slow(worker):
+    """Messages pile up while the app sleeps (more than the bridge's inbox
+    holds): all come back, once each, in order, over HTTP/1.1 and HTTP/2."""
+    async def go():
+        async with websockets.connect(f"ws://127.0.0.1:{worker.port}/slow-echo") as ws:
+            for i in range(200):
+                await ws.send(f"m{i}")
+            return [await ws.recv() for _ in range(200)]
+    assert wsrun(go()) == [f"m{i}" for i in range(200)]
+    c = H2WebSocket(worker.port, "/slow-echo")
+    assert c.status == 200
+    c.send(b"".join(client_frame(1, f"m{i}".encode()) for i in range(200)))
+    frames = []
+    deadline = time.monotonic() + 15
+    while len(frames) < 200 and time.monotonic() < deadline:
+        frames += c.messages(1)
+    assert [p for _, p in frames] == [f"m{i}".encode() for i in range(200)]
+
+
 def test_worker_close_codes_both_ways(worker):
     async def go():
         url = f"ws://127.0.0.1:{worker.port}/echo"
