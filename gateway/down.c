@@ -81,8 +81,9 @@ static void on_read(struct bufferevent *bev, void *arg) {
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
-  (void)bev;
-  down_want_flush(arg);
+  struct down_conn *c = arg;
+  if (!c->tls) gw_bev_written(bev);
+  down_want_flush(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg) {
@@ -98,12 +99,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
 void down_conn_opened(struct down_conn *c) {
   bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
   bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+  if (!c->tls) gw_bev_direct(c->bev);
   down_set_timer(c, 0, NULL);
 }
 
 static void conn_flush(struct flushable *f) {
   struct down_conn *c = (struct down_conn *)f;
   if (c->state == DC_OPEN) c->proto->flush(c);
+  if (!c->tls && c->bev && (c->state == DC_OPEN || c->state == DC_CLOSING)) gw_bev_send(c->bev);
   if (c->state == DC_CLOSING) {
     if (c->bev == NULL || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
       finish_close(c);

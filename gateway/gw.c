@@ -1,7 +1,10 @@
 #include "gw.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <time.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "listener.h"
@@ -119,4 +122,33 @@ static void runtime_free(void *p) {
 
 void gw_runtime_unref(struct gw_runtime *rt) {
   if (--rt->refs == 0) gw_defer_free(runtime_free, rt);
+}
+
+/* ---------------------------------------------------------------------------
+ * Direct writes (see gw.h).
+ */
+enum { DIRECT_WRITE_MAX = 64 * 1024 };
+
+void gw_bev_direct(struct bufferevent *bev) { bufferevent_disable(bev, EV_WRITE); }
+
+void gw_bev_send(struct bufferevent *bev) {
+  struct evbuffer *out = bufferevent_get_output(bev);
+  size_t len = evbuffer_get_length(out);
+  if (len == 0 || (bufferevent_get_enabled(bev) & EV_WRITE)) return; /* nothing, or libevent's */
+  if (len <= DIRECT_WRITE_MAX) {
+    /* A failure other than a full socket is left to libevent's write,
+     * which reports it through the event callback like any other. */
+    /* A bufferevent keeps the start of its output frozen against
+     * anyone else draining it; unfreeze it as its own write does. */
+    evbuffer_unfreeze(out, 1);
+    int n = evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    (void)n;
+    if (evbuffer_get_length(out) == 0) return;
+  }
+  bufferevent_enable(bev, EV_WRITE);
+}
+
+void gw_bev_written(struct bufferevent *bev) {
+  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_disable(bev, EV_WRITE);
 }

@@ -58,6 +58,22 @@ void gw_flush_cancel(struct flushable *f);
 /* Frees p with fn after the current flush pass: never inside a callback
  * that may still be standing on p. */
 void gw_defer_free(void (*fn)(void *), void *p);
+
+/* Writing plain socket bufferevents ourselves. libevent writes a socket
+ * bufferevent's output from its EV_WRITE callback: one more turn of the loop
+ * per write, and an epoll_ctl to watch the socket and another to stop. For
+ * the small writes that request/response traffic and WebSocket messages
+ * make, we write at once at the flush point instead, with EV_WRITE off, and
+ * hand over to libevent only for large output or a full socket.
+ * Not for TLS bufferevents, which write as data arrives already. */
+struct bufferevent;
+/* After connect (or accept): EV_WRITE off until needed. */
+void gw_bev_direct(struct bufferevent *bev);
+/* At the flush point: write the output now if it is small, else (or what
+ * the socket did not take) let libevent write it. */
+void gw_bev_send(struct bufferevent *bev);
+/* From the write callback: libevent emptied the output, so stop watching. */
+void gw_bev_written(struct bufferevent *bev);
 uint64_t gw_now_us(void);
 
 struct gw_runtime *gw_runtime_ref(struct gw_runtime *rt);

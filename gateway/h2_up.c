@@ -222,6 +222,7 @@ static void conn_flush(struct flushable *f) {
     conn_broken(c, "HTTP/2 session error", true);
     return;
   }
+  gw_bev_send(c->bev);
   bool done = !nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session);
   if (done || (c->state == UC_DRAINING && c->n_streams == 0 && evbuffer_get_length(out) == 0))
     conn_broken(c, "closed", false);
@@ -248,8 +249,8 @@ static void on_read(struct bufferevent *bev, void *arg) {
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
-  (void)bev;
   struct up_conn *c = arg;
+  if (c->state != UC_CONNECTING) gw_bev_written(bev);
   want_flush(c);
 }
 
@@ -262,6 +263,7 @@ static void connected(struct up_conn *c) {
   c->idle_since_us = gw_now_us();
   evutil_socket_t fd = bufferevent_getfd(c->bev);
   if (c->server && c->server->addr.ss_family != AF_UNIX) h3g_set_nodelay(fd);
+  gw_bev_direct(c->bev); /* connected: from now on we write at the flush point */
   want_flush(c);
   if (c->server) up_server_conn_ready(c->server, c);
 }
