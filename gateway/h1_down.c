@@ -31,6 +31,7 @@
 
 enum {
   OUT_HIGH_WATER = 256 * 1024, /* response bytes queued for the socket */
+  SMALL_BODY = 8 * 1024,       /* copied rather than moved into the output */
   DRAIN_IDLE_MS = 1000,        /* stopping: an idle connection closes after this */
 };
 
@@ -372,7 +373,14 @@ static void write_response(struct down_conn *c) {
       evbuffer_drain(x->resp_body, n);
     } else {
       if (h->chunked) evbuffer_add_printf(out, "%zx\r\n", n);
-      evbuffer_remove_buffer(x->resp_body, out, n);
+      if (n <= SMALL_BODY) {
+        /* Copied next to the head: one TLS record (and one write) for a
+         * small response, where moving the chain would make two. */
+        evbuffer_add(out, evbuffer_pullup(x->resp_body, (ev_ssize_t)n), n);
+        evbuffer_drain(x->resp_body, n);
+      } else {
+        evbuffer_remove_buffer(x->resp_body, out, n);
+      }
       if (h->chunked) evbuffer_add(out, "\r\n", 2);
     }
     moved += n;
