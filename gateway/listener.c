@@ -62,9 +62,10 @@ static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t s
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
                                SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-  /* Read what the socket has, not a record header and then its body: one
-   * read() per request instead of two. */
-  SSL_CTX_set_read_ahead(ctx, 1);
+  /* No SSL_CTX_set_read_ahead, though it would save a read() per request:
+   * data read ahead during the handshake sits inside OpenSSL, and
+   * libevent 2.1's TLS bufferevent waits for the socket instead (a request
+   * sent with the client's Finished then hangs). */
   if (SSL_CTX_use_certificate_chain_file(ctx, conf->certificate) != 1) {
     openssl_error(err, size, "cannot load certificate", conf->certificate);
     goto err_free;
