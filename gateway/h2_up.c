@@ -370,6 +370,7 @@ struct up_conn *up_conn_open(struct up_server *srv) {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, conf->h2_stream_window},
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 65536},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1}, /* no dependency tree to keep */
   };
   nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
   nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0,

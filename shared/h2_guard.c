@@ -27,12 +27,15 @@ int h2_guard_option_new(nghttp2_option **out, bool trusted_peer) {
 }
 
 int h2_guard_submit_settings(nghttp2_session *session, const struct h2_server_settings *s) {
-  nghttp2_settings_entry iv[8];
+  nghttp2_settings_entry iv[10];
   size_t n = 0;
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->max_concurrent_streams};
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->stream_window};
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, s->max_frame_size};
   iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->max_header_list};
+  /* RFC 9218 instead of the RFC 7540 dependency tree: nghttp2 then keeps
+   * no tree (and no closed streams in it), which costs work per stream. */
+  iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
   if (s->enable_connect_protocol)
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
   if (s->worker_id) iv[n++] = (nghttp2_settings_entry){H3G_SETTINGS_WORKER_ID, s->worker_id};
