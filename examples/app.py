@@ -1,5 +1,6 @@
 """The example ASGI app the local stack serves: a page, JSON that shows the
-protocol the client really used, a streaming response and an upload echo."""
+protocol the client really used, a streaming response, an upload echo and a
+WebSocket echo (/ws)."""
 
 import hashlib
 import json
@@ -8,10 +9,15 @@ PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>h3gate</title></head>
 <body><h1>Hello from h3gate</h1>
 <p>This page came to you over <b id="proto">?</b>.</p>
+<p>WebSocket: <b id="ws">connecting...</b></p>
 <script>
 fetch('/api/info').then(r => r.json()).then(j => {
   document.getElementById('proto').textContent = 'HTTP/' + j.http_version;
 });
+const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+ws.onopen = () => ws.send('hello');
+ws.onmessage = (e) => { document.getElementById('ws').textContent = e.data; };
+ws.onerror = () => { document.getElementById('ws').textContent = 'failed'; };
 </script></body></html>
 """
 
@@ -25,6 +31,8 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        return await websocket_echo(scope, receive, send)
     if scope["type"] != "http":
         return
     path = scope["path"]
@@ -67,3 +75,21 @@ async def respond(send, status, content_type, body):
                 "headers": [(b"content-type", content_type),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def websocket_echo(scope, receive, send):
+    """Echoes text and bytes, saying which protocol carried the WebSocket."""
+    if scope["path"] != "/ws":
+        await send({"type": "websocket.close", "code": 1008})  # before accepting: a 403
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    carrier = f"HTTP/{scope['http_version']}"
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": f"echo over {carrier}: {message['text']}"})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
