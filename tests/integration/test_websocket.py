@@ -644,3 +644,20 @@ def test_gateway_stop_closes_websockets_with_1001():
     finally:
         g.stop()
         w.stop()
+
+
+def test_example_app_serves_its_websocket():
+    """The app scripts/run-local.sh serves: /api/info and the /ws echo its page uses."""
+    from h3env import ROOT
+    w = Worker("app:app", app_dir=ROOT / "examples")
+    try:
+        assert curl_json(w.url("/api/info"))["http_version"] == "1.1"
+
+        async def go():
+            async with websockets.connect(f"ws://127.0.0.1:{w.port}/ws") as ws:
+                await ws.send("hello")
+                return await ws.recv()
+        assert wsrun(go()) == "echo over HTTP/1.1: hello"
+        assert RawWebSocket(w.port, "/elsewhere").status == 403
+    finally:
+        assert w.stop() == 0
