@@ -43,6 +43,7 @@ struct h1_conn {
   bool no_body;
   bool trailers_out; /* chunked and the client accepts trailers */
   bool te_trailers;
+  bool app_length;        /* the app's response has its own Content-Length */
   struct ws_handshake ws; /* the request's WebSocket fields */
   bool websocket;         /* the request is a handshake: bytes after the head are frames */
   uint32_t seq;
@@ -282,6 +283,58 @@ static bool header_value_is(const char *v, Py_ssize_t vl, const char *lit) {
   return (size_t)vl == n && strncasecmp(v, lit, n) == 0;
 }
 
+/* What write_fields does with one field of the app's list: write it, or
+ * leave it out (a filter may also take note of it). */
+typedef bool (*field_filter)(struct h1_conn *h, const char *name, Py_ssize_t nl, const char *value,
+                             Py_ssize_t vl);
+
+/* Appends "name: value" lines for an ASGI header list. 0, or -1 with a
+ * Python error when the list is malformed. */
+static int write_fields(struct h1_conn *h, struct bytebuf *out, PyObject *list, field_filter keep) {
+  PyObject *seq = PySequence_Fast(list, "headers must be a sequence");
+  if (seq == NULL) return -1;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+      Py_DECREF(seq);
+      return -1;
+    }
+    if (keep && !keep(h, name, nl, value, vl)) continue;
+    bytebuf_append(out, name, (size_t)nl);
+    bytebuf_append(out, ": ", 2);
+    bytebuf_append(out, value, (size_t)vl);
+    bytebuf_append(out, "\r\n", 2);
+  }
+  Py_DECREF(seq);
+  return 0;
+}
+
+static bool name_is_ci(const char *name, Py_ssize_t nl, const char *lit) {
+  size_t n = strlen(lit);
+  return (size_t)nl == n && strncasecmp(name, lit, n) == 0;
+}
+
+/* After 101 the framing fields are ours alone. */
+static bool keep_for_websocket(struct h1_conn *h, const char *name, Py_ssize_t nl,
+                               const char *value, Py_ssize_t vl) {
+  (void)h, (void)value, (void)vl;
+  return !name_is_ci(name, nl, "upgrade") && !name_is_ci(name, nl, "connection") &&
+         !name_is_ci(name, nl, "content-length") && !name_is_ci(name, nl, "transfer-encoding");
+}
+
+/* Transfer-Encoding is ours; Connection: close is noted, not copied. */
+static bool keep_for_response(struct h1_conn *h, const char *name, Py_ssize_t nl,
+                              const char *value, Py_ssize_t vl) {
+  if (name_is_ci(name, nl, "transfer-encoding")) return false;
+  if (name_is_ci(name, nl, "connection")) {
+    if (header_value_is(value, vl, "close")) h->keep_alive = false;
+    return false;
+  }
+  if (name_is_ci(name, nl, "content-length")) h->app_length = true;
+  return true;
+}
+
 /* 101 Switching Protocols; the app's fields follow ours. */
 static int write_websocket_head(struct conn *c) {
   struct h1_conn *h = h1(c);
@@ -295,26 +348,7 @@ static int write_websocket_head(struct conn *c) {
                    "connection: Upgrade\r\nsec-websocket-accept: %s\r\n",
                    accept);
   bytebuf_append(out, line, (size_t)n);
-  PyObject *seq = PySequence_Fast(asgi_stream_headers(s), "headers must be a sequence");
-  if (seq == NULL) return -1;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-    const char *name, *value;
-    Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
-      Py_DECREF(seq);
-      return -1;
-    }
-    if ((nl == 7 && strncasecmp(name, "upgrade", 7) == 0) ||
-        (nl == 10 && strncasecmp(name, "connection", 10) == 0) ||
-        (nl == 14 && strncasecmp(name, "content-length", 14) == 0) ||
-        (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0))
-      continue;
-    bytebuf_append(out, name, (size_t)nl);
-    bytebuf_append(out, ": ", 2);
-    bytebuf_append(out, value, (size_t)vl);
-    bytebuf_append(out, "\r\n", 2);
-  }
-  Py_DECREF(seq);
+  if (write_fields(h, out, asgi_stream_headers(s), keep_for_websocket) != 0) return -1;
   bytebuf_append(out, "\r\n", 2);
   h->close_delimited = true; /* frames, raw, until the connection ends */
   h->keep_alive = false;
@@ -333,31 +367,11 @@ static int write_head(struct conn *c) {
   int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
   bytebuf_append(out, line, (size_t)n);
 
-  bool has_length = false;
-  PyObject *seq = PySequence_Fast(asgi_stream_headers(s), "headers must be a sequence");
-  if (seq == NULL) return -1;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-    const char *name, *value;
-    Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
-      Py_DECREF(seq);
-      return -1;
-    }
-    if (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0) continue; /* ours */
-    if (nl == 10 && strncasecmp(name, "connection", 10) == 0) {
-      if (header_value_is(value, vl, "close")) h->keep_alive = false;
-      continue;
-    }
-    if (nl == 14 && strncasecmp(name, "content-length", 14) == 0) has_length = true;
-    bytebuf_append(out, name, (size_t)nl);
-    bytebuf_append(out, ": ", 2);
-    bytebuf_append(out, value, (size_t)vl);
-    bytebuf_append(out, "\r\n", 2);
-  }
-  Py_DECREF(seq);
+  h->app_length = false;
+  if (write_fields(h, out, asgi_stream_headers(s), keep_for_response) != 0) return -1;
 
   h->no_body = asgi_stream_is_head(s) || status == 204 || status == 304 || status < 200;
-  if (!h->no_body && !has_length) {
+  if (!h->no_body && !h->app_length) {
     if (asgi_stream_body_eof(s) && !asgi_stream_wants_trailers(s)) {
       n = snprintf(line, sizeof line, "content-length: %zu\r\n", asgi_stream_queued_body(s));
       bytebuf_append(out, line, (size_t)n);
@@ -406,20 +420,7 @@ static void write_body(struct conn *c) {
 
 static int write_trailers(struct conn *c) {
   struct h1_conn *h = h1(c);
-  PyObject *trailers = asgi_stream_trailers(h->cur);
-  PyObject *seq = PySequence_Fast(trailers, "trailers must be a sequence");
-  if (seq == NULL) return -1;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-    const char *name, *value;
-    Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) break;
-    bytebuf_append(&c->out, name, (size_t)nl);
-    bytebuf_append(&c->out, ": ", 2);
-    bytebuf_append(&c->out, value, (size_t)vl);
-    bytebuf_append(&c->out, "\r\n", 2);
-  }
-  Py_DECREF(seq);
-  return 0;
+  return write_fields(h, &c->out, asgi_stream_trailers(h->cur), NULL);
 }
 
 static void h1_produce(struct conn *c) {
