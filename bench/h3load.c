@@ -28,15 +28,10 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <netinet/in.h>
-#include <netinet/udp.h>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
+#include "latency.h"
+#include "sock.h"
 #include "ws_frame.h"
 
 enum { MAX_UDP = 1452, CIDLEN = 18, GSO_MAX = 32 };
@@ -848,16 +843,7 @@ static int conn_open(struct conn *c, const struct addrinfo *ai) {
 /* ---------------------------------------------------------------------------
  * main.
  */
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double pct(double p) {
-  if (G.n_lat == 0) return 0;
-  size_t i = (size_t)(p * (double)(G.n_lat - 1) + 0.5);
-  return (double)G.latencies[i] / 1e6;
-}
+static double pct(double p) { return latency_ms(G.latencies, G.n_lat, p); }
 
 static int parse_url(const char *url) {
   const char *p = strncmp(url, "https://", 8) == 0 ? url + 8 : NULL;
@@ -983,7 +969,7 @@ int main(int argc, char **argv) {
   double secs = (double)(now_ns() - G.started_ns) / 1e9;
   for (int i = 0; i < O.c; i++)
     if (!G.conns[i].closed && G.conns[i].q) G.errored += (uint64_t)(G.conns[i].inflight + G.conns[i].to_issue);
-  qsort(G.latencies, G.n_lat, sizeof *G.latencies, cmp_u64);
+  latency_sort(G.latencies, G.n_lat);
   uint64_t ok = G.done - G.failed;
   printf("finished in %.2fs, %.2f req/s, %.2fMB/s\n", secs, (double)G.done / secs,
          (double)G.bytes_in / secs / 1048576.0);

@@ -18,6 +18,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "latency.h"
 #include "ws_frame.h"
 
 static struct {
@@ -178,15 +179,7 @@ static int parse_url(const char *url) {
   return 0;
 }
 
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double pct(double p) {
-  if (G.n_lat == 0) return 0;
-  return (double)G.lat[(size_t)(p * (double)(G.n_lat - 1) + 0.5)] / 1e6;
-}
+static double pct(double p) { return latency_ms(G.lat, G.n_lat, p); }
 
 int main(int argc, char **argv) {
   int o;
@@ -228,7 +221,7 @@ int main(int argc, char **argv) {
   event_base_dispatch(G.base);
   double secs = (double)(now_ns() - start) / 1e9;
   int unfinished = O.conns - G.finished;
-  qsort(G.lat, G.n_lat, sizeof *G.lat, cmp_u64);
+  latency_sort(G.lat, G.n_lat);
   printf("finished in %.2fs: %llu messages of %zu bytes echoed, %.0f msg/s\n", secs,
          (unsigned long long)G.echoed, O.size, (double)G.echoed / secs);
   printf("connections: %d, failed %d, unfinished %d\n", O.conns, G.failed, unfinished);

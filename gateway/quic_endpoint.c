@@ -15,7 +15,6 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/udp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,13 +28,8 @@
 #include "log.h"
 #include "quic.h"
 #include "siphash.h"
+#include "sock.h"
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
 enum {
   RECV_BUF = 65536,

@@ -3,7 +3,16 @@
 #define H3G_SOCK_H
 
 #include <stdbool.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
+
+/* UDP GSO and GRO (Linux 4.18, 5.0), for headers that predate them. */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 int h3g_set_nonblock(int fd);
 /* A non-blocking, close-on-exec listening TCP or unix socket. A stale unix
