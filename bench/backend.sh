@@ -37,14 +37,12 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "uv $(load --h1 -n "$N" -c 32 -m 16 http://127.0.0.1:$p_uv/)" >>"$WORK/rounds"
   echo "hc $(load -n $((N / 20)) -c 32 -m 16 http://127.0.0.1:$p_hc/)" >>"$WORK/rounds"
 done
-median() { awk -v s="$1" '$1 == s' "$WORK/rounds" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}' | cut -d' ' -f2-; }
-read -r ours_rps ours_p99 ours_ok < <(median ours)
-read -r uv_rps uv_p99 uv_ok < <(median uv)
-read -r hc_rps hc_p99 hc_ok < <(median hc)
-all_rounds() { awk -v s="$1" '$1 == s {printf "%.0f ", $2}' "$WORK/rounds"; }
+read -r ours_rps ours_p99 ours_ok < <(median_round "$WORK/rounds" ours)
+read -r uv_rps uv_p99 uv_ok < <(median_round "$WORK/rounds" uv)
+read -r hc_rps hc_p99 hc_ok < <(median_round "$WORK/rounds" hc)
 
 printf '\nhello world, one process each (h2load -c 32 -m 16), median of %d rounds\n' "$ROUNDS"
-printf 'rounds req/s: h3gate-worker %s| uvicorn %s| hypercorn %s\n' "$(all_rounds ours)" "$(all_rounds uv)" "$(all_rounds hc)"
+printf 'rounds req/s: h3gate-worker %s| uvicorn %s| hypercorn %s\n' "$(round_values "$WORK/rounds" ours)" "$(round_values "$WORK/rounds" uv)" "$(round_values "$WORK/rounds" hc)"
 printf '%-34s %12s %10s %12s %10s\n' server req/s p99_ms peak_RSS_MB ok
 printf '%-34s %12.0f %10s %12.1f %10s\n' "h3gate-worker (h2c)" "$ours_rps" "$ours_p99" \
   "$(awk -v k="$(peak_rss_kb "$ours_worker")" 'BEGIN{print k/1024}')" "$ours_ok"

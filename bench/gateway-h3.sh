@@ -108,11 +108,10 @@ printf '\nHTTP/3, %s requests (h3load -c 10 -m 10), median of %s rounds\n' "$N" 
 printf '%-10s %12s %10s %14s %10s %10s %18s\n' proxy req/s p99_ms cpu_s/100k us/req done "KiB/1000 idle conn"
 for name in h3gate caddy; do
   if [ $name = h3gate ]; then pid=$h3g port=$p_h3g; else pid=$caddy port=$p_caddy; fi
-  row=$(awk -v s="$name" '$1 == s' "$rounds" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
-  read -r _ rps p99 done per100k us <<<"$row"
+  read -r rps p99 done per100k us <<<"$(median_round "$rounds" "$name")"
   idle=$(idle_kb "$pid" "$port")
   printf '%-10s %12.0f %10s %14s %10s %10s %18s   rounds: %s\n' "$name" "$rps" "$p99" "$per100k" "$us" "$done" "$idle" \
-    "$(awk -v s="$name" '$1 == s {printf "%.0f ", $2}' "$rounds")"
+    "$(round_values "$rounds" "$name")"
   eval "R_${name}=$rps; C_${name}=$us; I_${name}=$idle"
 done
 printf 'h3gate/caddy: req/s %s x (target >= 5), CPU per request %s x (target <= 0.125)\n' \

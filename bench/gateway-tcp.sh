@@ -94,10 +94,9 @@ compare() { # h2load-args...
     done
   done
   for name in h3gate haproxy caddy; do
-    local row rounds
-    row=$(awk -v s="$name" '$1 == s' "$f" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
-    rounds=$(awk -v s="$name" '$1 == s {printf "%.0f ", $2}' "$f")
-    read -r _ rps p99 per100k us ok <<<"$row"
+    local rounds
+    rounds=$(round_values "$f" "$name")
+    read -r rps p99 per100k us ok <<<"$(median_round "$f" "$name")"
     printf '%-10s %12.0f %10s %14s %12s %10s   rounds: %s\n' "$name" "$rps" "$p99" "$per100k" "$us" "$ok" "$rounds"
     eval "R_${name}=$rps; C_${name}=$us"
   done

@@ -75,3 +75,11 @@ load() {
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# Rounds files hold lines "NAME VALUE FIELDS...": one per measured round.
+# median_round FILE NAME: the fields (VALUE onward) of NAME's median round by VALUE.
+median_round() {
+  awk -v s="$2" '$1 == s' "$1" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}' | cut -d' ' -f2-
+}
+# round_values FILE NAME: NAME's VALUEs in the order measured, rounded.
+round_values() { awk -v s="$2" '$1 == s {printf "%.0f ", $2}' "$1"; }

@@ -71,10 +71,9 @@ done
 printf 'WebSocket echo, %d connections x %d messages of %d bytes (HTTP/1.1 Upgrade, cleartext), median of %d rounds\n' "$C" "$N" "$SIZE" "$ROUNDS"
 printf '%-8s %12s %10s %16s %18s\n' proxy msg/s p99_ms cpu_s/10k_msgs backend_cpu/10k
 for name in h3gate caddy; do
-  row=$(awk -v s="$name" '$1 == s' "$f" | sort -k2 -g | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
-  read -r _ rate p99 per10k b10k <<<"$row"
+  read -r rate p99 per10k b10k <<<"$(median_round "$f" "$name")"
   printf '%-8s %12.0f %10s %16s %18s   rounds: %s\n' "$name" "$rate" "$p99" "$per10k" "$b10k" \
-    "$(awk -v s="$name" '$1 == s {printf "%.0f ", $2}' "$f")"
+    "$(round_values "$f" "$name")"
   eval "R_${name}=$rate; P_${name}=$p99; C_${name}=$per10k"
 done
 printf 'h3gate/caddy msg/s: %s x (target >= 2)   p99: %s x   CPU per message: %s x\n' \
