@@ -23,6 +23,20 @@ def spki_hash(cert):
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
+def chromium_dump_dom(g, url, *flags):
+    """Headless Chromium's DOM of url, trusting the gateway's test certificate."""
+    profile = tempfile.mkdtemp(prefix="h3chromium-")
+    try:
+        return run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", f"--user-data-dir={profile}",
+                    f"--ignore-certificate-errors-spki-list={spki_hash(g.dir / 'cert.pem')}",
+                    "--host-resolver-rules=MAP localhost 127.0.0.1", *flags, "--dump-dom", url],
+                   timeout=90)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_chromium_loads_a_page_over_http3():
     w = Worker("probe:app")
@@ -30,17 +44,10 @@ def test_chromium_loads_a_page_over_http3():
                 retry="never")
     try:
         origin = f"localhost:{g.tls_port}"
-        profile = tempfile.mkdtemp(prefix="h3chromium-")
-        r = run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--enable-quic",
-                 f"--origin-to-force-quic-on={origin}",
-                 f"--ignore-certificate-errors-spki-list={spki_hash(g.dir / 'cert.pem')}",
-                 "--host-resolver-rules=MAP localhost 127.0.0.1",
-                 "--dump-dom", f"https://{origin}/page"], timeout=90)
+        r = chromium_dump_dom(g, f"https://{origin}/page", "--enable-quic",
+                              f"--origin-to-force-quic-on={origin}")
         assert "http_version=3" in r.stdout, r.stdout + r.stderr[-3000:]
         assert "scheme=https" in r.stdout
-        shutil.rmtree(profile, ignore_errors=True)
     finally:
         g.stop()
         w.stop()
@@ -56,19 +63,13 @@ def test_chromium_websocket_through_the_gateway():
                 retry="never")
     try:
         origin = f"localhost:{g.tls_port}"
-        profile = tempfile.mkdtemp(prefix="h3chromium-")
-        r = run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--disable-quic",
-                 f"--ignore-certificate-errors-spki-list={spki_hash(g.dir / 'cert.pem')}",
-                 "--host-resolver-rules=MAP localhost 127.0.0.1", "--virtual-time-budget=10000",
-                 "--dump-dom", f"https://{origin}/page"], timeout=90)
+        r = chromium_dump_dom(g, f"https://{origin}/page", "--disable-quic",
+                              "--virtual-time-budget=10000")
         assert "echo:browser says hi" in r.stdout, r.stdout + r.stderr[-3000:]
         sessions = curl_json(w.url("/sessions"))
         assert sessions and sessions[-1][1] == "wss", sessions
         print("Chromium's WebSocket reached the app as HTTP", sessions[-1][0])
         assert sessions[-1][0] == "2", f"expected RFC 8441 over HTTP/2, got {sessions}"
-        shutil.rmtree(profile, ignore_errors=True)
     finally:
         g.stop()
         w.stop()

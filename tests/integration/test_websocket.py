@@ -65,9 +65,18 @@ def worker():
     assert w.stop() == 0
 
 
+def gateway_for(backend_port_or_worker, *timeouts):
+    """A gateway in front of one backend, with extra `timeouts:` keys."""
+    port = getattr(backend_port_or_worker, "port", backend_port_or_worker)
+    config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
+                                  "\n".join(["  response_header: {response_timeout}"] +
+                                            [f"  {t}" for t in timeouts]))
+    return Gateway(config, servers=f"127.0.0.1:{port}", response_timeout="10s")
+
+
 @pytest.fixture(scope="module")
 def gateway(worker):
-    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    g = gateway_for(worker)
     yield g
     assert g.stop() == 0
 
@@ -439,7 +448,8 @@ def test_gateway_http1_over_tls(gateway, worker):
         async with websockets.connect(url + "/echo?sub=1", subprotocols=["chat"], ssl=tls_ctx(),
                                       max_size=None) as ws:
             assert ws.subprotocol == "chat" and ws.response_headers["x-app"] == "echo"
-            assert "alt-svc" not in ws.response_headers or True
+            # a 101 ends HTTP on this connection: nothing to advertise
+            assert "alt-svc" not in ws.response_headers
             await ws.send("through the gateway")
             assert await ws.recv() == "through the gateway"
             await ws.send([b"a" * 70000, b"b" * 70000])
@@ -497,7 +507,7 @@ def test_starlette_and_fastapi_endpoints_through_the_gateway():
     results = {}
     for name in ("starlette_app", "fastapi_app"):
         w = Worker(f"ws_frameworks:{name}")
-        g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+        g = gateway_for(w)
         url = f"wss://127.0.0.1:{g.tls_port}"
 
         async def go():
@@ -534,7 +544,7 @@ def test_starlette_and_fastapi_endpoints_through_the_gateway():
 
 def test_backend_dying_mid_session_closes_the_client():
     w = Worker("ws_app:app")
-    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    g = gateway_for(w)
     try:
         h2c = H2WebSocket(g.tls_port, "/echo", tls=True)
         assert h2c.status == 200
@@ -560,7 +570,7 @@ def test_backend_dying_mid_session_closes_the_client():
 
 def test_a_thousand_concurrent_websockets_in_bounded_memory():
     w = Worker("ws_app:app")
-    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    g = gateway_for(w)
     n = 1000
     try:
         base_rss = rss_kb(g.pid)
@@ -591,10 +601,7 @@ def test_websocket_idle_timeout_is_its_own():
     """A WebSocket outlives the ordinary idle timeout while it is quiet, and
     is closed after timeouts.websocket_idle without a frame either way."""
     w = Worker("ws_app:app")
-    config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
-                                  "  response_header: {response_timeout}\n  idle: 300ms\n"
-                                  "  websocket_idle: 2s")
-    g = Gateway(config, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    g = gateway_for(w, "idle: 300ms", "websocket_idle: 2s")
     try:
         async def go():
             async with websockets.connect(f"ws://127.0.0.1:{g.plain_port}/echo",
@@ -618,9 +625,7 @@ def test_gateway_stop_closes_websockets_with_1001():
     WebSockets get a close frame 1001 (going away) from the gateway, over
     HTTP/1.1 and HTTP/2 alike, instead of a cut connection; so does the app."""
     w = Worker("ws_app:app")
-    config = BASIC_CONFIG.replace("  response_header: {response_timeout}",
-                                  "  response_header: {response_timeout}\n  graceful_shutdown: 1s")
-    g = Gateway(config, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    g = gateway_for(w, "graceful_shutdown: 1s")
     try:
         h2ws = H2WebSocket(g.tls_port, "/hold", tls=True)
         assert h2ws.status == 200
@@ -661,3 +666,20 @@ def test_example_app_serves_its_websocket():
         assert RawWebSocket(w.port, "/elsewhere").status == 403
     finally:
         assert w.stop() == 0
+
+
+def test_backend_without_extended_connect_gets_a_502():
+    """A backend whose SETTINGS don't enable extended CONNECT (a plain h2
+    server) can't take a WebSocket: the client gets a clear 502."""
+    from h3env import APPS, PYTHON, Process, free_port
+    port = free_port()
+    backend = Process([PYTHON, APPS / "faulty_h2.py", str(port), "hang"], name="plain-h2")
+    assert backend.wait_log("faulty backend ready")
+    g = gateway_for(port)
+    try:
+        r = RawWebSocket(g.plain_port, "/echo")
+        assert r.status == 502
+        assert b"does not accept WebSockets over HTTP/2" in r.body()
+    finally:
+        g.stop()
+        backend.stop()
