@@ -1098,7 +1098,7 @@ void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *te
 }
 
 bool asgi_stream_head_ready(const struct asgi_stream *s) {
-  return s->resp_started && (s->out_bytes > 0 || s->resp_body_done || asgi_ws_accepted(s));
+  return s->resp_started && (s->out_bytes > 0 || s->resp_body_done || asgi_stream_ws_accepted(s));
 }
 int asgi_stream_status(const struct asgi_stream *s) { return s->status; }
 PyObject *asgi_stream_headers(const struct asgi_stream *s) { return s->resp_headers; }

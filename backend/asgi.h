@@ -81,7 +81,6 @@ bool asgi_stream_is_head(const struct asgi_stream *s);
  * CONNECT): the app gets a websocket scope, and body bytes both ways are
  * WebSocket frames the bridge reads and writes. Call before start_app. */
 int asgi_stream_set_websocket(struct asgi_stream *s);
-bool asgi_stream_is_websocket(const struct asgi_stream *s);
 /* The app accepted the WebSocket: answer 101 (HTTP/1.1) or 200 (HTTP/2),
  * then the body is the open-ended frame stream. */
 bool asgi_stream_ws_accepted(const struct asgi_stream *s);

@@ -95,6 +95,5 @@ void asgi_ws_on_bytes(struct asgi_stream *s);
 void asgi_ws_transport_closed(struct asgi_stream *s);
 /* The app returned (exc NULL) or raised: complete the handshake or close. */
 void asgi_ws_app_finished(struct asgi_stream *s, PyObject *exc);
-bool asgi_ws_accepted(const struct asgi_stream *s);
 
 #endif

@@ -136,9 +136,7 @@ void asgi_ws_free(struct asgi_stream *s) {
   s->ws = NULL;
 }
 
-bool asgi_stream_is_websocket(const struct asgi_stream *s) { return s->ws != NULL; }
-bool asgi_ws_accepted(const struct asgi_stream *s) { return s->ws && s->ws->accepted; }
-bool asgi_stream_ws_accepted(const struct asgi_stream *s) { return asgi_ws_accepted(s); }
+bool asgi_stream_ws_accepted(const struct asgi_stream *s) { return s->ws && s->ws->accepted; }
 
 /* ---------------------------------------------------------------------------
  * Scope: type, ws/wss, subprotocols, the denial extension.
