@@ -114,12 +114,6 @@ static struct {
   int held;
 } G;
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void rand_bytes(uint8_t *p, size_t n) { gnutls_rnd(GNUTLS_RND_NONCE, p, n); }
 
 static void conn_close(struct conn *c);
@@ -195,7 +189,7 @@ static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *us
     G.done++;
     G.status_class[s->status / 100 < 6 ? s->status / 100 : 0]++;
     if (s->status >= 400) G.failed++;
-    G.latencies[G.n_lat++] = now_ns() - s->start_ns;
+    G.latencies[G.n_lat++] = latency_now_ns() - s->start_ns;
     if (s->hash) record_sha(s);
   } else {
     G.errored++;
@@ -269,7 +263,7 @@ static void ws_send_next(struct stream *s) {
   struct ws_session *w = s->ws;
   uint8_t *p = malloc(O.ws_size ? O.ws_size : 1);
   for (size_t i = 0; i < O.ws_size; i++) p[i] = ws_pattern(w->echoed, i);
-  w->sent_ns = now_ns();
+  w->sent_ns = latency_now_ns();
   w->msg_bytes = 0;
   ws_queue(s, WS_BINARY, p, O.ws_size);
   free(p);
@@ -354,7 +348,7 @@ static void ws_event(struct stream *s, const struct ws_event *ev) {
   case WS_EV_MESSAGE_END:
     if (w->msg_bytes != O.ws_size) w->bad = true;
     if (w->bad) break;
-    G.latencies[G.n_lat++] = now_ns() - w->sent_ns;
+    G.latencies[G.n_lat++] = latency_now_ns() - w->sent_ns;
     G.ws_echoed++;
     if (++w->echoed < O.ws_messages) ws_send_next(s);
     else ws_send_close(s);
@@ -425,7 +419,7 @@ static void issue(struct conn *c) {
     struct stream *s = calloc(1, sizeof *s);
     s->c = c;
     s->id = sid;
-    s->start_ns = now_ns();
+    s->start_ns = latency_now_ns();
     if (O.sha256) gnutls_hash_init(&s->hash, GNUTLS_DIG_SHA256);
     if (O.output) s->out = fopen(O.output, "wb");
     char len[24];
@@ -587,7 +581,7 @@ static const ngtcp2_callbacks q_cbs = {
  * I/O.
  */
 static void update_timer(struct conn *c) {
-  ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->q), now = now_ns();
+  ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(c->q), now = latency_now_ns();
   uint64_t ns = exp > now ? exp - now : 0;
   struct timeval tv = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
   evtimer_add(c->timer, &tv);
@@ -632,7 +626,7 @@ static void conn_write(struct conn *c) {
   ngtcp2_path_storage ps;
   ngtcp2_path_storage_zero(&ps);
   ngtcp2_pkt_info pi;
-  uint64_t ts = now_ns();
+  uint64_t ts = latency_now_ns();
   /* Only finished packets count: leaving while ngtcp2 still builds one
    * (after NGTCP2_ERR_WRITE_MORE) would trip its next read. */
   for (int pkts = 0; pkts < 256;) {
@@ -717,7 +711,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
     for (size_t off = 0; off < (size_t)n && !c->closed; off += seg) {
       size_t len = (size_t)n - off < seg ? (size_t)n - off : seg;
       ngtcp2_pkt_info pi = {0};
-      int rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, buf + off, len, now_ns());
+      int rv = ngtcp2_conn_read_pkt(c->q, &path, &pi, buf + off, len, latency_now_ns());
       if (rv != 0) {
         if (!O.quiet && rv != NGTCP2_ERR_DRAINING)
           fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror(rv));
@@ -733,7 +727,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd; (void)what;
   struct conn *c = arg;
   if (c->closed) return;
-  if (ngtcp2_conn_handle_expiry(c->q, now_ns()) != 0) {
+  if (ngtcp2_conn_handle_expiry(c->q, latency_now_ns()) != 0) {
     conn_close(c);
     return;
   }
@@ -751,7 +745,7 @@ static void conn_close(struct conn *c) {
     if (c->ccerr.error_code == 0)
       ngtcp2_connection_close_error_set_application_error(&c->ccerr, NGHTTP3_H3_NO_ERROR, NULL, 0);
     ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->q, &ps.path, &pi, buf, sizeof buf,
-                                                        &c->ccerr, now_ns());
+                                                        &c->ccerr, latency_now_ns());
     if (n > 0) (void)!send(c->fd, buf, (size_t)n, 0);
   }
   G.errored += (uint64_t)(c->inflight + c->to_issue);
@@ -798,7 +792,7 @@ static int conn_open(struct conn *c, const struct addrinfo *ai) {
   rand_bytes(scid.data, CIDLEN);
   ngtcp2_settings settings;
   ngtcp2_settings_default(&settings);
-  settings.initial_ts = now_ns();
+  settings.initial_ts = latency_now_ns();
   settings.max_window = 64u << 20;
   settings.max_stream_window = 16u << 20;
   static uint8_t token[512];
@@ -947,7 +941,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "cannot resolve %s\n", O.host);
     return 2;
   }
-  G.started_ns = now_ns();
+  G.started_ns = latency_now_ns();
   for (int i = 0; i < O.c; i++) {
     struct conn *c = &G.conns[i];
     c->index = i;
@@ -966,7 +960,7 @@ int main(int argc, char **argv) {
     event_base_loopexit(G.base, &limit);
     event_base_dispatch(G.base);
   }
-  double secs = (double)(now_ns() - G.started_ns) / 1e9;
+  double secs = (double)(latency_now_ns() - G.started_ns) / 1e9;
   for (int i = 0; i < O.c; i++)
     if (!G.conns[i].closed && G.conns[i].q) G.errored += (uint64_t)(G.conns[i].inflight + G.conns[i].to_issue);
   latency_sort(G.latencies, G.n_lat);

@@ -44,12 +44,6 @@ static struct {
   uint64_t echoed;
 } G;
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint8_t pattern(int msg, size_t i) { return (uint8_t)(msg * 31 + (int)i); }
 
 static void finish(struct client *c, bool ok) {
@@ -82,7 +76,7 @@ static void send_next(struct client *c) {
   if (buf == NULL) buf = malloc(O.size ? O.size : 1);
   for (size_t i = 0; i < O.size; i++) buf[i] = pattern(c->echoed, i);
   c->msg_bytes = 0;
-  c->sent_ns = now_ns();
+  c->sent_ns = latency_now_ns();
   send_frame(c, WS_BINARY, buf, O.size);
 }
 
@@ -98,7 +92,7 @@ static void on_event_frame(struct client *c, const struct ws_event *ev) {
       finish(c, false);
       return;
     }
-    G.lat[G.n_lat++] = now_ns() - c->sent_ns;
+    G.lat[G.n_lat++] = latency_now_ns() - c->sent_ns;
     G.echoed++;
     if (++c->echoed < O.messages) {
       send_next(c);
@@ -206,7 +200,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "cannot resolve %s\n", O.host);
     return 2;
   }
-  uint64_t start = now_ns();
+  uint64_t start = latency_now_ns();
   for (int i = 0; i < O.conns; i++) {
     struct client *c = &clients[i];
     ws_reader_init(&c->reader, false, 1ull << 31);
@@ -219,7 +213,7 @@ int main(int argc, char **argv) {
   struct timeval limit = {O.timeout_s, 0};
   event_base_loopexit(G.base, &limit);
   event_base_dispatch(G.base);
-  double secs = (double)(now_ns() - start) / 1e9;
+  double secs = (double)(latency_now_ns() - start) / 1e9;
   int unfinished = O.conns - G.finished;
   latency_sort(G.lat, G.n_lat);
   printf("finished in %.2fs: %llu messages of %zu bytes echoed, %.0f msg/s\n", secs,
