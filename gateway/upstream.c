@@ -238,6 +238,39 @@ static void open_conns(struct up_server *s) {
     if (up_conn_open(s) == NULL) break;
 }
 
+/* Every connection is full: one more, up to the cap. Streams that live
+ * long (WebSockets) would otherwise leave new requests waiting for a slot
+ * until they time out. One opens at a time; each brings the peer's
+ * SETTINGS_MAX_CONCURRENT_STREAMS of room. */
+static void open_overflow_conn(struct up_server *s) {
+  if (s->pool->retired) return;
+  uint32_t open = 0;
+  struct up_conn *c;
+  TAILQ_FOREACH(c, &s->conns, link) {
+    if (c->state == UC_CONNECTING) return;
+    if (c->state == UC_READY) open++;
+  }
+  if (open < MAX_CONNS_PER_SERVER) up_conn_open(s);
+}
+
+/* Connections beyond the server's target close once idle, when nothing
+ * waits: the overflow was for a crowd that has gone. */
+static void drain_surplus_conns(struct up_server *s) {
+  if (s->pool->n_waiting > 0) return;
+  uint32_t ready = 0, target = target_conns(s);
+  struct up_conn *c;
+  TAILQ_FOREACH(c, &s->conns, link) {
+    if (c->state == UC_READY) ready++;
+  }
+  TAILQ_FOREACH(c, &s->conns, link) {
+    if (ready <= target) break;
+    if (c->state == UC_READY && c->n_streams == 0) {
+      up_conn_drain(c); /* GOAWAY now; it closes at the next flush */
+      ready--;
+    }
+  }
+}
+
 /* Servers a request may go to; avoid is the one that just failed it. */
 static size_t candidates(struct up_pool *p, struct up_server *avoid, struct up_server **out,
                          size_t max) {
@@ -272,6 +305,7 @@ static void place(struct up_pool *p, struct xchg *x, struct up_server *s) {
     return;
   }
   /* Wait for a connection with room. */
+  if (c == NULL) open_overflow_conn(s);
   x->server = s;
   TAILQ_INSERT_TAIL(&p->waiting, x, queue_link);
   p->n_waiting++;
@@ -315,6 +349,7 @@ static void kick(struct up_pool *p) {
     next = TAILQ_NEXT(x, queue_link);
     struct up_server *s = x->server;
     struct up_conn *c = s ? best_conn(s) : NULL;
+    if (c == NULL && s != NULL && server_usable(s, gw_now_us())) open_overflow_conn(s);
     if (c == NULL && x->pinned) continue; /* waits for its own server */
     if (c == NULL) {
       /* Its server can't take it (yet): any other server with room? */
@@ -419,6 +454,7 @@ void up_server_stream_done(struct up_server *s, bool ok) {
 
 void up_server_settle(struct up_server *s) {
   kick(s->pool);
+  drain_surplus_conns(s);
   server_maybe_remove(s);
 }
 

@@ -158,8 +158,13 @@ static void maybe_free(struct xchg *x) {
 void xchg_down_detach(struct xchg *x) {
   x->down_attached = false;
   x->down = NULL;
-  /* The client left before the response ended: stop the backend. */
-  if ((x->up.conn != NULL && !x->resp_end) || queued(x)) up_cancel(x);
+  /* The client left with the response or the request unfinished: stop the
+   * stream. A tunnel's request never ends on its own (a WebSocket client
+   * that closes its connection after the close handshake sends no end),
+   * and a stream left half-open would hold its slot on the upstream
+   * connection for good. */
+  bool unfinished = !x->resp_end || !xchg_up_req_body_eof(x);
+  if ((x->up.conn != NULL && unfinished) || queued(x)) up_cancel(x);
   maybe_free(x);
 }
 

@@ -22,7 +22,7 @@ import h2.settings
 import pytest
 import websockets
 
-from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl_json, rss_kb, run
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, curl_json, free_port, rss_kb, run
 
 BIG = 16 * 1024 * 1024
 
@@ -592,6 +592,94 @@ def test_a_thousand_concurrent_websockets_in_bounded_memory():
         growth_mb = (peak - base_rss) / 1024
         print(f"gateway RSS: {base_rss} kB idle, {peak} kB with {n} WebSockets open")
         assert growth_mb < 64, f"{growth_mb:.1f} MB for {n} WebSockets"
+    finally:
+        g.stop()
+        w.stop()
+
+
+def upstream_streams_in_flight(admin):
+    """Sum of h3gate_upstream_in_flight and h3gate_requests_in_flight."""
+    r = run(["curl", "-sS", f"http://127.0.0.1:{admin}/metrics"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines()
+             if l.startswith(("h3gate_upstream_in_flight", "h3gate_requests_in_flight"))]
+    assert len(lines) >= 2, r.stdout
+    return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+
+
+def test_ended_sessions_give_back_their_upstream_streams(worker):
+    """Each session is a stream on a pooled upstream connection; when it
+    ends, however it ends, the stream must be gone. A leaked one holds a
+    slot for good, and once the slots run out every request waits for a
+    504 (it happened: a client that closes its TCP connection after the
+    close handshake left its stream half-open)."""
+    admin = free_port()
+    g = Gateway(BASIC_CONFIG + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    try:
+        async def go():
+            url = f"ws://127.0.0.1:{g.plain_port}/echo"
+            for i in range(20):  # close handshake from the client, then TCP close
+                async with websockets.connect(url) as ws:
+                    await ws.send(f"hi {i}")
+                    assert await ws.recv() == f"hi {i}"
+            ws = await websockets.connect(url)  # the app closes first
+            await ws.send("close:4001:bye")
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            for _ in range(5):  # the TCP connection dropped mid-session
+                ws = await websockets.connect(url)
+                await ws.send("x")
+                await ws.recv()
+                ws.transport.abort()
+        wsrun(go())
+        for _ in range(5):  # RFC 8441: close frames both ways, then END_STREAM
+            c = H2WebSocket(g.plain_port, "/echo")
+            c.send(client_frame(8, struct.pack("!H", 1000)))
+            assert close_code(c.messages(1)[0][1]) == 1000
+            c.end()
+        r = run([BIN / "h3load", "-n", "10", "-c", "2", "--websocket", "3",
+                 g.tls_url("/echo")], timeout=60)
+        assert r.returncode == 0 and "10 succeeded" in r.stdout, r.stdout + r.stderr
+        left = eventually(lambda: upstream_streams_in_flight(admin) == 0 or None)
+        assert left, f"{upstream_streams_in_flight(admin)} streams still open after every session ended"
+    finally:
+        g.stop()
+
+
+def gateway_connections_to(g, port):
+    r = run(["ss", "-Htnp", "state", "established", f"dport = :{port}"], timeout=10)
+    return sum(f"pid={g.pid}," in line for line in r.stdout.splitlines())
+
+
+def test_more_sessions_than_upstream_streams_open_more_connections():
+    """A backend allows 4 streams per connection and the pool keeps one
+    connection: 30 concurrent sessions must not wait for a slot (they would
+    get a 504); the pool opens connections as needed and closes the extra
+    ones when the sessions are gone."""
+    w = Worker("ws_app:app", args=["--h2-max-concurrent-streams", "4"])
+    config = BASIC_CONFIG.replace("    resolve_interval: 1s",
+                                  "    resolve_interval: 1s\n    connections_per_server: 1")
+    g = Gateway(config, servers=f"127.0.0.1:{w.port}", response_timeout="3s")
+    n = 30
+    try:
+        async def go():
+            url = f"ws://127.0.0.1:{g.plain_port}/echo"
+            socks = await asyncio.gather(*(websockets.connect(url, open_timeout=20)
+                                           for _ in range(n)))
+            await asyncio.gather(*(ws.send(f"hi {i}") for i, ws in enumerate(socks)))
+            replies = await asyncio.gather(*(ws.recv() for ws in socks))
+            during = gateway_connections_to(g, w.port)
+            await asyncio.gather(*(ws.close() for ws in socks))
+            return replies, during
+
+        replies, during = wsrun(go(), timeout=60)
+        assert replies == [f"hi {i}" for i in range(n)]
+        assert during >= n // 4, f"{during} upstream connections for {n} sessions"
+        assert eventually(lambda: gateway_connections_to(g, w.port) <= 1 or None), \
+            f"{gateway_connections_to(g, w.port)} upstream connections left after the sessions ended"
+        r = curl(g.plain_url("/sessions"))  # the one left still serves
+        assert r.returncode == 0 and r.stdout.startswith("["), r.stdout + r.stderr
     finally:
         g.stop()
         w.stop()
