@@ -49,6 +49,20 @@ static uint64_t idle_ms(const struct xchg *x) {
   return x->websocket ? x->rt->conf->websocket_idle_timeout_ms : x->rt->conf->idle_timeout_ms;
 }
 
+/* Progress on a response. The idle timer is not moved on every chunk (an
+ * event_add per WebSocket message is a heap update each): armed with the
+ * response head, it fires at the old deadline, finds the progress and
+ * sleeps again for what is left. */
+static void note_progress(struct xchg *x) { x->progress_us = gw_now_us(); }
+
+/* The idle timer fired: true when the response really was idle that long. */
+static bool idle_expired(struct xchg *x) {
+  uint64_t idle_us = idle_ms(x) * 1000, since = gw_now_us() - x->progress_us;
+  if (since >= idle_us) return true;
+  arm_timer(x, (idle_us - since + 999) / 1000);
+  return false;
+}
+
 /* ---------------------------------------------------------------------------
  * Life cycle.
  */
@@ -521,7 +535,7 @@ int xchg_req_head_done(struct xchg *x) {
 int xchg_req_body(struct xchg *x, const void *data, size_t len) {
   const struct gw_conf *conf = x->rt->conf;
   x->req_bytes += len;
-  if (x->websocket && x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
+  if (x->websocket && x->state == XS_RESPONDING) note_progress(x);
   if (x->ws_open) ws_boundary_feed(&x->ws_up, data, len, true);
   if (conf->max_body_size && x->req_bytes > conf->max_body_size && !x->websocket) {
     if (x->state != XS_RESPONDING && x->state != XS_DONE) {
@@ -603,7 +617,8 @@ void xchg_up_resp_head(struct xchg *x) {
     memset(&x->ws_up, 0, sizeof x->ws_up);
     LIST_INSERT_HEAD(&open_websockets, x, ws_link);
   }
-  arm_timer(x, idle_ms(x));
+  x->progress_us = gw_now_us();
+  arm_timer(x, idle_ms(x)); /* replaces the response header timer */
   if (x->down_attached) x->down->on_resp_head(x);
 }
 
@@ -616,7 +631,7 @@ void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len) {
   }
   if (x->ws_open) ws_boundary_feed(&x->ws_down, data, len, false);
   evbuffer_add(x->resp_body, data, len);
-  arm_timer(x, idle_ms(x));
+  note_progress(x);
   x->down->on_resp_body(x);
 }
 
@@ -630,7 +645,7 @@ void xchg_up_resp_end(struct xchg *x) {
 
 void xchg_resp_consumed(struct xchg *x, size_t n) {
   if (x->up.conn) up_consumed(x, n);
-  if (x->state == XS_RESPONDING) arm_timer(x, idle_ms(x));
+  if (x->state == XS_RESPONDING) note_progress(x);
 }
 
 /* Our close frame toward the backend: a client's frame must be masked; a
@@ -755,6 +770,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     xchg_respond_local(x, 504, "upstream response header timeout");
     break;
   case XS_RESPONDING:
+    if (!idle_expired(x)) break;
     up_cancel(x);
     xchg_respond_local(x, 504, "upstream idle timeout");
     break;

@@ -116,9 +116,14 @@ bool ws_close_code_valid(unsigned code) {
 
 void ws_accept_key(const char *key, size_t key_len, char out[29]) {
   static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  /* Fetched once: OpenSSL 3 looks the algorithm up in its providers on
+   * every EVP_sha1() init, most of a handshake's cost. Kept for the life of
+   * the process (single-threaded callers). */
+  static EVP_MD *sha1;
+  if (sha1 == NULL) sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
   unsigned char digest[SHA_DIGEST_LENGTH];
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha1(), NULL);
+  EVP_DigestInit_ex(ctx, sha1 ? sha1 : EVP_sha1(), NULL);
   EVP_DigestUpdate(ctx, key, key_len);
   EVP_DigestUpdate(ctx, guid, sizeof guid - 1);
   EVP_DigestFinal_ex(ctx, digest, NULL);
