@@ -26,6 +26,7 @@
 #include "h2_guard.h"
 #include "http_status.h"
 #include "log.h"
+#include "mem_cache.h"
 #include "xchg.h"
 
 enum {
@@ -305,7 +306,7 @@ static int h2_start(struct down_conn *c) {
   LIST_INIT(&h->streams);
   nghttp2_option *opt;
   if (h2_guard_option_new(&opt, false) != 0) goto err_free;
-  int rc = nghttp2_session_server_new2(&h->session, callbacks(), h, opt);
+  int rc = nghttp2_session_server_new3(&h->session, callbacks(), h, opt, mem_cache_nghttp2());
   nghttp2_option_del(opt);
   if (rc != 0) goto err_free;
   struct h2_server_settings settings = {

@@ -22,6 +22,7 @@
 #include "h2_out.h"
 #include "h2_guard.h"
 #include "log.h"
+#include "mem_cache.h"
 #include "sock.h"
 #include "up_internal.h"
 #include "upstream.h"
@@ -363,7 +364,7 @@ struct up_conn *up_conn_open(struct up_server *srv) {
   nghttp2_option_new(&opt);
   nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
-  int rc = nghttp2_session_client_new2(&c->session, callbacks(), c, opt);
+  int rc = nghttp2_session_client_new3(&c->session, callbacks(), c, opt, mem_cache_nghttp2());
   nghttp2_option_del(opt);
   if (rc != 0) goto err_free;
   nghttp2_settings_entry iv[] = {

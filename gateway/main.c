@@ -20,7 +20,7 @@
 
 #include "access_log.h"
 #include "admin.h"
-#include "buf_cache.h"
+#include "mem_cache.h"
 #include "down.h"
 #include "gw.h"
 #include "listener.h"
@@ -284,7 +284,7 @@ static void tune_malloc(void) {
 int main(int argc, char **argv) {
   h3g_log_init("h3gate");
   tune_malloc();
-  buf_cache_install();
+  mem_cache_install();
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
       {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
