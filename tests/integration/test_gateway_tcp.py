@@ -192,6 +192,20 @@ def test_100mb_download_and_upload_in_bounded_gateway_memory(gateway, flags):
     assert growth < 48 * 1024, f"gateway peak RSS grew {growth} KiB"
 
 
+@pytest.mark.parametrize("flags", [["-k", "--http2"], ["-k", "--http1.1"]], ids=["h2", "h1"])
+def test_slow_tls_client_download_in_bounded_gateway_memory(gateway, flags):
+    """A client reading at 20 MB/s: the gateway encrypts only as fast as the
+    socket takes its records, and the backend waits instead of the
+    gateway's memory filling up."""
+    size = 40 * 1000 * 1000
+    before = gateway.peak_rss_kb()
+    r = run(["sh", "-c", f"curl -sS --limit-rate 20M {' '.join(flags)} "
+             f"'{gateway.tls_url(f'/download?size={size}')}' | sha256sum"], timeout=120)
+    assert r.stdout.split()[0] == expected_sha(size)
+    growth = gateway.peak_rss_kb() - before
+    assert growth < 16 * 1024, f"gateway peak RSS grew {growth} KiB"
+
+
 # Faulty-backend tests answer several requests from one server: passive
 # health must not eject it between them.
 NO_EJECT_CONFIG = BASIC_CONFIG.replace("    resolve_interval: 1s\n",
