@@ -43,6 +43,7 @@ struct down_conn {
   struct gw_runtime *rt;
   struct listener *listener;
   struct bufferevent *bev;
+  struct event *reader; /* cleartext: our own read event (see down.c) */
   bool tls;
   char peer_ip[64];
   uint16_t peer_port;
@@ -67,6 +68,8 @@ extern const struct down_proto h2_down_proto;
 
 /* Closes once queued output is written (abort: at once). */
 void down_close(struct down_conn *c, bool abort);
+/* Stops or resumes reading the client (backpressure, pipelining). */
+void down_pause_reading(struct down_conn *c, bool pause);
 void down_want_flush(struct down_conn *c);
 /* (Re)arms the connection's one timer; 0 disarms. On expiry the protocol's
  * shutdown runs if it is idle, else the connection closes. */

@@ -188,8 +188,7 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
 static void pause_reading(struct h1d *h, bool pause) {
   if (h->read_paused == pause || h->c->bev == NULL) return;
   h->read_paused = pause;
-  if (pause) bufferevent_disable(h->c->bev, EV_READ);
-  else bufferevent_enable(h->c->bev, EV_READ);
+  down_pause_reading(h->c, pause);
 }
 
 /* A WebSocket's frames go to the exchange as they are, while it has room.
