@@ -647,15 +647,19 @@ static bool future_pending(PyObject *fut) {
   return pending;
 }
 
-void asgi_resolve(PyObject **waiter, PyObject *value) {
+/* Completes a future the caller knows is pending. */
+static void resolve_pending(PyObject **waiter, PyObject *value) {
   PyObject *fut = *waiter;
   *waiter = NULL;
-  if (future_pending(fut)) {
-    PyObject *r = PyObject_CallMethodOneArg(fut, K.set_result, value);
-    if (r == NULL) asgi_log_python_error("could not wake the app:");
-    Py_XDECREF(r);
-  }
-  Py_XDECREF(fut);
+  PyObject *r = PyObject_CallMethodOneArg(fut, K.set_result, value);
+  if (r == NULL) asgi_log_python_error("could not wake the app:");
+  Py_XDECREF(r);
+  Py_DECREF(fut);
+}
+
+void asgi_resolve(PyObject **waiter, PyObject *value) {
+  if (future_pending(*waiter)) resolve_pending(waiter, value);
+  else Py_CLEAR(*waiter);
 }
 
 void asgi_wake_receiver(struct asgi_stream *s) {
@@ -670,7 +674,7 @@ void asgi_wake_receiver(struct asgi_stream *s) {
     if (PyErr_Occurred()) asgi_log_python_error("could not build an ASGI message:");
     return;
   }
-  asgi_resolve(&s->recv_waiter, m);
+  resolve_pending(&s->recv_waiter, m); /* checked above: one done() call per message, not two */
   Py_DECREF(m);
 }
 
