@@ -961,8 +961,10 @@ int main(int argc, char **argv) {
     event_base_dispatch(G.base);
   }
   double secs = (double)(latency_now_ns() - G.started_ns) / 1e9;
+  /* Out of time: what is still open is closed properly (CONNECTION_CLOSE),
+   * as a client that gives up does, and its requests count as errored. */
   for (int i = 0; i < O.c; i++)
-    if (!G.conns[i].closed && G.conns[i].q) G.errored += (uint64_t)(G.conns[i].inflight + G.conns[i].to_issue);
+    if (!G.conns[i].closed && G.conns[i].q) conn_close(&G.conns[i]);
   latency_sort(G.latencies, G.n_lat);
   uint64_t ok = G.done - G.failed;
   printf("finished in %.2fs, %.2f req/s, %.2fMB/s\n", secs, (double)G.done / secs,

@@ -110,3 +110,64 @@ def test_admin_is_off_by_default():
     finally:
         g.stop()
         w.stop()
+
+
+def in_flight(admin):
+    samples = metrics(admin)
+    return sum(v for (name, _), v in samples.items()
+               if name in ("h3gate_requests_in_flight", "h3gate_upstream_in_flight"))
+
+
+def test_clients_that_leave_early_leave_nothing_in_flight(stack):
+    """Every way a client can walk away from a request: its exchange and its
+    upstream stream must go at once, not when a timeout finds them (the
+    gateway's response timeout here is 5 s; the check is done well before)."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.errors
+
+    g, _, admin = stack
+    deadline = time.monotonic() + 10
+    while in_flight(admin) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight(admin) == 0
+    long_stream = "/stream?n=500&delay=0.01"  # 5 s of chunks, longer than the test takes
+    # HTTP/1.1 over TLS: gone after the head of a long response
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", g.tls_port)))
+    s.sendall(f"GET {long_stream} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 200")
+    s.close()
+    # HTTP/2: curl gives up on a long response
+    curl("-k", "--http2", "--max-time", "1", g.tls_url(long_stream))
+    # HTTP/3: h3load gives up on a long response
+    run([BIN / "h3load", "-q", "-n", "1", "--timeout", "1", g.tls_url(long_stream)], timeout=30)
+    started = time.monotonic()
+    # HTTP/1.1 cleartext: gone in the middle of an upload
+    s = socket.create_connection(("127.0.0.1", g.plain_port))
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100000)
+    time.sleep(0.1)
+    s.close()
+    # HTTP/2 (h2c): a stream reset in the middle of an upload; the connection stays
+    s = socket.create_connection(("127.0.0.1", g.plain_port))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
+                       (":path", "/upload"), ("content-length", "1000000")])
+    for _ in range(3):
+        c.send_data(1, b"y" * 16000)
+    s.sendall(c.data_to_send())
+    time.sleep(0.1)
+    c.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    s.sendall(c.data_to_send())
+    try:
+        while in_flight(admin) and time.monotonic() < started + 1.5:
+            time.sleep(0.05)
+        left = in_flight(admin)
+    finally:
+        s.close()
+    assert left == 0, f"{left} exchanges or upstream streams still in flight"
