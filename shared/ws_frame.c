@@ -51,7 +51,20 @@ int ws_parse_header(const uint8_t *d, size_t len, bool from_client, struct ws_fr
 }
 
 void ws_mask(uint8_t *data, size_t len, const uint8_t mask[4], uint64_t offset) {
-  for (size_t i = 0; i < len; i++) data[i] ^= mask[(offset + i) & 3];
+  /* Eight bytes at a time (a 16 MB message byte by byte took tens of ms):
+   * the key repeats every 4 bytes, so a word of it lines up at every step. */
+  uint8_t key8[8];
+  for (int k = 0; k < 8; k++) key8[k] = mask[(offset + (uint64_t)k) & 3];
+  uint64_t key;
+  memcpy(&key, key8, sizeof key);
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t w;
+    memcpy(&w, data + i, sizeof w);
+    w ^= key;
+    memcpy(data + i, &w, sizeof w);
+  }
+  for (; i < len; i++) data[i] ^= mask[(offset + i) & 3];
 }
 
 size_t ws_write_header(uint8_t *out, bool fin, uint8_t opcode, uint64_t len, const uint8_t *mask) {

@@ -132,9 +132,31 @@ static void test_boundary(void) {
   CHECK(!ws_boundary_between_frames(&b));
 }
 
+/* ws_mask works a word at a time: against the byte-by-byte definition
+ * (RFC 6455 5.3), for every length up to 40, every starting offset, and
+ * split in two calls anywhere. */
+static void test_mask_words(void) {
+  static const uint8_t key[4] = {0xa1, 0x5b, 0x07, 0xe3};
+  uint8_t data[40], want[40];
+  int bad = 0;
+  for (size_t len = 0; len <= sizeof data; len++) {
+    for (uint64_t off = 0; off < 8; off++) {
+      for (size_t split = 0; split <= len; split++) {
+        for (size_t i = 0; i < len; i++) data[i] = want[i] = (uint8_t)(i * 37 + 11);
+        for (size_t i = 0; i < len; i++) want[i] ^= key[(off + i) % 4];
+        ws_mask(data, split, key, off);
+        ws_mask(data + split, len - split, key, off + split);
+        bad += memcmp(data, want, len) != 0;
+      }
+    }
+  }
+  CHECK(bad == 0);
+}
+
 int main(void) {
   test_reader();
   test_boundary();
+  test_mask_words();
   struct ws_frame_hdr h;
   /* RFC 6455 5.7: a single-frame masked text message "Hello" */
   uint8_t masked[] = {0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58};
