@@ -46,7 +46,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   (void)arg;
   F.scheduled = false;
-  /* Items queued while flushing go to the next pass (next iteration). */
+  /* Items queued while flushing go to the next pass, which runs right after
+   * this one in the same loop turn. */
   struct flushable *f;
   TAILQ_FOREACH(f, &F.queue, link) f->in_batch = true;
   TAILQ_CONCAT(&F.batch, &F.queue, link);

@@ -46,9 +46,15 @@ struct gw {
 };
 extern struct gw gw;
 
+/* The flush runs at the I/O priority on purpose. libevent works through
+ * one priority per loop turn: at a lower priority the flush waited for a
+ * turn with no I/O at all, which under load could be many turns (measured:
+ * HTTP/2 req/s 4-24% lower). At the same priority it is activated by the
+ * first callback that queues work, so it runs last in the turn: after all
+ * the I/O that epoll reported with it. */
 enum {
   GW_PRIO_IO = 1,    /* default priority of events (of 3) */
-  GW_PRIO_FLUSH = 2, /* after all I/O of the iteration */
+  GW_PRIO_FLUSH = 1, /* the end of the current loop turn (see above) */
 };
 
 int gw_loop_init(void);
