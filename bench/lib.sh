@@ -6,9 +6,12 @@ PY=/usr/bin/python3
 WORK=$(mktemp -d /tmp/h3bench.XXXXXX)
 PIDS=()
 
+alive() { local p; for p in "${PIDS[@]}"; do kill -0 -- "-$p" 2>/dev/null && return 0; done; return 1; }
+
+# Servers get SIGTERM and up to 5 s to stop (they drain gracefully), then SIGKILL.
 cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
+  for _ in $(seq 1 50); do alive || break; sleep 0.1; done
   for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
   [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
@@ -28,6 +31,7 @@ start() {
   local name=$1; shift
   setsid "$@" >"$WORK/$name.log" 2>&1 &
   LAST_PID=$!
+  disown "$LAST_PID" # the cleanup reaps it: no job-control notice when it ends
   PIDS+=("$LAST_PID")
 }
 
