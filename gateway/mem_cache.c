@@ -6,7 +6,7 @@
  * request. glibc's tcache keeps only 7 free blocks of a size, which one
  * loop turn over dozens of connections overruns, so most of these went
  * through glibc's slower bins: a sixth of the gateway's instructions per
- * WebSocket message, a tenth per HTTP/2 request. Freed blocks wait here,
+ * WebSocket message, a twentieth per HTTP/2 request. Freed blocks wait here,
  * per size and bounded, for the next request of that size (HAProxy's
  * pools, h2o's recycling allocator).
  *
