@@ -29,7 +29,6 @@
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 #include <netinet/in.h>
 
-
 #include "latency.h"
 #include "sock.h"
 #include "ws_frame.h"
@@ -594,15 +593,9 @@ static void send_batch(struct conn *c, const uint8_t *buf, size_t len, size_t se
   if (len == 0) return;
   if (!no_gso && len > seg) {
     struct iovec iov = {(void *)buf, len};
-    char ctrl[CMSG_SPACE(sizeof(uint16_t))] = {0};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
-                        .msg_controllen = sizeof ctrl};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_UDP;
-    cm->cmsg_type = UDP_SEGMENT;
-    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-    uint16_t size = (uint16_t)seg;
-    memcpy(CMSG_DATA(cm), &size, sizeof size);
+    union h3g_udp_segment_ctrl ctrl;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    h3g_udp_set_segment(&mh, &ctrl, (uint16_t)seg);
     if (sendmsg(c->fd, &mh, 0) >= 0 || errno == EAGAIN || errno == ECONNREFUSED) return;
     if (errno != EIO && errno != EINVAL) {
       fprintf(stderr, "sendmsg: %s\n", strerror(errno));

@@ -30,7 +30,6 @@
 #include "siphash.h"
 #include "sock.h"
 
-
 enum {
   RECV_BUF = 65536,
   RECV_BATCH = 64,       /* recvmsg calls per readiness event: fairness */
@@ -159,22 +158,9 @@ void cid_map_del(struct cid_map *m, const uint8_t *cid, size_t len) {
 static ssize_t send_one(struct quic_endpoint *ep, const struct sockaddr *to, socklen_t to_len,
                         const uint8_t *data, size_t len, size_t segment) {
   struct iovec iov = {(void *)data, len};
-  union {
-    char buf[CMSG_SPACE(sizeof(uint16_t))];
-    struct cmsghdr align;
-  } ctrl;
+  union h3g_udp_segment_ctrl ctrl;
   struct msghdr msg = {.msg_name = (void *)to, .msg_namelen = to_len, .msg_iov = &iov, .msg_iovlen = 1};
-  if (segment && len > segment) {
-    memset(&ctrl, 0, sizeof ctrl);
-    msg.msg_control = ctrl.buf;
-    msg.msg_controllen = sizeof ctrl.buf;
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_UDP;
-    cm->cmsg_type = UDP_SEGMENT;
-    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-    uint16_t seg = (uint16_t)segment;
-    memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-  }
+  if (segment && len > segment) h3g_udp_set_segment(&msg, &ctrl, (uint16_t)segment);
   ssize_t n;
   do n = sendmsg(ep->fd, &msg, 0);
   while (n < 0 && errno == EINTR);

@@ -4,8 +4,20 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+void h3g_udp_set_segment(struct msghdr *msg, union h3g_udp_segment_ctrl *ctrl, uint16_t seg) {
+  memset(ctrl, 0, sizeof *ctrl);
+  msg->msg_control = ctrl->buf;
+  msg->msg_controllen = sizeof ctrl->buf;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(msg);
+  cm->cmsg_level = SOL_UDP;
+  cm->cmsg_type = UDP_SEGMENT;
+  cm->cmsg_len = CMSG_LEN(sizeof seg);
+  memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+}
 
 int h3g_set_nonblock(int fd) {
   int flags = fcntl(fd, F_GETFL);

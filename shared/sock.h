@@ -3,6 +3,7 @@
 #define H3G_SOCK_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <netinet/udp.h>
 #include <sys/socket.h>
 
@@ -13,6 +14,15 @@
 #ifndef UDP_GRO
 #define UDP_GRO 104
 #endif
+
+/* Control-message room for one UDP_SEGMENT size, aligned for cmsghdr. */
+union h3g_udp_segment_ctrl {
+  char buf[CMSG_SPACE(sizeof(uint16_t))];
+  struct cmsghdr align;
+};
+/* UDP GSO for one sendmsg: the kernel cuts msg's payload into datagrams of
+ * seg bytes (the last may be shorter). Fills ctrl and points msg at it. */
+void h3g_udp_set_segment(struct msghdr *msg, union h3g_udp_segment_ctrl *ctrl, uint16_t seg);
 
 int h3g_set_nonblock(int fd);
 /* A non-blocking, close-on-exec listening TCP or unix socket. A stale unix
