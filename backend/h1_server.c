@@ -278,7 +278,8 @@ static void finish_exchange(struct conn *c) {
 /* ---------------------------------------------------------------------------
  * Response.
  */
-static bool header_value_is(const char *v, Py_ssize_t vl, const char *lit) {
+/* A header name or value equals lit, case aside. */
+static bool text_is_ci(const char *v, Py_ssize_t vl, const char *lit) {
   size_t n = strlen(lit);
   return (size_t)vl == n && strncasecmp(v, lit, n) == 0;
 }
@@ -310,28 +311,23 @@ static int write_fields(struct h1_conn *h, struct bytebuf *out, PyObject *list, 
   return 0;
 }
 
-static bool name_is_ci(const char *name, Py_ssize_t nl, const char *lit) {
-  size_t n = strlen(lit);
-  return (size_t)nl == n && strncasecmp(name, lit, n) == 0;
-}
-
 /* After 101 the framing fields are ours alone. */
 static bool keep_for_websocket(struct h1_conn *h, const char *name, Py_ssize_t nl,
                                const char *value, Py_ssize_t vl) {
   (void)h, (void)value, (void)vl;
-  return !name_is_ci(name, nl, "upgrade") && !name_is_ci(name, nl, "connection") &&
-         !name_is_ci(name, nl, "content-length") && !name_is_ci(name, nl, "transfer-encoding");
+  return !text_is_ci(name, nl, "upgrade") && !text_is_ci(name, nl, "connection") &&
+         !text_is_ci(name, nl, "content-length") && !text_is_ci(name, nl, "transfer-encoding");
 }
 
 /* Transfer-Encoding is ours; Connection: close is noted, not copied. */
 static bool keep_for_response(struct h1_conn *h, const char *name, Py_ssize_t nl,
                               const char *value, Py_ssize_t vl) {
-  if (name_is_ci(name, nl, "transfer-encoding")) return false;
-  if (name_is_ci(name, nl, "connection")) {
-    if (header_value_is(value, vl, "close")) h->keep_alive = false;
+  if (text_is_ci(name, nl, "transfer-encoding")) return false;
+  if (text_is_ci(name, nl, "connection")) {
+    if (text_is_ci(value, vl, "close")) h->keep_alive = false;
     return false;
   }
-  if (name_is_ci(name, nl, "content-length")) h->app_length = true;
+  if (text_is_ci(name, nl, "content-length")) h->app_length = true;
   return true;
 }
 
