@@ -21,9 +21,9 @@
 #include <nghttp2/nghttp2.h>
 
 #include "addr.h"
-#include "h2_out.h"
 #include "down.h"
 #include "h2_guard.h"
+#include "h2_out.h"
 #include "http_status.h"
 #include "log.h"
 #include "mem_cache.h"

@@ -213,8 +213,8 @@ static ssize_t read_req_body(nghttp2_session *session, int32_t id, uint8_t *buf,
  * Flush and I/O.
  */
 
-/* Frames nghttp2 has ready, gathered in one buffer and appended at once:
- * one evbuffer chain (and socket write) rather than one per frame. */
+/* The flush pass: nghttp2's frames into the output (h2_send_into packs
+ * them), then straight to the socket. */
 static void conn_flush(struct flushable *f) {
   struct up_conn *c = (struct up_conn *)f;
   if (c->state == UC_CLOSED || c->state == UC_CONNECTING) return;

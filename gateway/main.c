@@ -20,11 +20,11 @@
 
 #include "access_log.h"
 #include "admin.h"
-#include "mem_cache.h"
 #include "down.h"
 #include "gw.h"
 #include "listener.h"
 #include "log.h"
+#include "mem_cache.h"
 #include "quic.h"
 #include "upstream.h"
 #include "xchg.h"
