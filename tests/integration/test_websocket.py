@@ -418,16 +418,22 @@ def test_worker_rfc8441(worker):
     assert H2WebSocket(worker.port, "/", protocol="not-websocket").status in (400, 501)
 
 
-def test_worker_graceful_stop_closes_with_1001():
-    w = Worker("ws_app:app", args=["--graceful-timeout", "1"])
+def close_after_sigterm(server, url, **connect_args):
+    """Opens a WebSocket, sends the server SIGTERM and waits for the close:
+    (close code, seconds it took)."""
     async def go():
-        async with websockets.connect(f"ws://127.0.0.1:{w.port}/hold") as ws:
-            w.signal(signal.SIGTERM)
+        async with websockets.connect(url, **connect_args) as ws:
+            server.signal(signal.SIGTERM)
             started = time.monotonic()
             with pytest.raises(websockets.ConnectionClosed) as e:
                 await ws.recv()
             return e.value.code, time.monotonic() - started
-    code, took = wsrun(go(), timeout=30)
+    return wsrun(go(), timeout=30)
+
+
+def test_worker_graceful_stop_closes_with_1001():
+    w = Worker("ws_app:app", args=["--graceful-timeout", "1"])
+    code, took = close_after_sigterm(w, f"ws://127.0.0.1:{w.port}/hold")
     assert code == 1001 and took < 10
     assert w.stop() == 0
     assert "closing 1 WebSockets with 1001" in w.log()
@@ -718,15 +724,8 @@ def test_gateway_stop_closes_websockets_with_1001():
         h2ws = H2WebSocket(g.tls_port, "/hold", tls=True)
         assert h2ws.status == 200
 
-        async def go():
-            async with websockets.connect(f"wss://127.0.0.1:{g.tls_port}/hold", ssl=tls_ctx(),
-                                          ping_interval=None) as ws:
-                g.signal(signal.SIGTERM)
-                started = time.monotonic()
-                with pytest.raises(websockets.ConnectionClosed) as e:
-                    await ws.recv()
-                return e.value.code, time.monotonic() - started
-        code, took = wsrun(go(), timeout=30)
+        code, took = close_after_sigterm(g, f"wss://127.0.0.1:{g.tls_port}/hold", ssl=tls_ctx(),
+                                         ping_interval=None)
         assert code == 1001 and took < 10
         frames = h2ws.messages(1)
         assert frames and frames[0][0] == 8 and close_code(frames[0][1]) == 1001
