@@ -494,6 +494,21 @@ def test_gateway_rfc8441_over_tls(gateway):
     assert H2WebSocket(gateway.tls_port, "/", tls=True, protocol="bogus").status == 501
 
 
+def test_wsload_the_bench_client(worker):
+    """bench/websocket.sh's client: it checks every echoed byte, so it must
+    succeed on an echo (small messages, and 3 MB ones that fill the socket)
+    and fail, with a non-zero exit, on a refused handshake or a dead port."""
+    url = f"ws://127.0.0.1:{worker.port}"
+    r = run([BIN / "wsload", "-c", "5", "-n", "50", url + "/echo"], timeout=60)
+    assert r.returncode == 0 and "250 messages" in r.stdout, r.stdout + r.stderr
+    r = run([BIN / "wsload", "-c", "2", "-n", "3", "-s", "3000000", url + "/echo"], timeout=60)
+    assert r.returncode == 0 and "6 messages" in r.stdout, r.stdout + r.stderr
+    r = run([BIN / "wsload", "-c", "2", "-n", "3", url + "/reject"], timeout=30)
+    assert r.returncode != 0 and "failed 2" in r.stdout and "403" in r.stderr
+    r = run([BIN / "wsload", "-c", "1", "-n", "1", "-t", "5", "ws://127.0.0.1:1/echo"], timeout=30)
+    assert r.returncode != 0 and "failed 1" in r.stdout
+
+
 def test_gateway_rfc9220_with_h3load(gateway, worker):
     url = f"https://127.0.0.1:{gateway.tls_port}/echo"
     r = run([BIN / "h3load", "-n", "60", "-c", "3", "-m", "20", "--websocket", "20",
