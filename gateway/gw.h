@@ -71,7 +71,7 @@ void gw_defer_free(void (*fn)(void *), void *p);
  * the small writes that request/response traffic and WebSocket messages
  * make, we write at once at the flush point instead, with EV_WRITE off, and
  * hand over to libevent only for large output or a full socket.
- * Not for TLS bufferevents, which write as data arrives already. */
+ * Not for TLS bufferevents: their writes stay libevent's, which drive OpenSSL. */
 struct bufferevent;
 /* After connect (or accept): EV_WRITE off until needed. */
 void gw_bev_direct(struct bufferevent *bev);
