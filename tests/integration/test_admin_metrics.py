@@ -1,9 +1,14 @@
 """The admin listener: /healthz, and /metrics that parses as Prometheus
 text and whose counters match the requests sent."""
 
+import socket
+import ssl
 import subprocess
 import time
 
+import h2.config
+import h2.connection
+import h2.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -122,13 +127,6 @@ def test_clients_that_leave_early_leave_nothing_in_flight(stack):
     """Every way a client can walk away from a request: its exchange and its
     upstream stream must go at once, not when a timeout finds them (the
     gateway's response timeout here is 5 s; the check is done well before)."""
-    import socket
-    import ssl
-
-    import h2.config
-    import h2.connection
-    import h2.errors
-
     g, _, admin = stack
     deadline = time.monotonic() + 10
     while in_flight(admin) and time.monotonic() < deadline:
