@@ -321,5 +321,15 @@ int main(int argc, char **argv) {
   printf("connections: %d, failed %d, unfinished %d\n", O.conns, G.failed, unfinished);
   printf("round trip ms: p50 %.3f p90 %.3f p99 %.3f max %.3f\n", pct(0.5), pct(0.9), pct(0.99),
          pct(1));
+  for (int i = 0; i < O.conns; i++) { /* those the time limit cut short */
+    if (clients[i].done) continue;
+    close(clients[i].fd);
+    free(clients[i].out);
+  }
+  free(clients);
+  free(G.lat);
+  free(G.payload);
+  free(G.frame);
+  close(G.epfd);
   return G.failed == 0 && unfinished == 0 ? 0 : 1;
 }

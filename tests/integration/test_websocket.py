@@ -507,6 +507,12 @@ def test_wsload_the_bench_client(worker):
     assert r.returncode != 0 and "failed 2" in r.stdout and "403" in r.stderr
     r = run([BIN / "wsload", "-c", "1", "-n", "1", "-t", "5", "ws://127.0.0.1:1/echo"], timeout=30)
     assert r.returncode != 0 and "failed 1" in r.stdout
+    with socket.socket() as silent:  # accepts, never answers: the time limit ends it
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        r = run([BIN / "wsload", "-c", "2", "-n", "1", "-t", "1",
+                 f"ws://127.0.0.1:{silent.getsockname()[1]}/echo"], timeout=30)
+    assert r.returncode != 0 and "unfinished 2" in r.stdout, r.stdout + r.stderr
 
 
 def test_gateway_rfc9220_with_h3load(gateway, worker):
