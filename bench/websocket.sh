@@ -4,6 +4,12 @@
 # connections (wsload, HTTP/1.1 Upgrade over cleartext TCP on both fronts),
 # each echoing messages one at a time. Prints messages per second, p99 round
 # trip and each proxy's CPU per 10k messages, and the ratios.
+#
+# A third row, "direct", sends the same load straight to the backend with no
+# proxy at all. On a small machine the load client and the backend share the
+# CPUs with the proxy, and any proxy has to do at least the client's own
+# socket work again on its side, so direct/caddy is about the most a proxy
+# could reach against Caddy on that machine; the last line prints it.
 #   N=messages per connection (default 2000)  SIZE=bytes per message (64)
 #   C=connections (100)  WORKERS=backend processes (2)
 source "$(dirname "$0")/lib.sh"
@@ -62,8 +68,12 @@ run_once() { # pid port
 ROUNDS=${ROUNDS:-5}
 f=$WORK/rounds
 for r in $(seq 1 "$ROUNDS"); do
-  for name in h3gate caddy; do
-    if [ $name = h3gate ]; then pid=$h3g port=$p_h3g; else pid=$caddy port=$p_caddy; fi
+  for name in h3gate caddy direct; do
+    case $name in
+      h3gate) pid=$h3g port=$p_h3g ;;
+      caddy) pid=$caddy port=$p_caddy ;;
+      direct) pid=$backend port=$p_app ;; # no proxy: its "proxy CPU" is the backend's
+    esac
     [ "$r" = 1 ] && "$BIN/wsload" -c 10 -n 200 -s "$SIZE" "ws://127.0.0.1:$port/echo" >/dev/null # warm-up
     echo "$name $(run_once "$pid" "$port")" >>"$f"
   done
@@ -71,11 +81,14 @@ done
 
 printf 'WebSocket echo, %d connections x %d messages of %d bytes (HTTP/1.1 Upgrade, cleartext), median of %d rounds\n' "$C" "$N" "$SIZE" "$ROUNDS"
 printf '%-8s %12s %10s %16s %18s\n' proxy msg/s p99_ms cpu_s/10k_msgs backend_cpu/10k
-for name in h3gate caddy; do
+for name in h3gate caddy direct; do
   read -r rate p99 per10k b10k <<<"$(median_round "$f" "$name")"
+  [ $name = direct ] && per10k=-
   printf '%-8s %12.0f %10s %16s %18s   rounds: %s\n' "$name" "$rate" "$p99" "$per10k" "$b10k" \
     "$(round_values "$f" "$name")"
   eval "R_${name}=$rate; P_${name}=$p99; C_${name}=$per10k"
 done
 printf 'h3gate/caddy msg/s: %s x (target >= 2)   p99: %s x   CPU per message: %s x\n' \
   "$(ratio "$R_h3gate" "$R_caddy")" "$(ratio "$P_h3gate" "$P_caddy")" "$(ratio "$C_h3gate" "$C_caddy")"
+printf 'no proxy at all (direct)/caddy msg/s: %s x   h3gate/direct: %s x\n' \
+  "$(ratio "$R_direct" "$R_caddy")" "$(ratio "$R_h3gate" "$R_direct")"

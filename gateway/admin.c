@@ -15,11 +15,13 @@
 #include "sock.h"
 
 enum { MAX_REQUEST = 8192 };
+#define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 static struct {
   int fd;
   struct event *ev;
   char address[64];
+  admin_metrics_fetch fetch; /* under a master: the workers' metrics, later */
 } A = {.fd = -1};
 
 static void respond(struct bufferevent *bev, int status, const char *type, struct evbuffer *body,
@@ -66,9 +68,17 @@ static void on_read(struct bufferevent *bev, void *arg) {
   } else if (strcmp(path, "/healthz") == 0) {
     evbuffer_add_printf(body, gw.stopping ? "stopping\n" : "ok\n");
     respond(bev, 200, "text/plain", body, head);
+  } else if (strcmp(path, "/metrics") == 0 && A.fetch) {
+    /* No callbacks while the master gathers: the fetcher always answers,
+     * within its own time limit, through admin_reply_metrics. */
+    evbuffer_free(body);
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    A.fetch(bev, head);
+    return;
   } else if (strcmp(path, "/metrics") == 0) {
     metrics_render(body);
-    respond(bev, 200, "text/plain; version=0.0.4; charset=utf-8", body, head);
+    respond(bev, 200, METRICS_TYPE, body, head);
   } else {
     evbuffer_add_printf(body, "try /healthz or /metrics\n");
     respond(bev, 404, "text/plain", body, head);
@@ -94,6 +104,22 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     bufferevent_set_timeouts(bev, &tv, &tv);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
   }
+}
+
+void admin_reply_metrics(struct bufferevent *bev, bool head, struct evbuffer *body) {
+  respond(bev, 200, METRICS_TYPE, body, head);
+  bufferevent_setcb(bev, NULL, on_written, on_event, NULL);
+  bufferevent_enable(bev, EV_WRITE);
+}
+
+void admin_set_metrics_fetch(admin_metrics_fetch fetch) { A.fetch = fetch; }
+
+void admin_forget(void) {
+  if (A.fd >= 0) close(A.fd);
+  A.fd = -1;
+  A.ev = NULL;
+  A.address[0] = '\0';
+  A.fetch = NULL;
 }
 
 void admin_stop(void) {

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <libgen.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,7 @@ enum key_type {
   K_HOSTPORT, /* char * kept, checked as an address */
   K_LOGLEVEL, /* enum h3g_log_level */
   K_ENUM,     /* int, from names */
+  K_WORKERS,  /* uint32_t: a count from 1 to max, or "auto" (the CPUs this process may use) */
   K_CIDRS,    /* struct cidr_list from a list of strings */
   K_STRLIST,  /* char ** + size_t count at count_offset */
   K_MAP,      /* nested struct at offset */
@@ -378,6 +380,7 @@ static void top_defaults(void *obj) {
   struct gw_conf *c = obj;
   c->log_level = H3G_LOG_INFO;
   c->access_log_format = ACCESS_LOG_COMBINED;
+  c->workers = 1;
   c->resolver_timeout_ms = SEC(5);
   c->max_connections = 100000;
   c->max_header_bytes = 64 * 1024;
@@ -400,6 +403,7 @@ static void top_defaults(void *obj) {
 }
 
 static const struct key_spec top_keys[] = {
+    KEY("workers", K_WORKERS, struct gw_conf, workers, .min = 1, .max = GW_MAX_WORKERS),
     KEY("resolver", K_HOSTPORT, struct gw_conf, resolver),
     KEY("resolver_timeout", K_DURATION, struct gw_conf, resolver_timeout_ms, .min = 100, .max = SEC(60)),
     SECTION("log", log_spec),
@@ -431,6 +435,15 @@ static int parse_bool(const char *v, bool *out) {
     if (strcasecmp(v, no[i]) == 0) return *out = false, 0;
   }
   return -1;
+}
+
+/* CPUs in this process's affinity mask: what taskset and container cpusets
+ * allow, not every CPU of the host. */
+static uint32_t usable_cpus(uint32_t max) {
+  cpu_set_t set;
+  int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  if (n < 1) n = 1;
+  return (uint32_t)n > max ? max : (uint32_t)n;
 }
 
 static int parse_uint(const char *v, uint64_t *out) {
@@ -515,6 +528,16 @@ static int apply_scalar(struct parse_ctx *ctx, const struct key_spec *k, char *b
                      (unsigned long long)k->min, (unsigned long long)k->max, v);
     if (k->type == K_SIZE32) *(uint32_t *)field = (uint32_t)u;
     else *(uint64_t *)field = u;
+    return 0;
+  case K_WORKERS:
+    if (strcmp(v, "auto") == 0) {
+      *(uint32_t *)field = usable_cpus((uint32_t)k->max);
+      return 0;
+    }
+    if (parse_uint(v, &u) != 0 || u < k->min || u > k->max)
+      return fail_at(ctx, node, "\"%s\" must be auto or from %llu to %llu, got \"%s\"", k->name,
+                     (unsigned long long)k->min, (unsigned long long)k->max, v);
+    *(uint32_t *)field = (uint32_t)u;
     return 0;
   case K_LOGLEVEL:
     if (h3g_log_level_parse(v, (enum h3g_log_level *)field) != 0)

@@ -103,8 +103,11 @@ struct conf_quic {
   char *qlog_dir;           /* debugging only: qlog for every connection */
 };
 
+enum { GW_MAX_WORKERS = 64 }; /* a QUIC connection ID's first byte names its process */
+
 struct gw_conf {
   char *path;               /* the config file */
+  uint32_t workers;         /* gateway processes sharing the listeners (master.c) */
   /* logs */
   char *error_log;
   enum h3g_log_level log_level;

@@ -24,6 +24,7 @@ struct flushable {
   TAILQ_ENTRY(flushable) link;
   bool queued;
   bool in_batch; /* on the list the current pass is working through */
+  bool first;    /* flushed before the others: see gw_want_flush */
 };
 
 struct gw_runtime {
@@ -43,6 +44,7 @@ struct gw {
   bool stopping;
   uint64_t next_id;
   uint64_t connections;     /* downstream, all generations */
+  int worker_index;         /* this process's slot under the master; 0 when alone */
 };
 extern struct gw gw;
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
@@ -51,6 +52,21 @@ static void openssl_error(char *err, size_t size, const char *what, const char *
   ERR_clear_error();
 }
 
+/* Session-ticket keys shared by every worker process (made by the master
+ * before it forks), so a client resumes its TLS session whichever process
+ * the kernel hands its next connection to. Alone, OpenSSL's own per-context
+ * keys do. */
+static struct {
+  unsigned char keys[80]; /* OpenSSL's layout: name 16, HMAC 32, AES 32 */
+  bool set;
+} Tickets;
+
+int listener_share_ticket_keys(void) {
+  if (getrandom(Tickets.keys, sizeof Tickets.keys, 0) != (ssize_t)sizeof Tickets.keys) return -1;
+  Tickets.set = true;
+  return 0;
+}
+
 static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t size) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == NULL) {
@@ -79,6 +95,10 @@ static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t s
     goto err_free;
   }
   SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+  if (Tickets.set && SSL_CTX_set_tlsext_ticket_keys(ctx, Tickets.keys, sizeof Tickets.keys) != 1) {
+    openssl_error(err, size, "cannot set the shared session-ticket keys for", conf->address);
+    goto err_free;
+  }
   return ctx;
 
 err_free:
@@ -105,23 +125,24 @@ int listener_prepare(struct listener *l, const struct conf_listen *conf, const s
  */
 static void on_accept(evutil_socket_t fd, short what, void *arg);
 
-int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size) {
-  if (inherit_fd >= 0) {
-    l->fd = inherit_fd;
-  } else {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    if (h3g_hostport_to_sockaddr(&l->conf->addr, &ss, &len) != 0) {
-      snprintf(err, err_size, "listen %s: the host must be a numeric address", l->conf->address);
-      return -1;
-    }
-    int fd = h3g_listen((struct sockaddr *)&ss, len, BACKLOG, false);
-    if (fd < 0) {
-      snprintf(err, err_size, "cannot listen on %s: %s", l->conf->address, strerror(-fd));
-      return -1;
-    }
-    l->fd = fd;
+int listener_bind(const struct conf_listen *conf, bool reuseport, char *err, size_t err_size) {
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (h3g_hostport_to_sockaddr(&conf->addr, &ss, &len) != 0) {
+    snprintf(err, err_size, "listen %s: the host must be a numeric address", conf->address);
+    return -1;
   }
+  int fd = h3g_listen((struct sockaddr *)&ss, len, BACKLOG, reuseport);
+  if (fd < 0) {
+    snprintf(err, err_size, "cannot listen on %s: %s", conf->address, strerror(-fd));
+    return -1;
+  }
+  return fd;
+}
+
+int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size) {
+  l->fd = inherit_fd >= 0 ? inherit_fd : listener_bind(l->conf, false, err, err_size);
+  if (l->fd < 0) return -1;
   l->ev = event_new(gw.base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
   return l->ev ? 0 : -1;
 }

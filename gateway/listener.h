@@ -22,6 +22,12 @@ struct listener {
  * 0, or -1 with a message in err. */
 int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
                      char *err, size_t err_size);
+/* In the master, before forking: TLS contexts made from now on share one
+ * set of session-ticket keys. 0 or -1. */
+int listener_share_ticket_keys(void);
+/* A listening socket for conf (SO_REUSEPORT for the master's per-process
+ * sockets), or -1 with a message in err. */
+int listener_bind(const struct conf_listen *conf, bool reuseport, char *err, size_t err_size);
 /* Binds, or adopts fd from the previous generation (-1: bind anew). */
 int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size);
 /* Starts accepting. */

@@ -1,7 +1,8 @@
 /* h3gate: the gateway. Loads the YAML config, builds a runtime generation
  * (listeners, upstream pools), runs the loop; SIGHUP builds the next
  * generation and hands it the listening sockets; SIGTERM/SIGQUIT/SIGINT
- * stop gracefully.
+ * stop gracefully. With workers > 1 the master (master.c) binds the sockets
+ * and runs one such process per worker.
  *
  *   h3gate -c FILE        run
  *   h3gate -t -c FILE     check the config (and certificates) and exit
@@ -24,6 +25,7 @@
 #include "gw.h"
 #include "listener.h"
 #include "log.h"
+#include "master.h"
 #include "mem_cache.h"
 #include "quic.h"
 #include "upstream.h"
@@ -47,7 +49,14 @@ static struct {
   uint64_t stop_deadline_us;
   bool ws_going_away_sent;
   uint64_t generations;
+  const struct gw_child *child; /* under a master: the sockets it handed over */
 } M;
+
+/* The master's socket for listen entry i, for the first generation only:
+ * later ones carry the sockets over from their predecessor. */
+static int inherited_fd(const int *fds, size_t i, const struct gw_runtime *old) {
+  return M.child && old == NULL && M.generations == 0 ? fds[i] : -1;
+}
 
 /* ---------------------------------------------------------------------------
  * Building a runtime generation.
@@ -86,7 +95,8 @@ static struct gw_runtime *runtime_build(struct gw_conf *conf, struct gw_runtime 
     if (listener_prepare(l, &conf->listens[i], conf, err, err_size) != 0) goto err;
     l->fd = -1;
     /* Fresh addresses are bound now; shared ones move over at the switch. */
-    if (find_old(old, &conf->listens[i]) == NULL && listener_open(l, -1, err, err_size) != 0)
+    if (find_old(old, &conf->listens[i]) == NULL &&
+        listener_open(l, inherited_fd(M.child ? M.child->tcp_fds : NULL, i, old), err, err_size) != 0)
       goto err;
   }
   for (size_t i = 0; i < conf->n_upstreams; i++) {
@@ -108,14 +118,15 @@ err:
 /* HTTP/3 on a TLS listener: the previous generation's endpoint (socket and
  * live connections) carries over; a new one is opened otherwise. Failing
  * to open it disables HTTP/3 on that port only, and says why. */
-static void start_http3(struct listener *l, struct listener *old, const struct gw_conf *conf) {
+static void start_http3(struct listener *l, struct listener *old, const struct gw_conf *conf,
+                        int inherit_fd) {
   if (!l->conf->tls || !l->conf->http3) return;
   if (old && old->quic && old->conf->http3_port == l->conf->http3_port) {
     quic_listener_adopt(l, old);
     return;
   }
   char err[256] = "";
-  if (quic_listener_open(l, conf, err, sizeof err) != 0)
+  if (quic_listener_open(l, conf, inherit_fd, err, sizeof err) != 0)
     log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", l->conf->address, err);
 }
 
@@ -127,7 +138,7 @@ static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {
       char err[256];
       if (listener_open(l, listener_release_fd(o), err, sizeof err) != 0) log_error("%s", err);
     }
-    start_http3(l, o, rt->conf);
+    start_http3(l, o, rt->conf, inherited_fd(M.child ? M.child->udp_fds : NULL, i, old));
   }
   if (old) {
     /* Addresses the new config dropped stop accepting now. */
@@ -250,7 +261,7 @@ static void reload(void) {
   }
   apply_logs(conf);
   setup_dns(conf);
-  if (admin_start(conf, err, sizeof err) != 0) log_error("%s", err);
+  if (M.child == NULL && admin_start(conf, err, sizeof err) != 0) log_error("%s", err);
   runtime_switch(rt, gw.rt);
   /* Old-generation connections finish what they are doing, then close. */
   down_shutdown_all(true);
@@ -325,13 +336,27 @@ int main(int argc, char **argv) {
     return 0;
   }
   signal(SIGPIPE, SIG_IGN);
+  if (conf->workers > 1) return master_run(conf);
+  return gateway_serve(conf, NULL);
+}
+
+static void on_master_gone(void) {
+  log_error("the master process is gone: stopping");
+  begin_stop(SIGTERM);
+}
+
+int gateway_serve(struct gw_conf *conf, const struct gw_child *child) {
+  char err[1024];
+  M.child = child;
+  if (child) gw.worker_index = child->slot;
   if (gw_loop_init() != 0 || apply_logs(conf) != 0 || setup_dns(conf) != 0) return 1;
   struct gw_runtime *rt = runtime_build(conf, NULL, err, sizeof err);
   if (rt == NULL) {
     log_error("%s", err);
     return 1;
   }
-  if (admin_start(conf, err, sizeof err) != 0) {
+  /* Under a master, the master serves the admin listener for all. */
+  if (child == NULL && admin_start(conf, err, sizeof err) != 0) {
     log_error("%s", err);
     return 1;
   }
@@ -341,10 +366,15 @@ int main(int argc, char **argv) {
     struct event *ev = evsignal_new(gw.base, sigs[i], on_signal, NULL);
     evsignal_add(ev, NULL);
   }
-  for (size_t i = 0; i < conf->n_listens; i++)
-    log_info("listening on %s (%s)", conf->listens[i].address,
-             conf->listens[i].tls ? "TLS: HTTP/2, HTTP/1.1" : "cleartext: HTTP/1.1, h2c");
-  log_info("h3gate %s ready", H3GATE_VERSION);
+  if (child) {
+    master_link_start(child->ctl_fd, on_master_gone);
+    log_info("worker %d serving", child->slot);
+  } else {
+    for (size_t i = 0; i < conf->n_listens; i++)
+      log_info("listening on %s (%s)", conf->listens[i].address,
+               conf->listens[i].tls ? "TLS: HTTP/2, HTTP/1.1" : "cleartext: HTTP/1.1, h2c");
+    log_info("h3gate %s ready", H3GATE_VERSION);
+  }
   event_base_dispatch(gw.base);
   log_info("stopped");
   return 0;

@@ -184,7 +184,14 @@ bool h3_idle(const struct quic_conn *qc);
 void h3_conn_free(struct quic_conn *qc);
 
 /* For the rest of the gateway. */
-int quic_listener_open(struct listener *l, const struct gw_conf *conf, char *err, size_t err_size);
+int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inherit_fd, char *err,
+                       size_t err_size);
+/* A bound UDP socket for cl's HTTP/3 port (SO_REUSEPORT for the master's
+ * per-process sockets), or -1 with a message in err. */
+int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
+                  char *err, size_t err_size);
+/* Makes the process's QUIC secret now, so processes forked later share it. */
+void quic_secret_prepare(const struct gw_conf *conf);
 /* Moves the endpoint (socket and live connections) to the next generation. */
 void quic_listener_adopt(struct listener *to, struct listener *from);
 void quic_listener_close(struct listener *l);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <event2/event.h>
@@ -418,16 +419,22 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
 static const uint8_t *endpoint_secret(const struct gw_conf *conf) {
   if (conf->quic.secret_set) return conf->quic.secret_bytes;
   if (!Q.secret_generated) {
-    for (size_t i = 0; i < sizeof Q.generated_secret; i += 8) {
-      uint64_t r = fastrand64();
-      memcpy(Q.generated_secret + i, &r, 8);
-    }
+    /* From the kernel, not fastrand64: its state can be worked out from
+     * outputs that clients see (request IDs), and with it this secret. */
+    if (getrandom(Q.generated_secret, sizeof Q.generated_secret, 0) != (ssize_t)sizeof Q.generated_secret)
+      abort(); /* no entropy at all: nothing safe to key tokens with */
     Q.secret_generated = true;
-    log_warn("quic: no secret in the config: generated one for this process; Retry tokens, "
+    log_warn("quic: no secret in the config: generated one for this run; Retry tokens, "
              "NEW_TOKENs and stateless resets won't survive a restart or match other "
-             "processes (set quic.secret)");
+             "gateways (set quic.secret)");
   }
   return Q.generated_secret;
+}
+
+void quic_secret_prepare(const struct gw_conf *conf) {
+  bool any_h3 = false;
+  for (size_t i = 0; i < conf->n_listens; i++) any_h3 |= conf->listens[i].http3;
+  if (any_h3) (void)endpoint_secret(conf);
 }
 
 static void set_buffer(int fd, int opt, uint64_t want, const char *name, const char *sysctl,
@@ -437,15 +444,18 @@ static void set_buffer(int fd, int opt, uint64_t want, const char *name, const c
   int got = 0;
   socklen_t len = sizeof got;
   getsockopt(fd, SOL_SOCKET, opt, &got, &len);
-  /* Linux reports twice what it grants. */
-  if ((uint64_t)got / 2 < want)
+  /* Linux reports twice what it grants. Said once: the master opens a
+   * socket per worker process. */
+  static bool warned[2];
+  bool *said = &warned[opt == SO_SNDBUF];
+  if ((uint64_t)got / 2 < want && !*said && (*said = true))
     log_warn("quic %s: the kernel caps the UDP %s buffer at %d bytes (asked for %llu); raise "
              "%s on the host (Docker: on the host, not in the container)",
              where, name, got / 2, (unsigned long long)want, sysctl);
 }
 
-static int open_socket(struct quic_endpoint *ep, const struct conf_listen *cl,
-                       const struct gw_conf *conf, char *err, size_t err_size) {
+int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
+                  char *err, size_t err_size) {
   struct sockaddr_storage ss;
   socklen_t len;
   struct h3g_hostport hp = cl->addr;
@@ -461,6 +471,7 @@ static int open_socket(struct quic_endpoint *ep, const struct conf_listen *cl,
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   if (ss.ss_family == AF_INET6) {
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &one, sizeof one);
@@ -476,32 +487,49 @@ static int open_socket(struct quic_endpoint *ep, const struct conf_listen *cl,
   snprintf(where, sizeof where, "%s", cl->address);
   set_buffer(fd, SO_RCVBUF, conf->quic.socket_receive_buffer, "receive", "net.core.rmem_max", where);
   set_buffer(fd, SO_SNDBUF, conf->quic.socket_send_buffer, "send", "net.core.wmem_max", where);
+  return fd;
+}
+
+/* The endpoint takes fd (bound by quic_udp_open, here or in the master). */
+static int adopt_socket(struct quic_endpoint *ep, int fd, const struct gw_conf *conf, char *err,
+                        size_t err_size) {
+  socklen_t len = sizeof ep->local;
+  if (getsockname(fd, (struct sockaddr *)&ep->local, &len) != 0) {
+    snprintf(err, err_size, "getsockname: %s", strerror(errno));
+    return -1;
+  }
+  int one = 1;
   ep->gro = setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
   ep->gso = conf->quic.gso;
   ep->fd = fd;
-  ep->family = ss.ss_family;
-  ep->local = ss;
+  ep->family = ep->local.ss_family;
   ep->local_len = len;
-  ep->port = hp.port;
+  ep->port = h3g_sockaddr_port((struct sockaddr *)&ep->local);
   return 0;
 }
 
-int quic_listener_open(struct listener *l, const struct gw_conf *conf, char *err, size_t err_size) {
+int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inherit_fd, char *err,
+                       size_t err_size) {
   const struct conf_listen *cl = l->conf;
   if (!cl->tls || !cl->http3) return 0;
+  int fd = inherit_fd >= 0 ? inherit_fd : quic_udp_open(cl, conf, false, err, err_size);
+  if (fd < 0) return -1;
   struct quic_endpoint *ep = calloc(1, sizeof *ep);
   if (ep == NULL) {
     snprintf(err, err_size, "out of memory");
+    close(fd);
     return -1;
   }
   ep->fd = -1;
+  ep->worker_index = (uint8_t)gw.worker_index;
   LIST_INIT(&ep->conns);
   TAILQ_INIT(&ep->blocked);
   memcpy(ep->secret, endpoint_secret(conf), sizeof ep->secret);
   ep->cids.key[0] = fastrand64();
   ep->cids.key[1] = fastrand64();
   if (quic_tls_init(&ep->tls, cl, ep->secret, err, err_size) != 0) goto err_free;
-  if (open_socket(ep, cl, conf, err, err_size) != 0) goto err_tls;
+  if (adopt_socket(ep, fd, conf, err, err_size) != 0) goto err_tls;
+  fd = -1; /* the endpoint's now */
   ep->ev_read = event_new(gw.base, ep->fd, EV_READ | EV_PERSIST, on_readable, ep);
   ep->ev_write = event_new(gw.base, ep->fd, EV_WRITE, on_writable, ep);
   if (ep->ev_read == NULL || ep->ev_write == NULL) goto err_tls;
@@ -518,6 +546,7 @@ err_tls:
   if (ep->fd >= 0) close(ep->fd);
   quic_tls_free(&ep->tls);
 err_free:
+  if (fd >= 0) close(fd);
   free(ep);
   return -1;
 }

@@ -32,3 +32,5 @@ uint64_t fastrand64(void) {
   state[3] = rotl(state[3], 45);
   return result;
 }
+
+void fastrand_reseed(void) { seed(); }

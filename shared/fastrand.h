@@ -7,5 +7,8 @@
 #include <stdint.h>
 
 uint64_t fastrand64(void);
+/* A forked child calls this, or it would draw the same numbers as its
+ * parent and its siblings. */
+void fastrand_reseed(void);
 
 #endif
