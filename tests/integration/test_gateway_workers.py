@@ -1,0 +1,258 @@
+"""The gateway with worker processes (workers: 3): the kernel spreads TCP
+connections over them; HTTP/3 datagrams reach the process that holds their
+connection even when the client changes address; TLS and QUIC resumption
+work whichever process a client reaches; /metrics is the sum over all of
+them; a killed process is replaced; SIGHUP and SIGTERM reach them all."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, children_of, curl, curl_json, free_port, run
+from test_http3 import body, expected_sha, h3
+
+WORKERS = 3
+# No quic.secret on purpose: the one the master makes must serve all.
+CONFIG = BASIC_CONFIG + "workers: {workers}\nadmin: {{address: 127.0.0.1:{admin}}}\n"
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker("probe:app", workers=2)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(worker):
+    admin = free_port()
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
+                workers=WORKERS, admin=admin)
+    g.admin = admin
+    yield g
+    assert g.stop() == 0
+
+
+def worker_pids(g, count=WORKERS, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = children_of(g.pid)
+        if len(pids) == count:
+            return set(pids)
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} worker processes, found {children_of(g.pid)}")
+
+
+def metrics(g):
+    r = curl(f"http://127.0.0.1:{g.admin}/metrics")
+    assert r.returncode == 0, r.stderr
+    samples = {}
+    for family in text_string_to_metric_families(r.stdout):  # raises on malformed text
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def open_keepalive_connections(port, n):
+    """n HTTP/1.1 connections, each with one answered request, left open."""
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200"), got[:100]
+        conns.append(s)
+    return conns
+
+
+def owners_of_connections(port):
+    """pids of the processes holding accepted connections on port."""
+    out = run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"]).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+def test_connections_spread_over_the_processes_and_metrics_see_them_all(gateway):
+    pids = worker_pids(gateway)
+    conns = open_keepalive_connections(gateway.plain_port, 30)
+    try:
+        # 30 connections hashed over 3 sockets: all land on one or two with
+        # a chance of about 1 in 70,000.
+        assert owners_of_connections(gateway.plain_port) == pids
+        m = metrics(gateway)
+        assert value(m, "h3gate_workers", state="answered") == WORKERS
+        assert value(m, "h3gate_client_connections", transport="tcp") == 30
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_metrics_are_the_sum_over_the_processes(gateway):
+    before = metrics(gateway)
+    r = run(["h2load", "-n", "300", "-c", "30", "-m", "2", gateway.plain_url("/pid")], timeout=60)
+    assert "300 succeeded" in r.stdout, r.stdout[-1500:]
+    after = metrics(gateway)
+    key = dict(protocol="2", code="200")
+    assert value(after, "h3gate_requests_total", **key) - value(before, "h3gate_requests_total", **key) == 300
+    count = "h3gate_request_duration_seconds_count"
+    assert value(after, count, protocol="2") - value(before, count, protocol="2") == 300
+    assert sum(v for (name, _), v in after.items() if name == "h3gate_upstream_in_flight") == 0
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_http3_client_that_changes_address_keeps_its_process(gateway, attempt):
+    # Without steering by connection ID, the new address hashes to another
+    # process 2 times in 3, and the download stalls there.
+    size = 4 * 1024 * 1024
+    r, d, st = h3(gateway, f"/download?size={size}", args=["--change-local-addr=50ms"], timeout=30)
+    assert st == ["200"], r.stderr[-2000:]
+    assert "Changing local address" in r.stdout + r.stderr
+    assert hashlib.sha256(body(d, f"download?size={size}")).hexdigest() == expected_sha(size)
+
+
+def test_quic_0rtt_resumes_on_any_process(gateway, tmp_path):
+    session, tp = tmp_path / "session.pem", tmp_path / "tp.pem"
+    args = [f"--session-file={session}", f"--tp-file={tp}"]
+    r, d, st = h3(gateway, "/scope", args=args)
+    assert st == ["200"] and session.exists(), r.stderr[-2000:]
+    # Each new connection reaches a random process: all must accept the
+    # ticket (one QUIC secret, made by the master before forking).
+    for _ in range(4):
+        r, d, st = h3(gateway, "/scope", args=args)
+        assert st == ["200"], r.stderr[-2000:]
+        s = json.loads(body(d, "scope"))
+        assert ["early-data", "1"] in s["headers"], s["headers"]
+
+
+def test_tls_sessions_resume_on_any_process(gateway, tmp_path):
+    session = tmp_path / "tls-session.pem"
+    request = b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+    def connect(*args):
+        r = run(["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.tls_port}", "-tls1_3",
+                 "-ign_eof", *args], input=request, timeout=30)
+        assert "HTTP/1.1 200" in r.stdout, r.stdout[-2000:]
+        return r.stdout
+
+    assert "New, TLSv1.3" in connect("-sess_out", str(session))
+    # Five more connections, each to a process the kernel picks: all resume.
+    outs = [connect("-sess_in", str(session)) for _ in range(5)]
+    assert all("Reused, TLSv1.3" in out for out in outs), [o[-800:] for o in outs]
+
+
+def test_a_killed_process_is_replaced(gateway):
+    pids = worker_pids(gateway)
+    victim = sorted(pids)[0]
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = set(children_of(gateway.pid))
+        if len(now) == WORKERS and victim not in now:
+            break
+        time.sleep(0.05)
+    now = worker_pids(gateway)
+    assert victim not in now and len(now & pids) == WORKERS - 1
+    assert gateway.wait_log("restarting in", timeout=5)
+    assert gateway.wait_log("serving again", timeout=10)
+    # Every process answers again, the new one included.
+    r = run(["h2load", "-n", "120", "-c", "30", gateway.plain_url("/pid")], timeout=60)
+    assert "120 succeeded" in r.stdout, r.stdout[-1500:]
+    conns = open_keepalive_connections(gateway.plain_port, 30)
+    try:
+        assert owners_of_connections(gateway.plain_port) == now
+    finally:
+        for s in conns:
+            s.close()
+
+
+def forwarded_headers_seen(g, n=24):
+    """For n fresh connections: whether the app saw a Forwarded header."""
+    seen = []
+    for _ in range(n):
+        s = curl_json(g.plain_url("/scope"))
+        seen.append(any(h[0] == "forwarded" for h in s["headers"]))
+    return seen
+
+
+def test_sighup_reaches_every_process_and_refuses_new_listen_entries(gateway):
+    original = gateway.config.read_text()
+    assert all(forwarded_headers_seen(gateway))
+    try:
+        gateway.config.write_text(original + "forwarding: {forwarded_header: false}\n")
+        reloads = gateway.log().count("configuration reloaded")
+        gateway.signal(signal.SIGHUP)
+        assert gateway.wait_log("configuration reloaded", count=reloads + WORKERS, timeout=10)
+        assert not any(forwarded_headers_seen(gateway))
+        # New listen entries need a restart: refused, clearly, and nothing changes.
+        other = free_port()
+        gateway.config.write_text(original.replace(f"127.0.0.1:{gateway.plain_port}", f"127.0.0.1:{other}"))
+        gateway.signal(signal.SIGHUP)
+        assert gateway.wait_log("reload refused", timeout=10)
+        assert curl_json(gateway.plain_url("/pid"))
+        assert curl("-o", "/dev/null", f"http://127.0.0.1:{other}/pid", timeout=2).returncode != 0
+    finally:
+        gateway.config.write_text(original)
+        reloads = gateway.log().count("configuration reloaded")
+        gateway.signal(signal.SIGHUP)
+        assert gateway.wait_log("configuration reloaded", count=reloads + WORKERS, timeout=10)
+
+
+def test_sigterm_lets_every_process_finish_its_requests(worker):
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s", workers=WORKERS,
+                admin=free_port())
+    pids = worker_pids(g)
+    # Slow requests on many connections, so every process has one in flight.
+    clients = [subprocess.Popen(["curl", "-sS", "--max-time", "20", g.plain_url("/sleep?s=1.5")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(12)]
+    time.sleep(0.5)
+    g.signal(signal.SIGTERM)
+    outs = [c.communicate(timeout=30) for c in clients]
+    assert all(c.returncode == 0 and b'"slept": true' in out for c, (out, _) in zip(clients, outs)), outs
+    assert g.proc.wait(timeout=30) == 0
+    for pid in pids:  # none left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert g.stop() == 0
+
+
+@pytest.mark.parametrize("text,message", [
+    ("workers: 0", '"workers" must be auto or from 1 to 64, got "0"'),
+    ("workers: 65", '"workers" must be auto or from 1 to 64, got "65"'),
+    ("workers: many", '"workers" must be auto or from 1 to 64, got "many"'),
+])
+def test_bad_worker_counts_are_config_errors(tmp_path, text, message):
+    f = tmp_path / "gateway.yaml"
+    f.write_text(text + "\nlisten: [{address: 127.0.0.1:1}]\n"
+                 "upstreams: [{name: app, servers: [127.0.0.1:2]}]\n"
+                 "routes: [{path_prefix: /, upstream: app}]\n")
+    r = run([BIN / "h3gate", "-t", "-c", f])
+    assert r.returncode != 0
+    assert f"{f}:1:10: {message}" in r.stderr, r.stderr
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use(worker):
+    g = Gateway(BASIC_CONFIG + "workers: auto\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s")
+    try:
+        cpus = len(os.sched_getaffinity(g.pid))
+        if cpus == 1:
+            assert "worker processes" not in g.log()  # one process: no master
+        else:
+            assert f"h3gate ready: {cpus} worker processes" in g.log()
+            assert len(children_of(g.pid)) == cpus
+        assert curl_json(g.plain_url("/pid"))
+    finally:
+        assert g.stop() == 0
