@@ -12,14 +12,17 @@
 # could reach against Caddy on that machine; the last line prints it.
 #   N=messages per connection (default 2000)  SIZE=bytes per message (64)
 #   C=connections (100)  WORKERS=backend processes (2)
+#   GATEWAY_WORKERS=h3gate processes (default auto: one per CPU, as Caddy
+#   uses every CPU; 1 measures a single gateway process)
 source "$(dirname "$0")/lib.sh"
 prepare
-N=${N:-2000}; SIZE=${SIZE:-64}; C=${C:-100}; WORKERS=${WORKERS:-2}
+N=${N:-2000}; SIZE=${SIZE:-64}; C=${C:-100}; WORKERS=${WORKERS:-2}; GATEWAY_WORKERS=${GATEWAY_WORKERS:-auto}
 
 p_app=$(free_port); p_h3g=$(free_port); p_caddy=$(free_port)
 start backend "$BIN/h3gate-worker" --bind 127.0.0.1:$p_app --workers "$WORKERS" \
   --app-dir "$ROOT/tests/apps" --log-level warning ws_app:app
 cat >"$WORK/h3gate.yaml" <<YAML
+workers: $GATEWAY_WORKERS
 log: {access_log: "off", level: warning}
 listen:
   - address: 127.0.0.1:$p_h3g
