@@ -68,8 +68,7 @@ static void schedule(void) {
 void gw_want_flush(struct flushable *f) {
   if (f->queued) return;
   f->queued = true;
-  if (f->first) TAILQ_INSERT_HEAD(&F.queue, f, link);
-  else TAILQ_INSERT_TAIL(&F.queue, f, link);
+  TAILQ_INSERT_TAIL(&F.queue, f, link);
   schedule();
 }
 

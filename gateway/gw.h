@@ -24,7 +24,6 @@ struct flushable {
   TAILQ_ENTRY(flushable) link;
   bool queued;
   bool in_batch; /* on the list the current pass is working through */
-  bool first;    /* flushed before the others: see gw_want_flush */
 };
 
 struct gw_runtime {

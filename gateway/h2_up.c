@@ -357,7 +357,6 @@ struct up_conn *up_conn_open(struct up_server *srv) {
   struct up_conn *c = &ci->pub;
   TAILQ_INIT(&ci->streams.head);
   c->flush.flush = conn_flush;
-  c->flush.first = true;
   c->server = srv;
   c->state = UC_CONNECTING;
   c->max_streams = 100; /* RFC 9113's suggested floor until SETTINGS say */
