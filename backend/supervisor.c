@@ -272,12 +272,6 @@ static void child_ready(struct child *c) {
   }
 }
 
-static void describe_exit(int status, char *buf, size_t size) {
-  if (WIFEXITED(status)) snprintf(buf, size, "exited with code %d", WEXITSTATUS(status));
-  else if (WIFSIGNALED(status)) snprintf(buf, size, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
-  else snprintf(buf, size, "ended (status %d)", status);
-}
-
 static void begin_shutdown(int sig);
 
 static void child_exited(struct child *c, int status) {
@@ -287,7 +281,7 @@ static void child_exited(struct child *c, int status) {
   pid_t pid = c->pid;
   remove_child(c);
   char how[96];
-  describe_exit(status, how, sizeof how);
+  h3g_describe_exit(status, how, sizeof how);
   if (state == CHILD_STOPPING || V.stopping) {
     log_debug("worker %d (pid %d) %s", slot, (int)pid, how);
   } else if (state == CHILD_STARTING && WIFEXITED(status) &&

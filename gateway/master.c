@@ -238,17 +238,11 @@ static void drop_ctl(struct slot *sl) {
   }
 }
 
-static void describe_exit(int status, char *buf, size_t size) {
-  if (WIFEXITED(status)) snprintf(buf, size, "exited with code %d", WEXITSTATUS(status));
-  else if (WIFSIGNALED(status)) snprintf(buf, size, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
-  else snprintf(buf, size, "ended (status %d)", status);
-}
-
 static void begin_stop(int sig);
 
 static void worker_exited(struct slot *sl, int status) {
   char how[96];
-  describe_exit(status, how, sizeof how);
+  h3g_describe_exit(status, how, sizeof how);
   pid_t pid = sl->pid;
   bool was_ready = sl->ready;
   uint64_t lived = now_ms() - sl->started_ms;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -80,4 +81,11 @@ void h3g_log_write(enum h3g_log_level level, const char *fmt, ...) {
   va_start(ap, fmt);
   h3g_log_vwrite(level, fmt, ap);
   va_end(ap);
+}
+
+void h3g_describe_exit(int status, char *buf, size_t size) {
+  if (WIFEXITED(status)) snprintf(buf, size, "exited with code %d", WEXITSTATUS(status));
+  else if (WIFSIGNALED(status))
+    snprintf(buf, size, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  else snprintf(buf, size, "ended (status %d)", status);
 }

@@ -4,6 +4,7 @@
 #define H3G_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum h3g_log_level {
   H3G_LOG_DEBUG,
@@ -23,6 +24,9 @@ int h3g_log_level_parse(const char *name, enum h3g_log_level *out);
 void h3g_log_write(enum h3g_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void h3g_log_vwrite(enum h3g_log_level level, const char *fmt, va_list ap);
+/* How a child process ended (a waitpid status), for a log line:
+ * "exited with code 1", "was killed by signal 9 (Killed)". */
+void h3g_describe_exit(int status, char *buf, size_t size);
 
 #define h3g_log(level, ...)                                                    \
   do {                                                                         \
