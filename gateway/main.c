@@ -125,6 +125,9 @@ static void start_http3(struct listener *l, struct listener *old, const struct g
     quic_listener_adopt(l, old);
     return;
   }
+  /* Under a master the UDP sockets are the master's (bound in order, for its
+   * steering): without one from it, HTTP/3 stays off on this port. */
+  if (M.child && inherit_fd < 0) return;
   char err[256] = "";
   if (quic_listener_open(l, conf, inherit_fd, err, sizeof err) != 0)
     log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", l->conf->address, err);

@@ -69,6 +69,7 @@ static struct {
   struct gw_conf *conf;     /* the latest checked config: restarted workers get it */
   uint32_t n;
   struct slot slots[GW_MAX_WORKERS];
+  bool *udp_off;            /* per listen entry: its UDP port was taken at start */
   sigset_t old_mask;
   int sigfd;
   struct event *sig_ev, *kill_timer;
@@ -112,23 +113,28 @@ static int attach_cid_steering(int fd, uint32_t workers) {
 static bool wants_udp(const struct conf_listen *cl) { return cl->tls && cl->http3; }
 
 /* With SO_REUSEPORT alone, a stale gateway of the same user would silently
- * share the port: bind once without it first, so that fails clearly. */
+ * share the port: bind once without it first, so that fails clearly. A UDP
+ * port that is taken turns HTTP/3 off there, as for a lone gateway. */
 static int probe_ports(const struct gw_conf *conf) {
   char err[256];
   for (size_t i = 0; i < conf->n_listens; i++) {
     const struct conf_listen *cl = &conf->listens[i];
     int fd = listener_bind(cl, false, err, sizeof err);
-    if (fd < 0) goto err;
+    if (fd < 0) {
+      log_error("%s", err);
+      return -1;
+    }
     close(fd);
     if (!wants_udp(cl)) continue;
     fd = quic_udp_open(cl, conf, false, err, sizeof err);
-    if (fd < 0) goto err;
+    if (fd < 0) {
+      log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, err);
+      V.udp_off[i] = true;
+      continue;
+    }
     close(fd);
   }
   return 0;
-err:
-  log_error("%s", err);
-  return -1;
 }
 
 static int bind_slots(const struct gw_conf *conf) {
@@ -144,7 +150,7 @@ static int bind_slots(const struct gw_conf *conf) {
       sl->tcp[i] = listener_bind(cl, true, err, sizeof err);
       sl->udp[i] = -1;
       if (sl->tcp[i] < 0) goto err;
-      if (!wants_udp(cl)) continue;
+      if (!wants_udp(cl) || V.udp_off[i]) continue;
       sl->udp[i] = quic_udp_open(cl, conf, true, err, sizeof err);
       if (sl->udp[i] < 0) goto err;
       if (s == 0 && attach_cid_steering(sl->udp[i], V.n) != 0) {
@@ -549,7 +555,8 @@ int master_run(struct gw_conf *conf) {
     log_error("cannot make session-ticket keys: %s", strerror(errno));
     return 1;
   }
-  if (probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;
+  V.udp_off = calloc(conf->n_listens, sizeof *V.udp_off);
+  if (V.udp_off == NULL || probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;
   admin_set_metrics_fetch(fetch_metrics);
   V.gather_timer = evtimer_new(gw.base, on_gather_timeout, NULL);
   for (uint32_t s = 0; s < V.n; s++) {
@@ -559,6 +566,16 @@ int master_run(struct gw_conf *conf) {
   }
   event_base_dispatch(gw.base);
   admin_stop();
+  for (uint32_t s = 0; s < V.n; s++) {
+    struct slot *sl = &V.slots[s];
+    close_slot_sockets(sl, V.conf->n_listens); /* conf itself may be gone: SIGHUP replaces it */
+    if (sl->ctl) bufferevent_free(sl->ctl);
+    if (sl->restart) event_free(sl->restart);
+    free(sl->tcp);
+    free(sl->udp);
+  }
+  free(V.udp_off);
+  conf_free(V.conf);
   log_info("stopped");
   return V.exit_code;
 }

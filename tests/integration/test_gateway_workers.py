@@ -256,3 +256,21 @@ def test_workers_auto_is_the_cpus_this_process_may_use(worker):
         assert curl_json(g.plain_url("/pid"))
     finally:
         assert g.stop() == 0
+
+
+def test_http3_off_when_udp_port_taken_tcp_keeps_serving(worker):
+    tls_port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blocker:
+        blocker.bind(("127.0.0.1", tls_port))
+        g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
+                    tls_port=tls_port, workers=WORKERS, admin=free_port())
+        try:
+            assert g.log().count("HTTP/3 is off on") == 1  # said once, by the master
+            assert "Address already in use" in g.log()
+            pids = worker_pids(g)
+            for _ in range(6):  # connections reach every process: none advertises HTTP/3
+                r = curl("-k", "-D", "-", g.tls_url("/pid"))
+                assert r.returncode == 0 and "alt-svc" not in r.stdout.lower()
+            assert len(pids) == WORKERS
+        finally:
+            assert g.stop() == 0
