@@ -550,7 +550,7 @@ int master_run(struct gw_conf *conf) {
     return 1;
   }
   /* Made before the fork, so every worker keys tokens and tickets alike. */
-  quic_secret_prepare(conf);
+  quic_shared_prepare(conf);
   if (listener_share_ticket_keys() != 0) {
     log_error("cannot make session-ticket keys: %s", strerror(errno));
     return 1;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <gnutls/gnutls.h>
 #include <nghttp3/nghttp3.h>
 #include <ngtcp2/ngtcp2.h>
@@ -190,8 +191,16 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
  * per-process sockets), or -1 with a message in err. */
 int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
                   char *err, size_t err_size);
-/* Makes the process's QUIC secret now, so processes forked later share it. */
-void quic_secret_prepare(const struct gw_conf *conf);
+/* Makes the QUIC secret and the 0-RTT anti-replay store now, so processes
+ * forked later share them. */
+void quic_shared_prepare(const struct gw_conf *conf);
+/* The anti-replay store (quic_tls.c): 0 or -1 (no memory). */
+int quic_replay_prepare(void);
+/* Whether this ClientHello (GnuTLS's key for it) was seen in its window;
+ * records it if not. True also when the store can't tell: no early data. */
+bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires);
+/* For tests: the first word of the store that a key's search looks at. */
+size_t quic_replay_home(const uint8_t *client_hello_key, size_t len);
 /* Moves the endpoint (socket and live connections) to the next generation. */
 void quic_listener_adopt(struct listener *to, struct listener *from);
 void quic_listener_close(struct listener *l);

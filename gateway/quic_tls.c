@@ -3,59 +3,85 @@
  * Session tickets: the ticket master key is derived from the configured
  * QUIC secret, so every gateway process and restart can resume the same
  * tickets; GnuTLS rotates the keys that encrypt tickets from it on its own.
- * 0-RTT replays are caught by an in-process store of ClientHellos seen
- * within the anti-replay window (and early data is limited to safe methods
- * in h3_down.c, with Early-Data: 1 sent to the backend). */
+ * 0-RTT replays are caught by a store of ClientHellos seen within the
+ * anti-replay window, shared by the gateway's processes (and early data is
+ * limited to safe methods in h3_down.c, with Early-Data: 1 sent to the
+ * backend). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <gnutls/crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
 #include "config.h"
-#include "fastrand.h"
 #include "log.h"
 #include "quic.h"
 #include "siphash.h"
 
 /* ---------------------------------------------------------------------------
- * 0-RTT anti-replay store: hashes of ClientHellos until their window ends.
+ * 0-RTT anti-replay store: the ClientHellos seen within the anti-replay
+ * window.
+ *
+ * One fixed table of 64-bit words, each a ClientHello's hash (high half)
+ * and the second its window ends (low half), in a shared anonymous mapping.
+ * The master makes it before forking, so every gateway process checks the
+ * same store: a ClientHello replayed inside another connection ID, which
+ * can reach another process, is still caught. Words change only by
+ * compare-and-swap. A key is checked against its whole neighbourhood
+ * before a free or expired word there is claimed (an expired word earlier
+ * in the run must not hide a live copy further on). A full neighbourhood
+ * refuses the early data, and the handshake goes on in 1-RTT: the safe
+ * side, and a bound on memory under a flood.
  */
-struct replay_entry {
-  uint64_t hash;
-  time_t expires;
-};
+enum { REPLAY_SLOTS = 1 << 18, REPLAY_PROBES = 32, REPLAY_ATTEMPTS = 8 };
 
 static struct {
-  struct replay_entry *slots;
-  size_t cap, used;
+  uint64_t *slots; /* REPLAY_SLOTS words, shared */
   uint64_t key[2];
 } replay;
 
-static void replay_sweep(time_t now) {
-  size_t live = 0;
-  for (size_t i = 0; i < replay.cap; i++) {
-    if (replay.slots[i].hash && replay.slots[i].expires <= now) replay.slots[i] = (struct replay_entry){0};
-    if (replay.slots[i].hash) live++;
+int quic_replay_prepare(void) {
+  if (replay.slots) return 0;
+  void *p = mmap(NULL, REPLAY_SLOTS * sizeof *replay.slots, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return -1;
+  if (getrandom(replay.key, sizeof replay.key, 0) != (ssize_t)sizeof replay.key) {
+    munmap(p, REPLAY_SLOTS * sizeof *replay.slots);
+    return -1;
   }
-  replay.used = live;
+  replay.slots = p;
+  return 0;
 }
 
-static int replay_grow(void) {
-  size_t cap = replay.cap ? replay.cap * 2 : 1024;
-  struct replay_entry *slots = calloc(cap, sizeof *slots);
-  if (slots == NULL) return -1;
-  for (size_t i = 0; i < replay.cap; i++) {
-    if (!replay.slots[i].hash) continue;
-    size_t j = replay.slots[i].hash & (cap - 1);
-    while (slots[j].hash) j = (j + 1) & (cap - 1);
-    slots[j] = replay.slots[i];
+bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires) {
+  if (replay.slots == NULL && quic_replay_prepare() != 0) return true; /* no store: no 0-RTT */
+  uint64_t h = siphash24(replay.key, client_hello_key, len);
+  uint64_t tag = (h >> 32) | 1, now = (uint32_t)time(NULL);
+  uint64_t mine = tag << 32 | (uint32_t)expires;
+  size_t home = (size_t)h & (REPLAY_SLOTS - 1);
+  for (int attempt = 0; attempt < REPLAY_ATTEMPTS; attempt++) {
+    uint64_t *claim = NULL, claim_was = 0;
+    for (size_t i = 0; i < REPLAY_PROBES; i++) {
+      uint64_t *slot = &replay.slots[(home + i) & (REPLAY_SLOTS - 1)];
+      uint64_t v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+      bool live = (v & 0xffffffffu) > now;
+      if (live && v >> 32 == tag) return true;
+      if (!live && claim == NULL) claim = slot, claim_was = v;
+    }
+    if (claim == NULL) return true; /* full here */
+    if (__atomic_compare_exchange_n(claim, &claim_was, mine, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      return false;
+    /* Another process claimed that word meanwhile, perhaps for this very
+     * ClientHello: look again. */
   }
-  free(replay.slots);
-  replay.slots = slots;
-  replay.cap = cap;
-  return 0;
+  return true;
+}
+
+size_t quic_replay_home(const uint8_t *client_hello_key, size_t len) {
+  return (size_t)siphash24(replay.key, client_hello_key, len) & (REPLAY_SLOTS - 1);
 }
 
 /* GnuTLS asks to remember a ClientHello: GNUTLS_E_DB_ENTRY_EXISTS means a
@@ -64,21 +90,7 @@ static int replay_add(void *ptr, time_t expires, const gnutls_datum_t *key,
                       const gnutls_datum_t *data) {
   (void)ptr;
   (void)data;
-  time_t now = time(NULL);
-  if (replay.used * 2 >= replay.cap) {
-    replay_sweep(now);
-    if (replay.used * 2 >= replay.cap && replay_grow() != 0) return GNUTLS_E_MEMORY_ERROR;
-  }
-  uint64_t h = siphash24(replay.key, key->data, key->size) | 1;
-  size_t i = h & (replay.cap - 1);
-  while (replay.slots[i].hash) {
-    if (replay.slots[i].hash == h && replay.slots[i].expires > now) return GNUTLS_E_DB_ENTRY_EXISTS;
-    if (replay.slots[i].expires <= now) break; /* reuse an expired slot */
-    i = (i + 1) & (replay.cap - 1);
-  }
-  if (!replay.slots[i].hash) replay.used++;
-  replay.slots[i] = (struct replay_entry){h, expires};
-  return 0;
+  return quic_replay_seen(key->data, key->size, expires) ? GNUTLS_E_DB_ENTRY_EXISTS : 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -114,9 +126,9 @@ int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_
   if (gnutls_anti_replay_init(&t->anti_replay) < 0) goto err;
   gnutls_anti_replay_set_add_function(t->anti_replay, replay_add);
   gnutls_anti_replay_set_ptr(t->anti_replay, NULL);
-  if (replay.key[0] == 0) {
-    replay.key[0] = fastrand64();
-    replay.key[1] = fastrand64();
+  if (quic_replay_prepare() != 0) {
+    snprintf(err, err_size, "HTTP/3: no memory for the 0-RTT anti-replay store");
+    goto err;
   }
   return 0;
 
