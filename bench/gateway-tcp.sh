@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The same fast static HTTP/2 origin (nghttpd --no-tls) behind h3gate, HAProxy
-# 2.6 (one thread, server "proto h2") and Caddy 2.6 (reverse_proxy h2c://), in
+# 2.6 (THREADS threads, default one; server "proto h2") and Caddy 2.6 (reverse_proxy h2c://), in
 # one run; h2load over TLS for HTTP/2 (-c 20 -m 10) and HTTP/1.1 (-c 20).
 # Prints req/s, p99 latency and each proxy's CPU per 100k requests (from
 # /proc), and the ratios to HAProxy. ROUNDS=3 interleaved rounds; medians.
@@ -16,9 +16,14 @@
 # processes behind one port). Spread over 4 connections, the responses of a
 # client's streams come back in 4 bursts and leave in about twice as many
 # TLS records, which costs the client (h2load) twice the reads.
+#
+# THREADS=n (default 1) gives HAProxy n threads (nbthread) and h3gate n
+# worker processes (workers), and h2load n threads: for machines with CPUs
+# to spare beyond the client's.
 source "$(dirname "$0")/lib.sh"
 prepare
 N=${N:-200000}
+THREADS=${THREADS:-1}
 
 mkdir -p "$WORK/www"
 printf 'Hello from the origin: a small static file for proxy benchmarks.\n' >"$WORK/www/index.html"
@@ -32,6 +37,7 @@ start origin nghttpd --no-tls -d "$WORK/www" $p_origin
 origin=$LAST_PID
 
 cat >"$WORK/h3gate.yaml" <<YAML
+workers: $THREADS
 log: {access_log: "off", level: warning}
 listen:
   - address: 127.0.0.1:$p_h3g
@@ -46,7 +52,7 @@ routes:
 YAML
 haproxy_cfg() { # port [frontend lines...]
   local port=$1; shift
-  printf '%s\n' global '  nbthread 1' '  tune.ssl.default-dh-param 2048' defaults '  mode http' \
+  printf '%s\n' global "  nbthread $THREADS" '  tune.ssl.default-dh-param 2048' defaults '  mode http' \
     '  timeout connect 5s' '  timeout client 60s' '  timeout server 60s' frontend\ fe \
     "  bind 127.0.0.1:$port ssl crt $WORK/combined.pem alpn h2,http/1.1" "$@" \
     '  default_backend be' backend\ be "  server origin 127.0.0.1:$p_origin proto h2"
@@ -121,8 +127,8 @@ compare() { # h2load-args...
 }
 
 for mode in h2 h1; do
-  if [ $mode = h2 ]; then args=(-c 20 -m 10); title="HTTP/2 over TLS (h2load -c 20 -m 10)";
-  else args=(--h1 -c 20); title="HTTP/1.1 over TLS (h2load --h1 -c 20)"; fi
+  if [ $mode = h2 ]; then args=(-t "$THREADS" -c 20 -m 10); title="HTTP/2 over TLS (h2load -c 20 -m 10)";
+  else args=(-t "$THREADS" --h1 -c 20); title="HTTP/1.1 over TLS (h2load --h1 -c 20)"; fi
   printf '\n%s, %s requests, median of %s rounds\n' "$title" "$N" "$ROUNDS"
   printf '%-12s %12s %10s %14s %12s %10s\n' proxy req/s p99_ms cpu_s/100k us/req ok
   compare "${args[@]}"
