@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import re
+import pathlib
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -211,16 +213,32 @@ def test_sighup_reaches_every_process_and_refuses_new_listen_entries(gateway):
 
 
 def test_sigterm_lets_every_process_finish_its_requests(worker):
+    admin = free_port()
     g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s", workers=WORKERS,
-                admin=free_port())
+                admin=admin)
+    g.admin = admin
     pids = worker_pids(g)
-    # Slow requests on many connections, so every process has one in flight.
-    clients = [subprocess.Popen(["curl", "-sS", "--max-time", "20", g.plain_url("/sleep?s=1.5")],
+    # Slow requests on many connections, so every process has one in flight,
+    # over TCP and over HTTP/3 (each QUIC connection reaches a random process).
+    clients = [subprocess.Popen(["curl", "-sS", "--max-time", "20", g.plain_url("/sleep?s=3")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(12)]
-    time.sleep(0.5)
+    h3_dirs = [tempfile.mkdtemp(prefix="h3dl-") for _ in range(6)]
+    h3_clients = [subprocess.Popen(["gtlsclient", "--exit-on-all-streams-close", "--no-quic-dump",
+                                    "--timeout=20s", f"--download={d}", "127.0.0.1", str(g.tls_port),
+                                    f"https://127.0.0.1:{g.tls_port}/sleep?s=3"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in h3_dirs]
+    deadline = time.monotonic() + 10
+    while value(metrics(g), "h3gate_requests_in_flight") < 18 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert value(metrics(g), "h3gate_requests_in_flight") == 18  # all in flight when the stop begins
     g.signal(signal.SIGTERM)
     outs = [c.communicate(timeout=30) for c in clients]
     assert all(c.returncode == 0 and b'"slept": true' in out for c, (out, _) in zip(clients, outs)), outs
+    for c in h3_clients:
+        c.wait(timeout=30)
+    answers = [(pathlib.Path(d) / "sleep?s=3").read_bytes() if (pathlib.Path(d) / "sleep?s=3").exists()
+               else b"" for d in h3_dirs]
+    assert all(b'"slept": true' in a for a in answers), answers
     assert g.proc.wait(timeout=30) == 0
     for pid in pids:  # none left behind
         with pytest.raises(ProcessLookupError):
