@@ -198,16 +198,24 @@ static void run_worker(struct slot *sl, int ctl_fd) {
   _exit(rc);
 }
 
+/* Tries again after the slot's back-off: the slot must not stay empty. */
+static void retry_later(struct slot *sl, const char *what) {
+  log_error("worker %d: %s: %s; trying again in %.1fs", sl->idx, what, strerror(errno),
+            (double)sl->backoff_ms / 1000);
+  struct timeval tv = {(time_t)(sl->backoff_ms / 1000), (suseconds_t)(sl->backoff_ms % 1000) * 1000};
+  evtimer_add(sl->restart, &tv);
+}
+
 static void spawn(struct slot *sl) {
   int sp[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
-    log_error("socketpair: %s", strerror(errno));
+    retry_later(sl, "socketpair");
     return;
   }
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) {
-    log_error("fork: %s", strerror(errno));
+    retry_later(sl, "fork");
     close(sp[0]);
     close(sp[1]);
     return;
@@ -575,6 +583,9 @@ int master_run(struct gw_conf *conf) {
     free(sl->udp);
   }
   free(V.udp_off);
+  if (V.kill_timer) event_free(V.kill_timer);
+  if (V.gather_timer) event_free(V.gather_timer);
+  if (V.sig_ev) event_free(V.sig_ev);
   conf_free(V.conf);
   log_info("stopped");
   return V.exit_code;
