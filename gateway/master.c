@@ -198,12 +198,18 @@ static void run_worker(struct slot *sl, int ctl_fd) {
   _exit(rc);
 }
 
-/* Tries again after the slot's back-off: the slot must not stay empty. */
+/* Starts the slot again after its back-off, which then doubles (to 10 s). */
+static void restart_later(struct slot *sl) {
+  struct timeval tv = {(time_t)(sl->backoff_ms / 1000), (suseconds_t)(sl->backoff_ms % 1000) * 1000};
+  evtimer_add(sl->restart, &tv);
+  sl->backoff_ms = sl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sl->backoff_ms * 2;
+}
+
+/* A worker could not even be forked: the slot must not stay empty. */
 static void retry_later(struct slot *sl, const char *what) {
   log_error("worker %d: %s: %s; trying again in %.1fs", sl->idx, what, strerror(errno),
             (double)sl->backoff_ms / 1000);
-  struct timeval tv = {(time_t)(sl->backoff_ms / 1000), (suseconds_t)(sl->backoff_ms % 1000) * 1000};
-  evtimer_add(sl->restart, &tv);
+  restart_later(sl);
 }
 
 static void spawn(struct slot *sl) {
@@ -276,9 +282,7 @@ static void worker_exited(struct slot *sl, int status) {
   if (lived > STABLE_AFTER_MS) sl->backoff_ms = BACKOFF_MIN_MS;
   log_error("worker %d (pid %d) %s; restarting in %.1fs", sl->idx, (int)pid, how,
             (double)sl->backoff_ms / 1000);
-  struct timeval tv = {(time_t)(sl->backoff_ms / 1000), (suseconds_t)(sl->backoff_ms % 1000) * 1000};
-  evtimer_add(sl->restart, &tv);
-  sl->backoff_ms = sl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sl->backoff_ms * 2;
+  restart_later(sl);
 }
 
 static bool any_running(void) {
