@@ -180,6 +180,21 @@ def test_a_killed_process_is_replaced(gateway):
             s.close()
 
 
+def test_metrics_answer_without_a_worker_that_does_not_reply(gateway):
+    pids = sorted(worker_pids(gateway))
+    stuck = pids[0]
+    os.kill(stuck, signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        m = metrics(gateway)  # answered after the master's wait, from the others
+        assert value(m, "h3gate_workers", state="configured") == WORKERS
+        assert value(m, "h3gate_workers", state="answered") == WORKERS - 1
+        assert gateway.wait_log(f"/metrics: {WORKERS - 1} of {WORKERS} workers answered", timeout=5)
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    # Its late answer to the old round is dropped; the next round has everyone.
+    assert value(metrics(gateway), "h3gate_workers", state="answered") == WORKERS
+
+
 def forwarded_headers_seen(g, n=24):
     """For n fresh connections: whether the app saw a Forwarded header."""
     seen = []
