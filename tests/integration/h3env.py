@@ -179,6 +179,23 @@ def curl_json(*args, timeout=60):
     return json.loads(r.stdout)
 
 
+def metrics(admin_port):
+    """The gateway's /metrics as {(name, sorted labels): value}; raises on
+    text that is not valid Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+    r = curl(f"http://127.0.0.1:{admin_port}/metrics")
+    assert r.returncode == 0, r.stderr
+    samples = {}
+    for family in text_string_to_metric_families(r.stdout):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def metric(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
 def make_cert(directory):
     """A self-signed certificate for localhost and 127.0.0.1."""
     cert, key = pathlib.Path(directory) / "cert.pem", pathlib.Path(directory) / "key.pem"

@@ -10,9 +10,8 @@ import h2.config
 import h2.connection
 import h2.errors
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, free_port, run
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, free_port, metric, metrics, run
 from test_http3 import H3_CONFIG, SECRET
 
 
@@ -25,20 +24,6 @@ def stack():
     yield g, w, admin
     g.stop()
     w.stop()
-
-
-def metrics(admin):
-    r = curl(f"http://127.0.0.1:{admin}/metrics")
-    assert r.returncode == 0
-    samples = {}
-    for family in text_string_to_metric_families(r.stdout):  # raises on malformed text
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def value(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0)
 
 
 def test_healthz(stack):
@@ -61,7 +46,7 @@ def test_counters_match_the_requests_sent(stack):
 
     def delta(protocol, code):
         labels = {"protocol": protocol, "code": str(code)}
-        return value(after, "h3gate_requests_total", **labels) - value(before, "h3gate_requests_total", **labels)
+        return metric(after, "h3gate_requests_total", **labels) - metric(before, "h3gate_requests_total", **labels)
 
     # An exchange is counted when the gateway lets go of it, a moment after
     # the client has its response (HTTP/3: when the stream closes).
@@ -77,16 +62,16 @@ def test_counters_match_the_requests_sent(stack):
     assert delta("2", 404) == 2
     assert delta("3", 200) == 5
     # histogram count agrees with the counters
-    count = value(after, "h3gate_request_duration_seconds_count", protocol="2") - \
-        value(before, "h3gate_request_duration_seconds_count", protocol="2")
+    count = metric(after, "h3gate_request_duration_seconds_count", protocol="2") - \
+        metric(before, "h3gate_request_duration_seconds_count", protocol="2")
     assert count == 6
     # the upstream server is listed, up, with the requests it got
     server = f"127.0.0.1:{w.port}"
-    assert value(after, "h3gate_upstream_server_state", upstream="app", server=server, state="up") == 1
-    sent = value(after, "h3gate_upstream_requests_total", upstream="app", server=server) - \
-        value(before, "h3gate_upstream_requests_total", upstream="app", server=server)
+    assert metric(after, "h3gate_upstream_server_state", upstream="app", server=server, state="up") == 1
+    sent = metric(after, "h3gate_upstream_requests_total", upstream="app", server=server) - \
+        metric(before, "h3gate_upstream_requests_total", upstream="app", server=server)
     assert sent == 3 + 4 + 2 + 5
-    assert value(after, "h3gate_requests_in_flight") == 0
+    assert metric(after, "h3gate_requests_in_flight") == 0
 
 
 def test_quic_library_memory_is_counted(stack):
@@ -97,12 +82,12 @@ def test_quic_library_memory_is_counted(stack):
         deadline = time.monotonic() + 5
         while True:
             m = metrics(admin)
-            if value(m, "h3gate_client_connections", transport="quic") >= 1 or time.monotonic() > deadline:
+            if metric(m, "h3gate_client_connections", transport="quic") >= 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         # an open connection's ngtcp2 and nghttp3 state is tens of kilobytes
-        assert value(m, "h3gate_quic_library_bytes", library="ngtcp2") > 10000
-        assert value(m, "h3gate_quic_library_bytes", library="nghttp3") > 1000
+        assert metric(m, "h3gate_quic_library_bytes", library="ngtcp2") > 10000
+        assert metric(m, "h3gate_quic_library_bytes", library="nghttp3") > 1000
     finally:
         held.wait(timeout=15)
 

@@ -20,13 +20,6 @@ SIZE = 100 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def worker():
-    w = Worker("probe:app", workers=2)
-    yield w
-    assert w.stop() == 0
-
-
-@pytest.fixture(scope="module")
 def gateway(worker):
     g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="30s")
     yield g

@@ -16,21 +16,14 @@ import tempfile
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from h3env import BASIC_CONFIG, BIN, Gateway, Worker, children_of, curl, curl_json, free_port, run
+from h3env import (BASIC_CONFIG, BIN, Gateway, children_of, curl, curl_json, free_port, metric,
+                   metrics, run)
 from test_http3 import body, expected_sha, h3
 
 WORKERS = 3
 # No quic.secret on purpose: the one the master makes must serve all.
 CONFIG = BASIC_CONFIG + "workers: {workers}\nadmin: {{address: 127.0.0.1:{admin}}}\n"
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = Worker("probe:app", workers=2)
-    yield w
-    w.stop()
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +44,6 @@ def worker_pids(g, count=WORKERS, timeout=10):
             return set(pids)
         time.sleep(0.05)
     raise AssertionError(f"expected {count} worker processes, found {children_of(g.pid)}")
-
-
-def metrics(g):
-    r = curl(f"http://127.0.0.1:{g.admin}/metrics")
-    assert r.returncode == 0, r.stderr
-    samples = {}
-    for family in text_string_to_metric_families(r.stdout):  # raises on malformed text
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def value(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0)
 
 
 def open_keepalive_connections(port, n):
@@ -94,23 +73,23 @@ def test_connections_spread_over_the_processes_and_metrics_see_them_all(gateway)
         # 30 connections hashed over 3 sockets: all land on one or two with
         # a chance of about 1 in 70,000.
         assert owners_of_connections(gateway.plain_port) == pids
-        m = metrics(gateway)
-        assert value(m, "h3gate_workers", state="answered") == WORKERS
-        assert value(m, "h3gate_client_connections", transport="tcp") == 30
+        m = metrics(gateway.admin)
+        assert metric(m, "h3gate_workers", state="answered") == WORKERS
+        assert metric(m, "h3gate_client_connections", transport="tcp") == 30
     finally:
         for s in conns:
             s.close()
 
 
 def test_metrics_are_the_sum_over_the_processes(gateway):
-    before = metrics(gateway)
+    before = metrics(gateway.admin)
     r = run(["h2load", "-n", "300", "-c", "30", "-m", "2", gateway.plain_url("/pid")], timeout=60)
     assert "300 succeeded" in r.stdout, r.stdout[-1500:]
-    after = metrics(gateway)
+    after = metrics(gateway.admin)
     key = dict(protocol="2", code="200")
-    assert value(after, "h3gate_requests_total", **key) - value(before, "h3gate_requests_total", **key) == 300
+    assert metric(after, "h3gate_requests_total", **key) - metric(before, "h3gate_requests_total", **key) == 300
     count = "h3gate_request_duration_seconds_count"
-    assert value(after, count, protocol="2") - value(before, count, protocol="2") == 300
+    assert metric(after, count, protocol="2") - metric(before, count, protocol="2") == 300
     assert sum(v for (name, _), v in after.items() if name == "h3gate_upstream_in_flight") == 0
 
 
@@ -185,14 +164,14 @@ def test_metrics_answer_without_a_worker_that_does_not_reply(gateway):
     stuck = pids[0]
     os.kill(stuck, signal.SIGSTOP)  # alive, but answers nothing
     try:
-        m = metrics(gateway)  # answered after the master's wait, from the others
-        assert value(m, "h3gate_workers", state="configured") == WORKERS
-        assert value(m, "h3gate_workers", state="answered") == WORKERS - 1
+        m = metrics(gateway.admin)  # answered after the master's wait, from the others
+        assert metric(m, "h3gate_workers", state="configured") == WORKERS
+        assert metric(m, "h3gate_workers", state="answered") == WORKERS - 1
         assert gateway.wait_log(f"/metrics: {WORKERS - 1} of {WORKERS} workers answered", timeout=5)
     finally:
         os.kill(stuck, signal.SIGCONT)
     # Its late answer to the old round is dropped; the next round has everyone.
-    assert value(metrics(gateway), "h3gate_workers", state="answered") == WORKERS
+    assert metric(metrics(gateway.admin), "h3gate_workers", state="answered") == WORKERS
 
 
 def forwarded_headers_seen(g, n=24):
@@ -243,9 +222,9 @@ def test_sigterm_lets_every_process_finish_its_requests(worker):
                                     f"https://127.0.0.1:{g.tls_port}/sleep?s=3"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in h3_dirs]
     deadline = time.monotonic() + 10
-    while value(metrics(g), "h3gate_requests_in_flight") < 18 and time.monotonic() < deadline:
+    while metric(metrics(g.admin), "h3gate_requests_in_flight") < 18 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert value(metrics(g), "h3gate_requests_in_flight") == 18  # all in flight when the stop begins
+    assert metric(metrics(g.admin), "h3gate_requests_in_flight") == 18  # all in flight when the stop begins
     g.signal(signal.SIGTERM)
     outs = [c.communicate(timeout=30) for c in clients]
     assert all(c.returncode == 0 and b'"slept": true' in out for c, (out, _) in zip(clients, outs)), outs

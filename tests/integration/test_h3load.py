@@ -8,17 +8,10 @@ import re
 
 import pytest
 
-from h3env import BIN, Gateway, Worker, run
+from h3env import BIN, Gateway, run
 from test_http3 import H3_CONFIG, SECRET, expected_sha
 
 SIZE = 100 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = Worker("probe:app", workers=2)
-    yield w
-    w.stop()
 
 
 @pytest.fixture(scope="module")

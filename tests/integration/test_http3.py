@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, Worker, curl, free_port, run)
+from h3env import APPS, BASIC_CONFIG, PYTHON, Gateway, Process, curl, free_port, run
 
 SECRET = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 H3_CONFIG = BASIC_CONFIG + """
@@ -21,13 +21,6 @@ quic:
   secret: "{secret}"
   retry: {retry}
 """
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = Worker("probe:app", workers=2)
-    yield w
-    w.stop()
 
 
 @pytest.fixture(scope="module")
