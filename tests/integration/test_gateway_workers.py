@@ -7,8 +7,8 @@ them; a killed process is replaced; SIGHUP and SIGTERM reach them all."""
 import hashlib
 import json
 import os
-import re
 import pathlib
+import re
 import signal
 import socket
 import subprocess

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from h3env import APPS, BIN, Gateway, Process, make_cert, run
+from h3env import APPS, BIN, Process, make_cert
 
 TAG = f"h3t{os.getpid() % 100000}"
 NET = "10.77.0"

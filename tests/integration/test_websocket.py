@@ -11,7 +11,6 @@ import signal
 import socket
 import ssl
 import struct
-import subprocess
 import time
 
 import h2.config

@@ -1,7 +1,6 @@
 """Real frameworks from Debian behind h3gate-worker: Starlette, FastAPI,
 Django's ASGI handler, Quart."""
 
-import json
 import time
 
 import httpx

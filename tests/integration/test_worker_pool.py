@@ -11,9 +11,7 @@ import tempfile
 import threading
 import time
 
-import pytest
-
-from h3env import APPS, BIN, Worker, children_of, curl, curl_json, free_port, run
+from h3env import APPS, BIN, Worker, curl, curl_json, free_port, run
 
 
 def start_fails(app, *args):

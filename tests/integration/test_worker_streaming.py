@@ -14,7 +14,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from h3env import SANITIZED, Worker, curl, curl_json, run
+from h3env import Worker, curl, curl_json, run
 
 SIZE = 100 * 1024 * 1024
 RSS_SLACK_KB = 32 * 1024
