@@ -30,7 +30,7 @@ struct conf_listen {
   bool tls;
   char *certificate;        /* resolved against the config file's folder */
   char *key;
-  bool http3;               /* QUIC on the same port (default: on with TLS) */
+  bool http3;               /* QUIC on the same port (default on; always off without TLS) */
   uint32_t http3_port;      /* 0: the listener's own port */
   bool alt_svc;             /* advertise h3 on this listener (default on) */
 };

@@ -110,8 +110,6 @@ static int attach_cid_steering(int fd, uint32_t workers) {
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog);
 }
 
-static bool wants_udp(const struct conf_listen *cl) { return cl->tls && cl->http3; }
-
 /* With SO_REUSEPORT alone, a stale gateway of the same user would silently
  * share the port: bind once without it first, so that fails clearly. A UDP
  * port that is taken turns HTTP/3 off there, as for a lone gateway. */
@@ -125,7 +123,7 @@ static int probe_ports(const struct gw_conf *conf) {
       return -1;
     }
     close(fd);
-    if (!wants_udp(cl)) continue;
+    if (!cl->http3) continue;
     fd = quic_udp_open(cl, conf, false, err, sizeof err);
     if (fd < 0) {
       log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, err);
@@ -145,12 +143,12 @@ static int bind_slots(const struct gw_conf *conf) {
     sl->tcp = calloc(conf->n_listens, sizeof *sl->tcp);
     sl->udp = calloc(conf->n_listens, sizeof *sl->udp);
     if (sl->tcp == NULL || sl->udp == NULL) return -1;
+    for (size_t i = 0; i < conf->n_listens; i++) sl->tcp[i] = sl->udp[i] = -1; /* not fd 0 */
     for (size_t i = 0; i < conf->n_listens; i++) {
       const struct conf_listen *cl = &conf->listens[i];
       sl->tcp[i] = listener_bind(cl, true, err, sizeof err);
-      sl->udp[i] = -1;
       if (sl->tcp[i] < 0) goto err;
-      if (!wants_udp(cl) || V.udp_off[i]) continue;
+      if (!cl->http3 || V.udp_off[i]) continue;
       sl->udp[i] = quic_udp_open(cl, conf, true, err, sizeof err);
       if (sl->udp[i] < 0) goto err;
       if (s == 0 && attach_cid_steering(sl->udp[i], V.n) != 0) {
@@ -444,7 +442,7 @@ static void on_kill_timer(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   (void)arg;
   for (uint32_t s = 0; s < V.n; s++)
-    if (V.slots[s].pid) log_warn("worker %d (pid %d) did not stop in time: SIGKILL", s, (int)V.slots[s].pid);
+    if (V.slots[s].pid) log_warn("worker %u (pid %d) did not stop in time: SIGKILL", s, (int)V.slots[s].pid);
   signal_workers(SIGKILL);
 }
 

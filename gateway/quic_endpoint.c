@@ -433,7 +433,7 @@ static const uint8_t *endpoint_secret(const struct gw_conf *conf) {
 
 void quic_shared_prepare(const struct gw_conf *conf) {
   bool any_h3 = false;
-  for (size_t i = 0; i < conf->n_listens; i++) any_h3 |= conf->listens[i].tls && conf->listens[i].http3;
+  for (size_t i = 0; i < conf->n_listens; i++) any_h3 |= conf->listens[i].http3;
   if (!any_h3) return;
   (void)endpoint_secret(conf);
   if (quic_replay_prepare() != 0) log_warn("quic: no shared 0-RTT anti-replay store (out of memory)");

@@ -617,7 +617,7 @@ void xchg_up_resp_head(struct xchg *x) {
     memset(&x->ws_up, 0, sizeof x->ws_up);
     LIST_INSERT_HEAD(&open_websockets, x, ws_link);
   }
-  x->progress_us = gw_now_us();
+  note_progress(x);
   arm_timer(x, idle_ms(x)); /* replaces the response header timer */
   if (x->down_attached) x->down->on_resp_head(x);
 }

@@ -286,3 +286,31 @@ def test_http3_off_when_udp_port_taken_tcp_keeps_serving(worker):
             assert len(pids) == WORKERS
         finally:
             assert g.stop() == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_gateway(worker, tmp_path):
+    # The access log is opened by each worker: a folder that isn't there
+    # fails them all at start, and the master says so and exits non-zero.
+    text = CONFIG + f'log: {{{{level: info, access_log: "{tmp_path}/missing/access.log"}}}}\n'
+    g = Gateway(text.replace("log:\n  level: info\n", ""), servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", workers=WORKERS, admin=free_port(), wait=False)
+    try:
+        assert g.proc.wait(timeout=30) == 1
+        assert "cannot open access log" in g.log()
+        assert "could not start" in g.log() and "stopping" in g.log()
+    finally:
+        g.stop()
+
+
+def test_a_worker_that_does_not_stop_is_killed(worker):
+    text = CONFIG + "timeouts: {{graceful_shutdown: 0s}}\n"
+    g = Gateway(text.replace("timeouts:\n  connect: 2s\n  response_header: {response_timeout}\n", ""),
+                servers=f"127.0.0.1:{worker.port}", workers=WORKERS, admin=free_port())
+    pids = sorted(worker_pids(g))
+    os.kill(pids[0], signal.SIGSTOP)  # it will never see the SIGTERM
+    g.signal(signal.SIGTERM)
+    assert g.proc.wait(timeout=30) == 0  # the master gives it the grace period, then SIGKILL
+    assert f"(pid {pids[0]}) did not stop in time: SIGKILL" in g.log()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert g.stop() == 0
