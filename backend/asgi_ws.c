@@ -44,7 +44,6 @@ struct asgi_ws {
   struct ws_reader reader;
   struct bytebuf msg;          /* the message being assembled */
   PyObject *direct;            /* or its bytes object, filled in place (see take_data) */
-  size_t direct_off;
   PyObject *inbox[INBOX_MAX];
   size_t inbox_head, inbox_count;
   bool pumping;
@@ -295,11 +294,10 @@ static int take_data(struct asgi_ws *w, const struct ws_event *ev) {
       r->frame.opcode == WS_BINARY && r->frame.len >= DIRECT_MIN && r->payload_off == ev->len) {
     w->direct = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)r->frame.len);
     if (w->direct == NULL) return -1;
-    w->direct_off = 0;
   }
   if (w->direct == NULL) return bytebuf_append(&w->msg, ev->data, ev->len);
-  memcpy(PyBytes_AS_STRING(w->direct) + w->direct_off, ev->data, ev->len);
-  w->direct_off += ev->len;
+  /* The reader counted these bytes already: they start at payload_off - len. */
+  memcpy(PyBytes_AS_STRING(w->direct) + (r->payload_off - ev->len), ev->data, ev->len);
   return 0;
 }
 

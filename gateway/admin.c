@@ -115,10 +115,8 @@ void admin_reply_metrics(struct bufferevent *bev, bool head, struct evbuffer *bo
 void admin_set_metrics_fetch(admin_metrics_fetch fetch) { A.fetch = fetch; }
 
 void admin_forget(void) {
-  if (A.fd >= 0) close(A.fd);
-  A.fd = -1;
-  A.ev = NULL;
-  A.address[0] = '\0';
+  A.ev = NULL; /* the master's loop's: not ours to free */
+  admin_stop();
   A.fetch = NULL;
 }
 
