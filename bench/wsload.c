@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <netinet/in.h>
@@ -281,6 +282,17 @@ static void run(uint64_t deadline_ns) {
   }
 }
 
+/* The client's own CPU: the benchmark uses it to tell how much of a small
+ * machine the load itself takes, and the kernel time is a measure of the
+ * socket work any proxy must mirror (one read and one write per message on
+ * its side of each connection). */
+static void print_own_cpu(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return;
+  printf("client cpu s: user %.3f system %.3f\n", (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+}
+
 static void usage(void) {
   fprintf(stderr, "usage: wsload [-c CONNS] [-n MESSAGES] [-s BYTES] [-t SECONDS] ws://HOST:PORT/PATH\n");
   exit(2);
@@ -321,6 +333,7 @@ int main(int argc, char **argv) {
   printf("connections: %d, failed %d, unfinished %d\n", O.conns, G.failed, unfinished);
   printf("round trip ms: p50 %.3f p90 %.3f p99 %.3f max %.3f\n", pct(0.5), pct(0.9), pct(0.99),
          pct(1));
+  print_own_cpu();
   for (int i = 0; i < O.conns; i++) { /* those the time limit cut short */
     if (clients[i].done) continue;
     close(clients[i].fd);
