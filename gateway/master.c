@@ -123,7 +123,7 @@ static int probe_ports(const struct gw_conf *conf) {
       return -1;
     }
     close(fd);
-    if (!cl->http3) continue;
+    if (!cl->http3 || V.udp_off[i]) continue;
     fd = quic_udp_open(cl, conf, false, err, sizeof err);
     if (fd < 0) {
       log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, err);
@@ -133,6 +133,18 @@ static int probe_ports(const struct gw_conf *conf) {
     close(fd);
   }
   return 0;
+}
+
+/* Without the shared 0-RTT anti-replay store, each process would map one
+ * of its own, and a ClientHello replayed to another process would be
+ * accepted again. As with a lone gateway, HTTP/3 is off and TCP serves. */
+static void http3_off_everywhere(const struct gw_conf *conf, const char *why) {
+  for (size_t i = 0; i < conf->n_listens; i++) {
+    if (!conf->listens[i].http3) continue;
+    log_error("HTTP/3 is off on %s: no memory for the shared 0-RTT anti-replay store: %s "
+              "(HTTP/1.1 and HTTP/2 keep serving)", conf->listens[i].address, why);
+    V.udp_off[i] = true;
+  }
 }
 
 static int bind_slots(const struct gw_conf *conf) {
@@ -559,14 +571,15 @@ int master_run(struct gw_conf *conf) {
     log_error("%s", err);
     return 1;
   }
+  V.udp_off = calloc(conf->n_listens, sizeof *V.udp_off);
+  if (V.udp_off == NULL) return 1;
   /* Made before the fork, so every worker keys tokens and tickets alike. */
-  quic_shared_prepare(conf);
+  if (quic_shared_prepare(conf) != 0) http3_off_everywhere(conf, strerror(errno));
   if (listener_share_ticket_keys() != 0) {
     log_error("cannot make session-ticket keys: %s", strerror(errno));
     return 1;
   }
-  V.udp_off = calloc(conf->n_listens, sizeof *V.udp_off);
-  if (V.udp_off == NULL || probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;
+  if (probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;
   admin_set_metrics_fetch(fetch_metrics);
   V.gather_timer = evtimer_new(gw.base, on_gather_timeout, NULL);
   for (uint32_t s = 0; s < V.n; s++) {

@@ -192,8 +192,8 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
 int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
                   char *err, size_t err_size);
 /* Makes the QUIC secret and the 0-RTT anti-replay store now, so processes
- * forked later share them. */
-void quic_shared_prepare(const struct gw_conf *conf);
+ * forked later share them: 0, or -1 when the store could not be mapped. */
+int quic_shared_prepare(const struct gw_conf *conf);
 /* The anti-replay store (quic_tls.c): 0 or -1 (no memory). */
 int quic_replay_prepare(void);
 /* Whether this ClientHello (GnuTLS's key for it) was seen in its window;

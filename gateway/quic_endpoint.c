@@ -431,12 +431,12 @@ static const uint8_t *endpoint_secret(const struct gw_conf *conf) {
   return Q.generated_secret;
 }
 
-void quic_shared_prepare(const struct gw_conf *conf) {
+int quic_shared_prepare(const struct gw_conf *conf) {
   bool any_h3 = false;
   for (size_t i = 0; i < conf->n_listens; i++) any_h3 |= conf->listens[i].http3;
-  if (!any_h3) return;
+  if (!any_h3) return 0;
   (void)endpoint_secret(conf);
-  if (quic_replay_prepare() != 0) log_warn("quic: no shared 0-RTT anti-replay store (out of memory)");
+  return quic_replay_prepare();
 }
 
 static void set_buffer(int fd, int opt, uint64_t want, const char *name, const char *sysctl,

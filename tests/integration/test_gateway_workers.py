@@ -18,7 +18,7 @@ import time
 import pytest
 
 from h3env import (BASIC_CONFIG, BIN, Gateway, children_of, curl, curl_json, free_port, metric,
-                   metrics, run)
+                   metrics, run, sanitizer_env)
 from test_http3 import body, expected_sha, h3
 
 WORKERS = 3
@@ -314,3 +314,60 @@ def test_a_worker_that_does_not_stop_is_killed(worker):
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
     assert g.stop() == 0
+
+
+def faulty_env(**failures):
+    """The gateway's environment with tests/support/fault_inject.c preloaded:
+    faulty_env(fork="2,3") refuses the 2nd and 3rd fork()."""
+    env = sanitizer_env()
+    env["LD_PRELOAD"] = str(BIN / "libh3g_fault_inject.so")
+    # ASan wants its runtime first in the list; the preloaded library only
+    # passes calls on.
+    env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+    env.update({f"H3G_FAIL_{name.upper()}": calls for name, calls in failures.items()})
+    return env
+
+
+def test_a_refused_fork_or_socketpair_is_tried_again(worker):
+    # Forks 2 and 3 (workers 1 and 2) are refused, and then the socketpair
+    # of worker 1's second try: every slot still ends up with a process.
+    admin = free_port()
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
+                admin=admin, env=faulty_env(fork="2,3", socketpair="4"))
+    try:
+        g.wait_log("h3gate ready: 3 worker processes")
+        log = g.log()
+        for slot in (1, 2):
+            assert f"worker {slot}: fork: Resource temporarily unavailable; trying again in 0.1s" in log
+        assert "worker 1: socketpair: Too many open files; trying again in 0.2s" in log
+        pids = worker_pids(g)
+        conns = open_keepalive_connections(g.plain_port, 30)
+        try:
+            assert owners_of_connections(g.plain_port) == pids
+            assert metric(metrics(admin), "h3gate_workers", state="answered") == WORKERS
+        finally:
+            for s in conns:
+                s.close()
+    finally:
+        assert g.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+def test_no_memory_for_the_replay_store_turns_http3_off(worker, workers):
+    # With several processes the master maps the store before forking. Were
+    # it to go on without, each process would map its own, and a ClientHello
+    # replayed to another process would be accepted a second time. Lone or
+    # not, the gateway turns HTTP/3 off, says so once, and TCP serves.
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=workers,
+                admin=free_port(), env=faulty_env(mmap_shared="1"))
+    try:
+        g.wait_log("ready")
+        assert g.log().count("HTTP/3 is off on") == 1, g.log()[-2000:]
+        assert "no memory for the" in g.log() and "0-RTT anti-replay store" in g.log()
+        for _ in range(6):  # with 3 processes, connections reach more than one
+            r = curl("-k", "-D", "-", g.tls_url("/pid"))
+            assert r.returncode == 0 and "alt-svc" not in r.stdout.lower(), r.stdout
+        r, d, st = h3(g, "/pid", timeout=3)
+        assert st == [], r.stdout[-1000:]  # nothing answers on UDP
+    finally:
+        assert g.stop() == 0
