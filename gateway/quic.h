@@ -197,7 +197,8 @@ int quic_shared_prepare(const struct gw_conf *conf);
 /* The anti-replay store (quic_tls.c): 0 or -1 (no memory). */
 int quic_replay_prepare(void);
 /* Whether this ClientHello (GnuTLS's key for it) was seen in its window;
- * records it if not. True also when the store can't tell: no early data. */
+ * records it if not. True also when the store can't tell (none was made, or
+ * the key's neighbourhood is full): no early data. */
 bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires);
 /* For tests: the first word of the store that a key's search looks at. */
 size_t quic_replay_home(const uint8_t *client_hello_key, size_t len);

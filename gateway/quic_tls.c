@@ -57,7 +57,9 @@ int quic_replay_prepare(void) {
 }
 
 bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires) {
-  if (replay.slots == NULL && quic_replay_prepare() != 0) return true; /* no store: no 0-RTT */
+  /* The store is made in quic_replay_prepare, before any fork, and never
+   * here: one made by a worker alone would not see the other workers'. */
+  if (replay.slots == NULL) return true; /* no store: no 0-RTT */
   uint64_t h = siphash24(replay.key, client_hello_key, len);
   uint64_t tag = (h >> 32) | 1, now = (uint32_t)time(NULL);
   uint64_t mine = tag << 32 | (uint32_t)expires;
