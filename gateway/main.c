@@ -52,10 +52,11 @@ static struct {
   const struct gw_child *child; /* under a master: the sockets it handed over */
 } M;
 
-/* The master's socket for listen entry i, for the first generation only:
- * later ones carry the sockets over from their predecessor. */
-static int inherited_fd(const int *fds, size_t i, const struct gw_runtime *old) {
-  return M.child && old == NULL && M.generations == 0 ? fds[i] : -1;
+/* The master's TCP or UDP socket for listen entry i, for the first
+ * generation only: later ones carry the sockets over from their predecessor. */
+static int inherited_fd(bool udp, size_t i, const struct gw_runtime *old) {
+  if (M.child == NULL || old != NULL || M.generations != 0) return -1;
+  return udp ? M.child->udp_fds[i] : M.child->tcp_fds[i];
 }
 
 /* ---------------------------------------------------------------------------
@@ -96,7 +97,7 @@ static struct gw_runtime *runtime_build(struct gw_conf *conf, struct gw_runtime 
     l->fd = -1;
     /* Fresh addresses are bound now; shared ones move over at the switch. */
     if (find_old(old, &conf->listens[i]) == NULL &&
-        listener_open(l, inherited_fd(M.child ? M.child->tcp_fds : NULL, i, old), err, err_size) != 0)
+        listener_open(l, inherited_fd(false, i, old), err, err_size) != 0)
       goto err;
   }
   for (size_t i = 0; i < conf->n_upstreams; i++) {
@@ -120,7 +121,7 @@ err:
  * to open it disables HTTP/3 on that port only, and says why. */
 static void start_http3(struct listener *l, struct listener *old, const struct gw_conf *conf,
                         int inherit_fd) {
-  if (!l->conf->tls || !l->conf->http3) return;
+  if (!l->conf->http3) return; /* the config clears it without TLS */
   if (old && old->quic && old->conf->http3_port == l->conf->http3_port) {
     quic_listener_adopt(l, old);
     return;
@@ -141,7 +142,7 @@ static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {
       char err[256];
       if (listener_open(l, listener_release_fd(o), err, sizeof err) != 0) log_error("%s", err);
     }
-    start_http3(l, o, rt->conf, inherited_fd(M.child ? M.child->udp_fds : NULL, i, old));
+    start_http3(l, o, rt->conf, inherited_fd(true, i, old));
   }
   if (old) {
     /* Addresses the new config dropped stop accepting now. */

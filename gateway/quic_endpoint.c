@@ -450,10 +450,11 @@ static void set_buffer(int fd, int opt, uint64_t want, const char *name, const c
    * socket per worker process. */
   static bool warned[2];
   bool *said = &warned[opt == SO_SNDBUF];
-  if ((uint64_t)got / 2 < want && !*said && (*said = true))
-    log_warn("quic %s: the kernel caps the UDP %s buffer at %d bytes (asked for %llu); raise "
-             "%s on the host (Docker: on the host, not in the container)",
-             where, name, got / 2, (unsigned long long)want, sysctl);
+  if ((uint64_t)got / 2 >= want || *said) return;
+  *said = true;
+  log_warn("quic %s: the kernel caps the UDP %s buffer at %d bytes (asked for %llu); raise "
+           "%s on the host (Docker: on the host, not in the container)",
+           where, name, got / 2, (unsigned long long)want, sysctl);
 }
 
 int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
@@ -513,7 +514,7 @@ static int adopt_socket(struct quic_endpoint *ep, int fd, const struct gw_conf *
 int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inherit_fd, char *err,
                        size_t err_size) {
   const struct conf_listen *cl = l->conf;
-  if (!cl->tls || !cl->http3) return 0;
+  if (!cl->http3) return 0; /* the config clears it without TLS */
   int fd = inherit_fd >= 0 ? inherit_fd : quic_udp_open(cl, conf, false, err, err_size);
   if (fd < 0) return -1;
   struct quic_endpoint *ep = calloc(1, sizeof *ep);
