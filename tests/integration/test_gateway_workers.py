@@ -330,7 +330,8 @@ def faulty_env(**failures):
 
 def test_a_refused_fork_or_socketpair_is_tried_again(worker):
     # Forks 2 and 3 (workers 1 and 2) are refused, and then the socketpair
-    # of worker 1's second try: every slot still ends up with a process.
+    # of the first retry (whichever of the two timers libevent runs first):
+    # every slot still ends up with a process.
     admin = free_port()
     g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
                 admin=admin, env=faulty_env(fork="2,3", socketpair="4"))
@@ -339,7 +340,7 @@ def test_a_refused_fork_or_socketpair_is_tried_again(worker):
         log = g.log()
         for slot in (1, 2):
             assert f"worker {slot}: fork: Resource temporarily unavailable; trying again in 0.1s" in log
-        assert "worker 1: socketpair: Too many open files; trying again in 0.2s" in log
+        assert re.search(r"worker [12]: socketpair: Too many open files; trying again in 0\.2s", log), log
         pids = worker_pids(g)
         conns = open_keepalive_connections(g.plain_port, 30)
         try:
