@@ -27,11 +27,15 @@ static struct {
   size_t n_frees, cap_frees;
 } F;
 
-uint64_t gw_now_us(void) {
+static uint64_t clock_us(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
+
+uint64_t gw_now_us(void) { return clock_us(CLOCK_MONOTONIC); }
+
+uint64_t gw_coarse_now_us(void) { return clock_us(CLOCK_MONOTONIC_COARSE); }
 
 static void run_deferred(void) {
   /* A free may defer another: loop until quiet. */

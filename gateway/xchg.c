@@ -53,11 +53,11 @@ static uint64_t idle_ms(const struct xchg *x) {
  * event_add per WebSocket message is a heap update each): armed with the
  * response head, it fires at the old deadline, finds the progress and
  * sleeps again for what is left. */
-static void note_progress(struct xchg *x) { x->progress_us = gw_now_us(); }
+static void note_progress(struct xchg *x) { x->progress_us = gw_coarse_now_us(); }
 
 /* The idle timer fired: true when the response really was idle that long. */
 static bool idle_expired(struct xchg *x) {
-  uint64_t idle_us = idle_ms(x) * 1000, since = gw_now_us() - x->progress_us;
+  uint64_t idle_us = idle_ms(x) * 1000, since = gw_coarse_now_us() - x->progress_us;
   if (since >= idle_us) return true;
   arm_timer(x, (idle_us - since + 999) / 1000);
   return false;

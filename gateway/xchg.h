@@ -122,7 +122,7 @@ struct xchg {
 
   /* timers and accounting */
   struct event timer;
-  uint64_t progress_us; /* last progress of a response (the idle timer's start) */
+  uint64_t progress_us; /* last progress of a response, gw_coarse_now_us (the idle timer's start) */
   uint64_t start_us;
   uint64_t queued_us;
   char upstream_addr[64];

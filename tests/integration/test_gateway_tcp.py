@@ -335,3 +335,28 @@ def test_unix_socket_upstream(tmp_path):
     finally:
         g.stop()
         w.stop()
+
+
+def test_a_stalled_response_meets_the_idle_timeout_and_a_trickle_does_not(worker):
+    """timeouts.idle bounds the silence inside a response, not its length: a
+    body that trickles a chunk every 0.2 s for 1.6 s passes a 500 ms idle
+    timeout whole, and one that stops after its first chunk is cut well
+    before the app would have finished, over HTTP/1.1 and HTTP/2 alike."""
+    config = BASIC_CONFIG.replace("  response_header: {response_timeout}\n",
+                                  "  response_header: {response_timeout}\n  idle: 500ms\n")
+    g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            r = curl(*flags, g.plain_url("/stream?n=8&delay=0.2"), timeout=20)
+            assert r.returncode == 0, (flags, r.returncode, r.stderr)
+            assert r.stdout == "".join(f"chunk {i}\n" for i in range(8)), (flags, r.stdout)
+
+            started = time.monotonic()
+            r = curl(*flags, g.plain_url("/stream?n=2&delay=10"), timeout=30)
+            took = time.monotonic() - started
+            assert r.returncode not in (0, 28), (flags, r.returncode, r.stderr)  # cut, not ended
+            assert r.stdout == "chunk 0\n", (flags, r.stdout)
+            assert took < 8, (flags, took)  # the gateway gave up, the app did not finish
+        assert g.log().count("upstream idle timeout") == 2, g.log()[-2000:]
+    finally:
+        g.stop()
