@@ -557,7 +557,6 @@ int asgi_stream_start_app(struct asgi_stream *s) {
   runner->stream = (struct asgi_stream *)Py_NewRef(s);
   coro = NULL;
   s->app_running = true;
-  s->started_ms = server_now_ms();
   active_tasks++;
   /* A shared name spares asyncio a "Task-%d" string per request. */
   PyObject *args[] = {(PyObject *)runner, K.task_name};

@@ -62,7 +62,6 @@ struct asgi_stream {
   /* app */
   bool app_running;
   bool app_done;
-  uint64_t started_ms;
 };
 
 

@@ -147,7 +147,7 @@ static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
   struct conn *c = user;
-  if (h2_abuse_charge(&h2(c)->abuse, frame, server_now_ms())) {
+  if (h2_abuse_charge(&h2(c)->abuse, frame, server_now_ms)) {
     log_warn("conn %llu: too many control frames: GOAWAY ENHANCE_YOUR_CALM",
              (unsigned long long)c->id);
     nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);

@@ -124,9 +124,11 @@ static void request_head_done(struct h2d_strm *s, bool end_stream) {
   xchg_req_head_done(x);
 }
 
+static uint64_t abuse_clock_ms(void) { return gw_now_us() / 1000; }
+
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
   struct h2d *h = user;
-  if (h2_abuse_charge(&h->abuse, frame, gw_now_us() / 1000)) {
+  if (h2_abuse_charge(&h->abuse, frame, abuse_clock_ms)) {
     log_warn("conn %llu %s: too many control frames: GOAWAY ENHANCE_YOUR_CALM",
              (unsigned long long)h->c->id, h->c->peer_ip);
     nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);

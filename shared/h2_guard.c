@@ -58,7 +58,7 @@ void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent) {
   if (a->tokens > ABUSE_BURST) a->tokens = ABUSE_BURST;
 }
 
-bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t now_ms) {
+bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*clock_ms)(void)) {
   switch (frame->hd.type) {
   case NGHTTP2_SETTINGS:
   case NGHTTP2_PING:
@@ -74,6 +74,7 @@ bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t no
   default:
     return false;
   }
+  uint64_t now_ms = clock_ms();
   if (a->last_ms != 0 && now_ms > a->last_ms) {
     a->tokens += (double)(now_ms - a->last_ms) * ABUSE_RATE / 1000.0;
     if (a->tokens > ABUSE_BURST) a->tokens = ABUSE_BURST;

@@ -45,7 +45,9 @@ void h2_abuse_init(struct h2_abuse *a);
 /* A DATA frame we sent earns the WINDOW_UPDATEs it will prompt (a client
  * with a tiny window answers every small frame): they are not abuse. */
 void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent);
-/* Charges a received frame. True when the peer is over budget. */
-bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t now_ms);
+/* Charges a received frame. True when the peer is over budget. The clock
+ * is read only for frames that count: most frames are DATA, and a clock read
+ * per frame is a TSC read per WebSocket message on a VM. */
+bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*now_ms)(void));
 
 #endif
