@@ -69,7 +69,7 @@ static struct {
   struct gw_conf *conf;     /* the latest checked config: restarted workers get it */
   uint32_t n;
   struct slot slots[GW_MAX_WORKERS];
-  bool *udp_off;            /* per listen entry: its UDP port was taken at start */
+  bool *udp_off;            /* per listen entry: HTTP/3 could not start there (see bind_slots) */
   sigset_t old_mask;
   int sigfd;
   struct event *sig_ev, *kill_timer;
@@ -164,9 +164,15 @@ static int bind_slots(const struct gw_conf *conf) {
       sl->udp[i] = quic_udp_open(cl, conf, true, err, sizeof err);
       if (sl->udp[i] < 0) goto err;
       if (s == 0 && attach_cid_steering(sl->udp[i], V.n) != 0) {
-        snprintf(err, sizeof err, "udp %s: cannot steer datagrams by connection ID: %s",
-                 cl->address, strerror(errno));
-        goto err;
+        /* Without steering, a connection's datagrams reach whichever process
+         * the kernel hashes their addresses to, and a migrated client would
+         * land on a process that does not know it: HTTP/3 off, as for a taken
+         * port. Later slots skip this entry. */
+        log_error("HTTP/3 is off on %s: cannot steer datagrams to worker processes by connection ID: "
+                  "%s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, strerror(errno));
+        close(sl->udp[i]);
+        sl->udp[i] = -1;
+        V.udp_off[i] = true;
       }
     }
   }

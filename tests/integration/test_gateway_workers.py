@@ -353,18 +353,26 @@ def test_a_refused_fork_or_socketpair_is_tried_again(worker):
         assert g.stop() == 0
 
 
-@pytest.mark.parametrize("workers", [1, WORKERS])
-def test_no_memory_for_the_replay_store_turns_http3_off(worker, workers):
-    # With several processes the master maps the store before forking. Were
-    # it to go on without, each process would map its own, and a ClientHello
-    # replayed to another process would be accepted a second time. Lone or
-    # not, the gateway turns HTTP/3 off, says so once, and TCP serves.
+@pytest.mark.parametrize("workers,fault,why", [
+    # With several processes the master maps the 0-RTT anti-replay store
+    # before forking. Were it to go on without, each process would map its
+    # own, and a ClientHello replayed to another process would be accepted a
+    # second time.
+    (1, {"mmap_shared": "1"}, ["no memory for the", "0-RTT anti-replay store"]),
+    (WORKERS, {"mmap_shared": "1"}, ["no memory for the", "0-RTT anti-replay store"]),
+    # Without the master's BPF program a connection's datagrams go wherever
+    # the kernel hashes their addresses: a migrated client would reach a
+    # process that does not know it.
+    (WORKERS, {"reuseport_bpf": "1"}, ["cannot steer datagrams to worker processes by connection ID"]),
+], ids=["replay-store-1", f"replay-store-{WORKERS}", f"steering-{WORKERS}"])
+def test_http3_that_cannot_run_safely_is_off_and_tcp_serves(worker, workers, fault, why):
+    # Lone or not, the gateway turns HTTP/3 off, says so once, and TCP serves.
     g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=workers,
-                admin=free_port(), env=faulty_env(mmap_shared="1"))
+                admin=free_port(), env=faulty_env(**fault))
     try:
         g.wait_log("ready")
         assert g.log().count("HTTP/3 is off on") == 1, g.log()[-2000:]
-        assert "no memory for the" in g.log() and "0-RTT anti-replay store" in g.log()
+        assert all(part in g.log() for part in why), g.log()[-2000:]
         for _ in range(6):  # with 3 processes, connections reach more than one
             r = curl("-k", "-D", "-", g.tls_url("/pid"))
             assert r.returncode == 0 and "alt-svc" not in r.stdout.lower(), r.stdout

@@ -6,10 +6,13 @@
  *   H3G_FAIL_FORK=2,3          the 2nd and 3rd fork() fail with EAGAIN
  *   H3G_FAIL_SOCKETPAIR=1      the 1st socketpair() fails with EMFILE
  *   H3G_FAIL_MMAP_SHARED=1     the 1st shared anonymous mmap() fails with ENOMEM
+ *   H3G_FAIL_REUSEPORT_BPF=1   the 1st SO_ATTACH_REUSEPORT_CBPF fails with EPERM
+ *                              (a seccomp policy or a kernel without it)
  *
  * Calls are counted per process; a forked child goes on from its parent's
  * count. Only shared anonymous mappings are counted for mmap: malloc and the
- * loader map private memory, and their calls must not shift the numbers.
+ * loader map private memory, and their calls must not shift the numbers; for
+ * setsockopt, only the one option.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -69,4 +72,15 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
   }
   void *(*next)(void *, size_t, int, int, int, off_t) = real("mmap");
   return next(addr, len, prot, flags, fd, off);
+}
+
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+  static unsigned calls;
+  bool steering = level == SOL_SOCKET && name == SO_ATTACH_REUSEPORT_CBPF;
+  if (steering && chosen("H3G_FAIL_REUSEPORT_BPF", ++calls)) {
+    errno = EPERM;
+    return -1;
+  }
+  int (*next)(int, int, int, const void *, socklen_t) = real("setsockopt");
+  return next(fd, level, name, value, len);
 }
