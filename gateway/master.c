@@ -110,6 +110,14 @@ static int attach_cid_steering(int fd, uint32_t workers) {
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog);
 }
 
+/* HTTP/3 cannot run on listen entry i (a UDP problem, never a TCP one):
+ * said once, by the master; the workers get no UDP socket for it and serve
+ * TCP only. */
+static void http3_off(size_t i, const char *address, const char *why) {
+  log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", address, why);
+  V.udp_off[i] = true;
+}
+
 /* With SO_REUSEPORT alone, a stale gateway of the same user would silently
  * share the port: bind once without it first, so that fails clearly. A UDP
  * port that is taken turns HTTP/3 off there, as for a lone gateway. */
@@ -126,8 +134,7 @@ static int probe_ports(const struct gw_conf *conf) {
     if (!cl->http3 || V.udp_off[i]) continue;
     fd = quic_udp_open(cl, conf, false, err, sizeof err);
     if (fd < 0) {
-      log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, err);
-      V.udp_off[i] = true;
+      http3_off(i, cl->address, err);
       continue;
     }
     close(fd);
@@ -138,13 +145,36 @@ static int probe_ports(const struct gw_conf *conf) {
 /* Without the shared 0-RTT anti-replay store, each process would map one
  * of its own, and a ClientHello replayed to another process would be
  * accepted again. As with a lone gateway, HTTP/3 is off and TCP serves. */
-static void http3_off_everywhere(const struct gw_conf *conf, const char *why) {
-  for (size_t i = 0; i < conf->n_listens; i++) {
-    if (!conf->listens[i].http3) continue;
-    log_error("HTTP/3 is off on %s: no memory for the shared 0-RTT anti-replay store: %s "
-              "(HTTP/1.1 and HTTP/2 keep serving)", conf->listens[i].address, why);
-    V.udp_off[i] = true;
+static void http3_off_everywhere(const struct gw_conf *conf, const char *error) {
+  char why[256];
+  snprintf(why, sizeof why, "no memory for the shared 0-RTT anti-replay store: %s", error);
+  for (size_t i = 0; i < conf->n_listens; i++)
+    if (conf->listens[i].http3) http3_off(i, conf->listens[i].address, why);
+}
+
+/* Slot s's UDP socket for listen entry i. Slot 0's carries the steering
+ * program, which counts on all V.n sockets being there: if one cannot be
+ * had, the ones bound so far are closed and HTTP/3 is off on that entry. */
+static void bind_slot_udp(uint32_t s, size_t i, const struct gw_conf *conf) {
+  const struct conf_listen *cl = &conf->listens[i];
+  char why[256];
+  int fd = quic_udp_open(cl, conf, true, why, sizeof why);
+  V.slots[s].udp[i] = fd;
+  bool ok = fd >= 0;
+  /* Without steering, a connection's datagrams reach whichever process the
+   * kernel hashes their addresses to, and a migrated client would land on
+   * a process that does not know it. */
+  if (ok && s == 0 && attach_cid_steering(fd, V.n) != 0) {
+    snprintf(why, sizeof why, "cannot steer datagrams to worker processes by connection ID: %s",
+             strerror(errno));
+    ok = false;
   }
+  if (ok) return;
+  for (uint32_t k = 0; k <= s; k++) {
+    if (V.slots[k].udp[i] >= 0) close(V.slots[k].udp[i]);
+    V.slots[k].udp[i] = -1;
+  }
+  http3_off(i, cl->address, why);
 }
 
 static int bind_slots(const struct gw_conf *conf) {
@@ -154,32 +184,22 @@ static int bind_slots(const struct gw_conf *conf) {
     sl->idx = (int)s;
     sl->tcp = calloc(conf->n_listens, sizeof *sl->tcp);
     sl->udp = calloc(conf->n_listens, sizeof *sl->udp);
-    if (sl->tcp == NULL || sl->udp == NULL) return -1;
+    if (sl->tcp == NULL || sl->udp == NULL) {
+      log_error("out of memory for the listening sockets");
+      return -1;
+    }
     for (size_t i = 0; i < conf->n_listens; i++) sl->tcp[i] = sl->udp[i] = -1; /* not fd 0 */
     for (size_t i = 0; i < conf->n_listens; i++) {
       const struct conf_listen *cl = &conf->listens[i];
       sl->tcp[i] = listener_bind(cl, true, err, sizeof err);
-      if (sl->tcp[i] < 0) goto err;
-      if (!cl->http3 || V.udp_off[i]) continue;
-      sl->udp[i] = quic_udp_open(cl, conf, true, err, sizeof err);
-      if (sl->udp[i] < 0) goto err;
-      if (s == 0 && attach_cid_steering(sl->udp[i], V.n) != 0) {
-        /* Without steering, a connection's datagrams reach whichever process
-         * the kernel hashes their addresses to, and a migrated client would
-         * land on a process that does not know it: HTTP/3 off, as for a taken
-         * port. Later slots skip this entry. */
-        log_error("HTTP/3 is off on %s: cannot steer datagrams to worker processes by connection ID: "
-                  "%s (HTTP/1.1 and HTTP/2 keep serving)", cl->address, strerror(errno));
-        close(sl->udp[i]);
-        sl->udp[i] = -1;
-        V.udp_off[i] = true;
+      if (sl->tcp[i] < 0) {
+        log_error("%s", err); /* TCP is what the gateway is for: stop */
+        return -1;
       }
+      if (cl->http3 && !V.udp_off[i]) bind_slot_udp(s, i, conf);
     }
   }
   return 0;
-err:
-  log_error("%s", err);
-  return -1;
 }
 
 static void close_slot_sockets(struct slot *sl, size_t n_listens) {

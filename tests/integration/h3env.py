@@ -5,6 +5,7 @@ import atexit
 import json
 import os
 import pathlib
+import re
 import signal as sig_mod
 import socket
 import subprocess
@@ -115,13 +116,18 @@ class Process:
     def log(self):
         return pathlib.Path(self.logfile.name).read_text(errors="replace")
 
+    def log_count(self, text):
+        """How often text (a string, or a compiled pattern) is in the log."""
+        log = self.log()
+        return len(text.findall(log)) if isinstance(text, re.Pattern) else log.count(text)
+
     def wait_log(self, text, timeout=20.0, count=1):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.log().count(text) >= count:
+            if self.log_count(text) >= count:
                 return True
             if self.proc.poll() is not None:
-                return self.log().count(text) >= count
+                return self.log_count(text) >= count
             time.sleep(0.05)
         return False
 
@@ -205,6 +211,11 @@ def make_cert(directory):
     return cert, key
 
 
+# "h3gate 0.1.0 ready" (one process) or "h3gate ready: 3 worker processes"
+# (the master); "ready" alone is also in "Address already in use".
+GATEWAY_READY = re.compile(r"h3gate (\S+ )?ready")
+
+
 class Gateway(Process):
     """h3gate with a config written from a template; {tls_port}, {plain_port}
     and names given in fmt are filled in."""
@@ -219,7 +230,7 @@ class Gateway(Process):
         self.write_config(config_text, **fmt)
         super().__init__([BIN / "h3gate", "-c", self.config], cwd=self.dir, env=env, name="gateway")
         if wait:
-            assert self.wait_log("ready", timeout=20), self.log()[-3000:]
+            assert self.wait_log(GATEWAY_READY), self.log()[-3000:]
 
     def write_config(self, text, **fmt):
         self.config_text = text

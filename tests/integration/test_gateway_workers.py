@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from h3env import (BASIC_CONFIG, BIN, Gateway, children_of, curl, curl_json, free_port, metric,
-                   metrics, run, sanitizer_env)
+from h3env import (BASIC_CONFIG, BIN, GATEWAY_READY, Gateway, children_of, curl, curl_json,
+                   free_port, metric, metrics, run, sanitizer_env)
 from test_http3 import body, expected_sha, h3
 
 WORKERS = 3
@@ -353,6 +353,14 @@ def test_a_refused_fork_or_socketpair_is_tried_again(worker):
         assert g.stop() == 0
 
 
+def master_bind_number(slot, which):
+    """Which bind() of the master's (from 1) makes the given socket, with
+    CONFIG's two listen entries (TLS with HTTP/3, then cleartext): the admin
+    listener, then the probes without SO_REUSEPORT (TLS's TCP and UDP, the
+    cleartext TCP), then the same three for each process slot in turn."""
+    return 1 + 3 + 3 * slot + {"tls": 1, "udp": 2, "plain": 3}[which]
+
+
 @pytest.mark.parametrize("workers,fault,why", [
     # With several processes the master maps the 0-RTT anti-replay store
     # before forking. Were it to go on without, each process would map its
@@ -364,13 +372,16 @@ def test_a_refused_fork_or_socketpair_is_tried_again(worker):
     # the kernel hashes their addresses: a migrated client would reach a
     # process that does not know it.
     (WORKERS, {"reuseport_bpf": "1"}, ["cannot steer datagrams to worker processes by connection ID"]),
-], ids=["replay-store-1", f"replay-store-{WORKERS}", f"steering-{WORKERS}"])
+    # The second process's UDP socket cannot be bound after the first's was
+    # (and steered): the steering counts on all of them.
+    (WORKERS, {"bind": str(master_bind_number(slot=1, which="udp"))}, ["UDP port", "Address already in use"]),
+], ids=["replay-store-1", f"replay-store-{WORKERS}", f"steering-{WORKERS}", f"udp-bind-{WORKERS}"])
 def test_http3_that_cannot_run_safely_is_off_and_tcp_serves(worker, workers, fault, why):
     # Lone or not, the gateway turns HTTP/3 off, says so once, and TCP serves.
     g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=workers,
                 admin=free_port(), env=faulty_env(**fault))
     try:
-        g.wait_log("ready")
+        assert g.wait_log(GATEWAY_READY), g.log()[-2000:]
         assert g.log().count("HTTP/3 is off on") == 1, g.log()[-2000:]
         assert all(part in g.log() for part in why), g.log()[-2000:]
         for _ in range(6):  # with 3 processes, connections reach more than one
@@ -378,5 +389,27 @@ def test_http3_that_cannot_run_safely_is_off_and_tcp_serves(worker, workers, fau
             assert r.returncode == 0 and "alt-svc" not in r.stdout.lower(), r.stdout
         r, d, st = h3(g, "/pid", timeout=3)
         assert st == [], r.stdout[-1000:]  # nothing answers on UDP
+        # and nothing holds the UDP port, swallowing datagrams unread
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", g.tls_port))
     finally:
         assert g.stop() == 0
+
+
+def test_a_listening_socket_that_cannot_be_bound_stops_the_master(worker):
+    # The third process's TCP socket for the TLS port: the ports were free a
+    # moment before (the probes), so something raced the gateway for them.
+    # TCP is what it is for: it says which address and exits non-zero, with
+    # no process left behind and nothing bound.
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
+                admin=free_port(), wait=False,
+                env=faulty_env(bind=str(master_bind_number(slot=2, which="tls"))))
+    try:
+        assert g.proc.wait(timeout=30) == 1
+        assert f"cannot listen on 127.0.0.1:{g.tls_port}: Address already in use" in g.log(), g.log()
+        assert g.log_count(GATEWAY_READY) == 0
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", g.tls_port))
+    finally:
+        g.stop()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from h3env import APPS, BIN, Process, make_cert
+from h3env import APPS, BIN, GATEWAY_READY, Process, make_cert
 
 TAG = f"h3t{os.getpid() % 100000}"
 NET = "10.77.0"
@@ -133,7 +133,7 @@ routes:
     gateway = Process(in_ns("gw", BIN / "h3gate", "-c", tmp_path / "gateway.yaml"), cwd=tmp_path,
                       name="gateway")
     try:
-        assert gateway.wait_log("ready", timeout=20), gateway.log()
+        assert gateway.wait_log(GATEWAY_READY), gateway.log()
         assert gateway.wait_log(f"server {NAME}:8000 ({NET}.13:8000) added", timeout=10), gateway.log()
         # Bounded load: counts and a time limit on both clients.
         h2 = subprocess.Popen(in_ns("gw", "h2load", "-n", "12000", "-c", "4", "-m", "8",

@@ -7,6 +7,7 @@
  *   H3G_FAIL_SOCKETPAIR=1      the 1st socketpair() fails with EMFILE
  *   H3G_FAIL_MMAP_SHARED=1     the 1st shared anonymous mmap() fails with ENOMEM
  *   H3G_FAIL_REUSEPORT_BPF=1   the 1st SO_ATTACH_REUSEPORT_CBPF fails with EPERM
+ *   H3G_FAIL_BIND=5            the 5th bind() fails with EADDRINUSE
  *                              (a seccomp policy or a kernel without it)
  *
  * Calls are counted per process; a forked child goes on from its parent's
@@ -83,4 +84,14 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
   }
   int (*next)(int, int, int, const void *, socklen_t) = real("setsockopt");
   return next(fd, level, name, value, len);
+}
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+  static unsigned calls;
+  if (chosen("H3G_FAIL_BIND", ++calls)) {
+    errno = EADDRINUSE;
+    return -1;
+  }
+  int (*next)(int, const struct sockaddr *, socklen_t) = real("bind");
+  return next(fd, addr, len);
 }
