@@ -598,7 +598,10 @@ int master_run(struct gw_conf *conf) {
     return 1;
   }
   V.udp_off = calloc(conf->n_listens, sizeof *V.udp_off);
-  if (V.udp_off == NULL) return 1;
+  if (V.udp_off == NULL) {
+    log_error("out of memory");
+    return 1;
+  }
   /* Made before the fork, so every worker keys tokens and tickets alike. */
   if (quic_shared_prepare(conf) != 0) http3_off_everywhere(conf, strerror(errno));
   if (listener_share_ticket_keys() != 0) {
