@@ -48,6 +48,6 @@ void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent);
 /* Charges a received frame. True when the peer is over budget. The clock
  * is read only for frames that count: most frames are DATA, and a clock read
  * per frame is a TSC read per WebSocket message on a VM. */
-bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*now_ms)(void));
+bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*clock_ms)(void));
 
 #endif

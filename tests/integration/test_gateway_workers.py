@@ -408,6 +408,7 @@ def test_a_listening_socket_that_cannot_be_bound_stops_the_master(worker):
         assert g.proc.wait(timeout=30) == 1
         assert f"cannot listen on 127.0.0.1:{g.tls_port}: Address already in use" in g.log(), g.log()
         assert g.log_count(GATEWAY_READY) == 0
+        assert run(["pgrep", "-f", str(g.config)]).returncode == 1  # no worker was forked
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as s:
                 s.bind(("127.0.0.1", g.tls_port))

@@ -7,8 +7,8 @@
  *   H3G_FAIL_SOCKETPAIR=1      the 1st socketpair() fails with EMFILE
  *   H3G_FAIL_MMAP_SHARED=1     the 1st shared anonymous mmap() fails with ENOMEM
  *   H3G_FAIL_REUSEPORT_BPF=1   the 1st SO_ATTACH_REUSEPORT_CBPF fails with EPERM
- *   H3G_FAIL_BIND=5            the 5th bind() fails with EADDRINUSE
  *                              (a seccomp policy or a kernel without it)
+ *   H3G_FAIL_BIND=5            the 5th bind() fails with EADDRINUSE
  *
  * Calls are counted per process; a forked child goes on from its parent's
  * count. Only shared anonymous mappings are counted for mmap: malloc and the
