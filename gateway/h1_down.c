@@ -31,7 +31,7 @@
 
 enum {
   OUT_HIGH_WATER = 256 * 1024, /* response bytes queued for the socket */
-  SMALL_BODY = 8 * 1024,       /* copied rather than moved into the output */
+  SMALL_BODY = 8 * 1024,       /* over TLS, copied rather than moved into the output */
   DRAIN_IDLE_MS = 1000,        /* stopping: an idle connection closes after this */
 };
 
@@ -372,9 +372,11 @@ static void write_response(struct down_conn *c) {
       evbuffer_drain(x->resp_body, n);
     } else {
       if (h->chunked) evbuffer_add_printf(out, "%zx\r\n", n);
-      if (n <= SMALL_BODY) {
-        /* Copied next to the head: one TLS record (and one write) for a
-         * small response, where moving the chain would make two. */
+      if (n <= SMALL_BODY && c->tls) {
+        /* Copied next to the head: one TLS record for a small response,
+         * where moving the chain would make two. In cleartext a moved chain
+         * leaves in the same writev, and a copy is an allocation, a memcpy
+         * and a free per WebSocket message. */
         evbuffer_add(out, evbuffer_pullup(x->resp_body, (ev_ssize_t)n), n);
         evbuffer_drain(x->resp_body, n);
       } else {
