@@ -370,23 +370,21 @@ static bool same_remote(const struct batch *b, const ngtcp2_addr *a) {
   return b->remote_len == a->addrlen && memcmp(&b->remote, a->addr, a->addrlen) == 0;
 }
 
-static void conn_flush(struct flushable *f) {
-  struct quic_conn *qc = (struct quic_conn *)f;
-  if (qc->dead || qc->closing || qc->draining || qc->blocked) return;
-  static struct batch b;
-  b.len = b.count = b.segment = 0;
-  uint64_t ts = quic_now_ns();
-  size_t max_udp = ngtcp2_conn_get_path_max_tx_udp_payload_size(qc->conn);
-  if (max_udp > QUIC_MAX_UDP_PAYLOAD) max_udp = QUIC_MAX_UDP_PAYLOAD;
-  /* Pacing: no more than the congestion controller's quantum now; the
-   * expiry timer brings us back for the rest. */
+/* Pacing: no more packets now than the congestion controller's quantum;
+ * the expiry timer brings us back for the rest. */
+static size_t packets_allowed_now(struct quic_conn *qc, size_t max_udp) {
   size_t max_pkts = ngtcp2_conn_get_send_quantum(qc->conn) / max_udp;
   if (max_pkts < 1) max_pkts = 1;
   if (max_pkts > MAX_SEGMENTS) max_pkts = MAX_SEGMENTS;
-  ngtcp2_path_storage ps;
-  ngtcp2_path_storage_zero(&ps);
+  return max_pkts;
+}
+
+/* Writes the next packet into dest, with as much HTTP/3 stream data as
+ * fits. Returns its size, 0 when there is nothing to send, or -1 when the
+ * connection failed (closing has started). */
+static ngtcp2_ssize write_packet(struct quic_conn *qc, ngtcp2_path_storage *ps, uint8_t *dest,
+                                 size_t max_udp, uint64_t ts) {
   ngtcp2_pkt_info pi;
-  size_t pkts = 0;
   for (;;) {
     int64_t stream_id = -1;
     int fin = 0;
@@ -397,64 +395,77 @@ static void conn_flush(struct flushable *f) {
       if (vcnt < 0) {
         ngtcp2_connection_close_error_set_application_error(&qc->ccerr, H3_INTERNAL_ERROR, NULL, 0);
         start_closing(qc);
-        return;
+        return -1;
       }
     }
     ngtcp2_ssize ndatalen;
     uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
-    ngtcp2_ssize n = ngtcp2_conn_writev_stream(qc->conn, &ps.path, &pi, b.buf + b.len, max_udp,
-                                               &ndatalen, flags, stream_id, vec, (size_t)vcnt, ts);
-    if (n < 0) {
-      if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
-        h3_block(qc, stream_id);
-        continue;
-      }
-      if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
-        h3_shutdown_write(qc, stream_id);
-        continue;
-      }
-      if (n == NGTCP2_ERR_WRITE_MORE) {
-        h3_wrote(qc, stream_id, (size_t)ndatalen);
-        continue;
-      }
+    ngtcp2_ssize n = ngtcp2_conn_writev_stream(qc->conn, &ps->path, &pi, dest, max_udp, &ndatalen,
+                                               flags, stream_id, vec, (size_t)vcnt, ts);
+    if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED) {
+      h3_block(qc, stream_id);
+    } else if (n == NGTCP2_ERR_STREAM_SHUT_WR) {
+      h3_shutdown_write(qc, stream_id);
+    } else if (n == NGTCP2_ERR_WRITE_MORE) {
+      h3_wrote(qc, stream_id, (size_t)ndatalen); /* room left: coalesce another stream */
+    } else if (n < 0) {
       ngtcp2_connection_close_error_set_transport_error_liberr(&qc->ccerr, (int)n, NULL, 0);
       start_closing(qc);
-      return;
+      return -1;
+    } else {
+      if (ndatalen >= 0) h3_wrote(qc, stream_id, (size_t)ndatalen);
+      return n;
     }
-    if (ndatalen >= 0) h3_wrote(qc, stream_id, (size_t)ndatalen);
-    if (n == 0) break;
-    if (b.count > 0 && !same_remote(&b, &ps.path.remote)) {
-      /* The packet just written belongs to another path: send what came
-       * before it, then start a new batch with it. */
-      uint8_t keep[QUIC_MAX_UDP_PAYLOAD];
-      memcpy(keep, b.buf + b.len, (size_t)n);
-      if (send_batch(qc, &b) == -EAGAIN) goto blocked;
-      memcpy(b.buf, keep, (size_t)n);
-    }
-    if (b.count == 0) {
-      memcpy(&b.remote, ps.path.remote.addr, ps.path.remote.addrlen);
-      b.remote_len = ps.path.remote.addrlen;
-      b.segment = (size_t)n;
-    }
-    b.len += (size_t)n;
-    b.count++;
-    pkts++;
-    /* A GSO batch is segments of one size; a shorter one ends it. */
-    if ((size_t)n < b.segment || b.count == MAX_SEGMENTS) {
-      if (send_batch(qc, &b) == -EAGAIN) goto blocked;
-    }
-    if (pkts >= max_pkts) break;
   }
-  if (send_batch(qc, &b) == -EAGAIN) goto blocked;
-  ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
-  update_timer(qc);
-  if (qc->goaway && h3_idle(qc)) start_closing(qc);
-  return;
+}
 
-blocked:
+/* Adds the packet of n bytes just written at b->buf + b->len to the batch,
+ * sending the batch first or after as GSO needs. -EAGAIN: the endpoint
+ * queued it, wait for the socket. */
+static int batch_packet(struct quic_conn *qc, struct batch *b, const ngtcp2_path *path, size_t n) {
+  if (b->count > 0 && !same_remote(b, &path->remote)) {
+    /* The packet belongs to another path: send what came before it, then
+     * start a new batch with it. */
+    uint8_t keep[QUIC_MAX_UDP_PAYLOAD];
+    memcpy(keep, b->buf + b->len, n);
+    if (send_batch(qc, b) == -EAGAIN) return -EAGAIN;
+    memcpy(b->buf, keep, n);
+  }
+  if (b->count == 0) {
+    memcpy(&b->remote, path->remote.addr, path->remote.addrlen);
+    b->remote_len = path->remote.addrlen;
+    b->segment = n;
+  }
+  b->len += n;
+  b->count++;
+  /* A GSO batch is segments of one size; a shorter one ends it. */
+  if (n < b->segment || b->count == MAX_SEGMENTS) return send_batch(qc, b);
+  return 0;
+}
+
+static void conn_flush(struct flushable *f) {
+  struct quic_conn *qc = (struct quic_conn *)f;
+  if (qc->dead || qc->closing || qc->draining || qc->blocked) return;
+  static struct batch b;
+  b.len = b.count = b.segment = 0;
+  uint64_t ts = quic_now_ns();
+  size_t max_udp = ngtcp2_conn_get_path_max_tx_udp_payload_size(qc->conn);
+  if (max_udp > QUIC_MAX_UDP_PAYLOAD) max_udp = QUIC_MAX_UDP_PAYLOAD;
+  size_t max_pkts = packets_allowed_now(qc, max_udp);
+  ngtcp2_path_storage ps;
+  ngtcp2_path_storage_zero(&ps);
+  bool blocked = false;
+  for (size_t pkts = 0; pkts < max_pkts && !blocked; pkts++) {
+    ngtcp2_ssize n = write_packet(qc, &ps, b.buf + b.len, max_udp, ts);
+    if (n < 0) return;
+    if (n == 0) break;
+    blocked = batch_packet(qc, &b, &ps.path, (size_t)n) == -EAGAIN;
+  }
+  if (!blocked) blocked = send_batch(qc, &b) == -EAGAIN;
   ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
-  quic_ep_wait_writable(qc->ep, qc);
+  if (blocked) quic_ep_wait_writable(qc->ep, qc);
   update_timer(qc);
+  if (!blocked && qc->goaway && h3_idle(qc)) start_closing(qc);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
