@@ -403,8 +403,8 @@ static void apply_forwarded(struct asgi_stream *s, PyObject **client, PyObject *
   char proto[16] = "";
   bool have_client = false;
   if (s->fwd) {
-    if (forwarded_rfc7239_last(PyBytes_AS_STRING(s->fwd), (size_t)PyBytes_GET_SIZE(s->fwd), &fc,
-                               proto, sizeof proto) == 0 &&
+    if (forwarded_rfc7239_client(PyBytes_AS_STRING(s->fwd), (size_t)PyBytes_GET_SIZE(s->fwd),
+                                 &server_config()->forwarded_allow, &fc, proto, sizeof proto) == 0 &&
         fc.host[0] != '\0')
       have_client = true;
   }

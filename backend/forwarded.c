@@ -86,14 +86,12 @@ static int parse_node(const char *p, size_t len, struct forwarded_client *out) {
   return 0;
 }
 
-int forwarded_rfc7239_last(const char *v, size_t len, struct forwarded_client *client,
-                           char *proto, size_t proto_size) {
-  const char *elem;
-  size_t elen, pos = len;
+/* One Forwarded element: its for= (host and port) and proto=. */
+static void parse_forwarded_element(const char *elem, size_t elen, struct forwarded_client *client,
+                                    char *proto, size_t proto_size) {
   client->host[0] = '\0';
   client->port = -1;
   if (proto_size) proto[0] = '\0';
-  if (!prev_element(v, &pos, &elem, &elen) || elen == 0) return -1;
   /* pairs separated by ';' */
   const char *p = elem, *stop = elem + elen;
   while (p < stop) {
@@ -118,7 +116,23 @@ int forwarded_rfc7239_last(const char *v, size_t len, struct forwarded_client *c
     }
     p = pair_end + 1;
   }
-  return 0;
+}
+
+int forwarded_rfc7239_client(const char *v, size_t len, const struct cidr_list *trusted,
+                             struct forwarded_client *client, char *proto, size_t proto_size) {
+  const char *elem;
+  size_t elen, pos = len;
+  bool any = false;
+  while (prev_element(v, &pos, &elem, &elen)) {
+    if (elen == 0) continue;
+    any = true;
+    parse_forwarded_element(elem, elen, client, proto, proto_size);
+    /* A hop we trust vouches for the one before it; anything else (an
+     * address we don't trust, an obfuscated node, no for=) is the client. */
+    if (client->host[0] == '\0' || !cidr_list_match_text(trusted, client->host, strlen(client->host)))
+      return 0;
+  }
+  return any ? 0 : -1; /* all trusted: the leftmost, parsed last */
 }
 
 /* The first element of a list whose elements may carry (comments, with

@@ -18,10 +18,12 @@ struct forwarded_client {
  * hop) the first address not in trusted, else the leftmost. 0 or -1. */
 int forwarded_xff_client(const char *v, size_t len, const struct cidr_list *trusted,
                          struct forwarded_client *out);
-/* The last element of a Forwarded header: its for= (host and port) and
- * proto=. Missing parameters are left empty. 0 or -1 when unparsable. */
-int forwarded_rfc7239_last(const char *v, size_t len, struct forwarded_client *client,
-                           char *proto, size_t proto_size);
+/* The client in a Forwarded header, as for X-Forwarded-For: walking from
+ * the right, the first element whose for= is not in trusted, else the
+ * leftmost; its for= (host and port) and proto=. Missing parameters are
+ * left empty. 0, or -1 when there is no element. */
+int forwarded_rfc7239_client(const char *v, size_t len, const struct cidr_list *trusted,
+                             struct forwarded_client *client, char *proto, size_t proto_size);
 /* The received-protocol of the first Via entry (the protocol the client
  * used), without an "HTTP/" prefix: "3", "2", "1.1". 0 or -1. */
 int forwarded_via_protocol(const char *v, size_t len, char *out, size_t out_size);

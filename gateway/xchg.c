@@ -279,6 +279,8 @@ static enum field_role classify(const char *n, uint32_t len) {
 #undef IS
 
 /* A small string builder for field values: no printf on the hot path. */
+/* Declared without an initializer and started with n = 0: an initializer
+ * would clear 2 KiB per field added. */
 struct strbuf {
   char b[2048];
   size_t n;
@@ -320,12 +322,10 @@ static void drop_connection_listed(struct xchg *x, int conn_idx) {
 /* One pass over the request fields: hop-by-hop fields go, the forwarding
  * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
  * Forwarded, Via and X-Request-ID are added. */
-static int rewrite_request_fields(struct xchg *x) {
-  const struct gw_conf *conf = x->rt->conf;
-  bool trusted = conf->trusted_proxies.any || conf->trusted_proxies.n
-                     ? cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip))
-                     : false;
-  int last[F_ROLES];
+/* Marks hop-by-hop and forwarding fields dropped; last[role] is the last
+ * forwarding field of each role from a trusted proxy (and a valid client
+ * X-Request-ID), which the added fields extend or keep. */
+static void drop_hop_and_forwarding_fields(struct xchg *x, bool trusted, int last[F_ROLES]) {
   for (int r = 0; r < F_ROLES; r++) last[r] = -1;
   uint32_t n = x->req.n;
   for (uint32_t i = 0; i < n; i++) {
@@ -353,61 +353,88 @@ static int rewrite_request_fields(struct xchg *x) {
     }
     h->flags |= HDR_DROPPED;
   }
+}
 
-  int i_scheme = x->i_scheme, i_auth = x->i_authority;
+/* Adds name: [a trusted proxy's value, ]ours. Returns the field's index or -1. */
+static int add_extended(struct xchg *x, const char *name, int before, struct strbuf *ours) {
   struct strbuf sb;
-  /* X-Forwarded-For: the client, after what a trusted proxy said */
   sb.n = 0;
-  if (last[F_XFF] >= 0) sb_field(&sb, &x->req, last[F_XFF]), sb_add(&sb, ", ", 2);
+  if (before >= 0) sb_field(&sb, &x->req, before), sb_add(&sb, ", ", 2);
+  sb_add(&sb, ours->b, ours->n);
+  return hdr_add(&x->req, name, strlen(name), sb.b, sb.n);
+}
+
+/* X-Forwarded-For (the client, after what a trusted proxy said), and
+ * X-Forwarded-Proto and -Host (a trusted proxy's stand). */
+static int add_x_forwarded(struct xchg *x, const int last[F_ROLES]) {
+  struct strbuf sb;
+  sb.n = 0;
   sb_str(&sb, x->client_ip);
-  if (hdr_add(&x->req, "x-forwarded-for", 15, sb.b, sb.n) < 0) return -1;
-  /* X-Forwarded-Proto and -Host: a trusted proxy's stand */
-  int proto = last[F_XFP] >= 0 ? last[F_XFP] : i_scheme;
-  int host = last[F_XFH] >= 0 ? last[F_XFH] : i_auth;
+  if (add_extended(x, "x-forwarded-for", last[F_XFF], &sb) < 0) return -1;
+  int proto = last[F_XFP] >= 0 ? last[F_XFP] : x->i_scheme;
+  int host = last[F_XFH] >= 0 ? last[F_XFH] : x->i_authority;
   sb.n = 0;
   sb_field(&sb, &x->req, proto);
   if (hdr_add(&x->req, "x-forwarded-proto", 17, sb.b, sb.n) < 0) return -1;
   sb.n = 0;
   sb_field(&sb, &x->req, host);
-  if (hdr_add(&x->req, "x-forwarded-host", 16, sb.b, sb.n) < 0) return -1;
-  /* Forwarded (RFC 7239), with the client's port */
-  if (conf->forwarded_header) {
-    bool v6 = strchr(x->client_ip, ':') != NULL;
-    sb.n = 0;
-    if (last[F_FORWARDED] >= 0) sb_field(&sb, &x->req, last[F_FORWARDED]), sb_add(&sb, ", ", 2);
-    sb_str(&sb, v6 ? "for=\"[" : "for=\"");
-    sb_str(&sb, x->client_ip);
-    sb_str(&sb, v6 ? "]:" : ":");
-    sb_uint(&sb, x->client_port);
-    sb_str(&sb, "\";proto=");
-    sb_field(&sb, &x->req, i_scheme);
-    sb_str(&sb, ";host=\"");
-    sb_field(&sb, &x->req, i_auth);
-    sb_str(&sb, "\"");
-    int f = hdr_add(&x->req, "forwarded", 9, sb.b, sb.n);
-    if (f < 0) return -1;
-    x->req.v[f].flags |= HDR_UNIQUE; /* carries the client's port */
-  } else if (last[F_FORWARDED] >= 0) {
-    x->req.v[last[F_FORWARDED]].flags &= (uint8_t)~HDR_DROPPED; /* a trusted proxy's, as is */
+  return hdr_add(&x->req, "x-forwarded-host", 16, sb.b, sb.n) < 0 ? -1 : 0;
+}
+
+/* Forwarded (RFC 7239), with the client's port; without it, a trusted
+ * proxy's stays as it is. */
+static int add_forwarded(struct xchg *x, const int last[F_ROLES]) {
+  if (!x->rt->conf->forwarded_header) {
+    if (last[F_FORWARDED] >= 0) x->req.v[last[F_FORWARDED]].flags &= (uint8_t)~HDR_DROPPED;
+    return 0;
   }
+  bool v6 = strchr(x->client_ip, ':') != NULL;
+  struct strbuf sb;
+  sb.n = 0;
+  sb_str(&sb, v6 ? "for=\"[" : "for=\"");
+  sb_str(&sb, x->client_ip);
+  sb_str(&sb, v6 ? "]:" : ":");
+  sb_uint(&sb, x->client_port);
+  sb_str(&sb, "\";proto=");
+  sb_field(&sb, &x->req, x->i_scheme);
+  sb_str(&sb, ";host=\"");
+  sb_field(&sb, &x->req, x->i_authority);
+  sb_str(&sb, "\"");
+  int f = add_extended(x, "forwarded", last[F_FORWARDED], &sb);
+  if (f < 0) return -1;
+  x->req.v[f].flags |= HDR_UNIQUE; /* carries the client's port */
+  return 0;
+}
+
+/* X-Request-ID: the client's if valid, else 128 random bits in hex. */
+static int add_request_id(struct xchg *x, const int last[F_ROLES]) {
+  if (last[F_REQUEST_ID] >= 0) return 0;
+  static const char hex[] = "0123456789abcdef";
+  char id[32];
+  for (int w = 0; w < 2; w++) {
+    uint64_t r = fastrand64();
+    for (int k = 0; k < 16; k++, r >>= 4) id[w * 16 + k] = hex[r & 15];
+  }
+  int f = hdr_add(&x->req, "x-request-id", 12, id, sizeof id);
+  if (f < 0) return -1;
+  x->req.v[f].flags |= HDR_UNIQUE;
+  return 0;
+}
+
+static int rewrite_request_fields(struct xchg *x) {
+  const struct gw_conf *conf = x->rt->conf;
+  bool trusted = conf->trusted_proxies.any || conf->trusted_proxies.n
+                     ? cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip))
+                     : false;
+  int last[F_ROLES];
+  drop_hop_and_forwarding_fields(x, trusted, last);
+  if (add_x_forwarded(x, last) != 0 || add_forwarded(x, last) != 0) return -1;
   /* Via: the protocol the client used, which the worker reads back */
   static const char *const via[] = {"1.0 h3gate", "1.1 h3gate", "2 h3gate", "3 h3gate"};
+  struct strbuf sb;
   sb.n = 0;
-  if (last[F_VIA] >= 0) sb_field(&sb, &x->req, last[F_VIA]), sb_add(&sb, ", ", 2);
   sb_str(&sb, via[x->proto]);
-  if (hdr_add(&x->req, "via", 3, sb.b, sb.n) < 0) return -1;
-  /* X-Request-ID */
-  if (last[F_REQUEST_ID] < 0) {
-    static const char hex[] = "0123456789abcdef";
-    char id[32];
-    for (int w = 0; w < 2; w++) {
-      uint64_t r = fastrand64();
-      for (int k = 0; k < 16; k++, r >>= 4) id[w * 16 + k] = hex[r & 15];
-    }
-    int f = hdr_add(&x->req, "x-request-id", 12, id, sizeof id);
-    if (f < 0) return -1;
-    x->req.v[f].flags |= HDR_UNIQUE;
-  }
+  if (add_extended(x, "via", last[F_VIA], &sb) < 0 || add_request_id(x, last) != 0) return -1;
   if (x->early_data && hdr_add(&x->req, "early-data", 10, "1", 1) < 0) return -1;
   return 0;
 }

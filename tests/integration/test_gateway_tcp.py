@@ -360,3 +360,36 @@ def test_a_stalled_response_meets_the_idle_timeout_and_a_trickle_does_not(worker
         assert g.log().count("upstream idle timeout") == 2, g.log()[-2000:]
     finally:
         g.stop()
+
+
+@pytest.mark.parametrize("forwarded_header", [True, False])
+def test_a_trusted_proxys_forwarding_fields_are_extended(worker, forwarded_header):
+    """From an address in forwarding.trusted_proxies, X-Forwarded-For,
+    Forwarded and Via are appended to, and X-Forwarded-Proto and -Host are
+    the proxy's; with forwarded_header off, its Forwarded passes as it is.
+    The app sees the proxy's client."""
+    config = BASIC_CONFIG + ("forwarding: {{trusted_proxies: [127.0.0.1/32], forwarded_header: %s}}\n"
+                             % ("true" if forwarded_header else "false"))
+    g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        s = curl_json("--http1.1", "-H", "X-Forwarded-For: 203.0.113.7",
+                      "-H", "X-Forwarded-Proto: https", "-H", "X-Forwarded-Host: app.example",
+                      "-H", 'Forwarded: for="203.0.113.7:4711";proto=https;host=app.example',
+                      "-H", "Via: 2 edge", g.plain_url("/scope"))
+        headers = {}
+        for k, v in s["headers"]:
+            headers.setdefault(k, []).append(v)
+        assert headers["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]
+        assert headers["x-forwarded-proto"] == ["https"]
+        assert headers["x-forwarded-host"] == ["app.example"]
+        assert headers["via"] == ["2 edge, 1.1 h3gate"]
+        proxy_said = 'for="203.0.113.7:4711";proto=https;host=app.example'
+        if forwarded_header:
+            assert headers["forwarded"][0].startswith(proxy_said + ', for="127.0.0.1:'), headers
+            assert headers["forwarded"][0].endswith(f';proto=http;host="127.0.0.1:{g.plain_port}"')
+        else:
+            assert headers["forwarded"] == [proxy_said]
+        assert s["client"][0] == "203.0.113.7", s["client"]  # the proxy's client, end to end
+        assert s["http_version"] == "2", s["http_version"]  # and what it spoke to the proxy
+    finally:
+        g.stop()

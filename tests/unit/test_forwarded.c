@@ -26,15 +26,34 @@ int main(void) {
 
   char proto[16];
   const char *fwd = "for=1.2.3.4;proto=http, for=\"[2001:db8::7]:4711\";proto=https;by=x";
-  CHECK(forwarded_rfc7239_last(fwd, strlen(fwd), &fc, proto, sizeof proto) == 0);
-  CHECK_STR(fc.host, "2001:db8::7");
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
+  CHECK_STR(fc.host, "2001:db8::7"); /* the nearest hop, not trusted: the client */
   CHECK(fc.port == 4711);
   CHECK_STR(proto, "https");
   fwd = "for=192.0.2.60:8080;proto=HTTP";
-  CHECK(forwarded_rfc7239_last(fwd, strlen(fwd), &fc, proto, sizeof proto) == 0);
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
   CHECK_STR(fc.host, "192.0.2.60");
   CHECK(fc.port == 8080);
   CHECK_STR(proto, "http");
+  /* a trusted load balancer in front of the gateway vouches for its client */
+  fwd = "for=\"203.0.113.7:4711\";proto=https, for=\"10.0.0.5:50000\";proto=http";
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
+  CHECK_STR(fc.host, "203.0.113.7");
+  CHECK(fc.port == 4711);
+  CHECK_STR(proto, "https");
+  /* what the client itself put on the left is not believed */
+  fwd = "for=198.51.100.1, for=203.0.113.7, for=\"10.0.0.5:1\"";
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
+  CHECK_STR(fc.host, "203.0.113.7");
+  /* an obfuscated node stops the walk, and has no address to give */
+  fwd = "for=203.0.113.7, for=_hidden, for=127.0.0.1";
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
+  CHECK_STR(fc.host, "_hidden");
+  /* all trusted: the leftmost */
+  fwd = "for=10.0.0.1, for=127.0.0.1";
+  CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
+  CHECK_STR(fc.host, "10.0.0.1");
+  CHECK(forwarded_rfc7239_client("", 0, &trusted, &fc, proto, sizeof proto) != 0);
 
   char v[8];
   /* the first entry: the protocol the client used before any proxy */
