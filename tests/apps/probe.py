@@ -56,6 +56,7 @@ def _query(scope):
 
 DISCONNECTS = []
 INFLIGHT = [0, 0]  # now, max
+HEALTH = [200]  # what /health answers; /health/set?status=N changes it
 
 
 async def app(scope, receive, send):
@@ -86,6 +87,11 @@ async def app(scope, receive, send):
         await _json(send, s)
     elif path == "/pid":
         await _json(send, {"pid": os.getpid()})
+    elif path == "/health":
+        await _json(send, {"pid": os.getpid()}, status=HEALTH[0])
+    elif path == "/health/set":
+        HEALTH[0] = int(q.get("status", "200"))
+        await _json(send, {"status": HEALTH[0]})
     elif path == "/upload":
         info = await _read_body(receive)
         info["rss_kb"] = _rss_kb()

@@ -393,3 +393,83 @@ def test_a_trusted_proxys_forwarding_fields_are_extended(worker, forwarded_heade
         assert s["http_version"] == "2", s["http_version"]  # and what it spoke to the proxy
     finally:
         g.stop()
+
+
+def test_active_health_checks_take_a_server_out_and_back():
+    """upstreams.health_check: a server whose health path answers 503 twice
+    is taken out while it still accepts connections (passive health is off
+    here, so only the check can tell), and comes back after two passes."""
+    w1, w2 = Worker("probe:app"), Worker("probe:app")
+    config = BASIC_CONFIG.replace(
+        "    resolve_interval: 1s\n",
+        "    resolve_interval: 1s\n    max_fails: 0\n    balance: round_robin\n"
+        "    health_check: {{path: /health, interval: 200ms, timeout: 1s, fails: 2, passes: 2}}\n")
+    g = Gateway(config, servers=f"127.0.0.1:{w1.port}, 127.0.0.1:{w2.port}", response_timeout="5s")
+    pid1, pid2 = curl_json(w1.url("/pid"))["pid"], curl_json(w2.url("/pid"))["pid"]
+
+    def pids_seen(n=12):
+        return {curl_json(g.plain_url("/pid"))["pid"] for _ in range(n)}
+
+    try:
+        assert pids_seen() == {pid1, pid2}
+        assert curl_json(w2.url("/health/set?status=503"))["status"] == 503
+        assert g.wait_log(f"server 127.0.0.1:{w2.port} fails its health check (status 503): taken out",
+                          timeout=10), g.log()[-2000:]
+        assert pids_seen() == {pid1}  # every request answered, none by the server taken out
+        assert curl_json(w2.url("/health/set?status=200"))["status"] == 200
+        assert g.wait_log(f"server 127.0.0.1:{w2.port} passes its health check again", timeout=10), \
+            g.log()[-2000:]
+        assert pids_seen() == {pid1, pid2}
+    finally:
+        g.stop()
+        w1.stop()
+        w2.stop()
+
+
+def test_body_limit_413_and_slow_request_head_408(worker):
+    """limits.max_body_size answers 413 (with or without a length, HTTP/1.1
+    and HTTP/2) and lets a body at the limit through; timeouts.client_header
+    answers a request head that stalls with 408, and closes a connection
+    that never starts one."""
+    config = (BASIC_CONFIG.replace("  response_header: {response_timeout}\n",
+                                   "  response_header: {response_timeout}\n  client_header: 300ms\n")
+              + "limits: {{max_body_size: 1k}}\n")
+    g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            for extra in ([], ["-H", "Transfer-Encoding: chunked"] if flags == ["--http1.1"] else []):
+                r = curl(*flags, *extra, "-w", "%{http_code}", "-o", "/dev/null",
+                         "--data-binary", "x" * 1025, g.plain_url("/upload"))
+                assert r.stdout == "413", (flags, extra, r.stdout, r.stderr)
+            s = curl_json(*flags, "--data-binary", "x" * 1024, g.plain_url("/upload"))
+            assert s["size"] == 1024, s
+
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n")  # and no blank line
+            started = time.monotonic()
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            assert s.recv(4096) == b""  # nothing sent, nothing answered: closed
+    finally:
+        g.stop()
+
+
+def test_max_connections_pauses_accepting(worker):
+    """limits.max_connections: above it the gateway stops accepting (the
+    kernel's backlog holds newcomers) and takes them on once a connection
+    closes."""
+    g = Gateway(BASIC_CONFIG + "limits: {{max_connections: 2}}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        held = [socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) for _ in range(2)]
+        r = curl("--max-time", "1", g.plain_url("/pid"))
+        assert r.returncode == 28, (r.returncode, r.stdout)  # waited in the backlog
+        held.pop().close()
+        r = curl("--max-time", "10", g.plain_url("/pid"))
+        assert r.returncode == 0 and '"pid"' in r.stdout, (r.returncode, r.stdout, r.stderr)
+        for s in held:
+            s.close()
+    finally:
+        g.stop()
