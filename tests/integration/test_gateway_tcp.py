@@ -5,6 +5,7 @@ deliberately faulty backends."""
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -473,3 +474,46 @@ def test_max_connections_pauses_accepting(worker):
             s.close()
     finally:
         g.stop()
+
+
+@pytest.mark.parametrize("fmt", ["json", "combined"])
+def test_access_log_lines(worker, tmp_path, fmt):
+    """log.access_log with access_log_format json (one object per line,
+    with what a request carried and how it went) or combined (nginx's,
+    plus rt= upstream= id=); a user agent with quotes and a control
+    character cannot break either."""
+    log = tmp_path / "access.log"
+    g = Gateway(BASIC_CONFIG.replace("log:\n  level: info\n",
+                                     f'log: {{{{level: info, access_log: "{log}", access_log_format: {fmt}}}}}\n'),
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    agent = 'probe "quoted"\tagent'
+    try:
+        assert curl_json("--http1.1", "-A", agent, "-H", "X-Request-ID: req-1", g.plain_url("/pid?x=1"))
+        s = curl_json("--http2-prior-knowledge", "--data-binary", "y" * 100, g.plain_url("/upload"))
+        assert s["size"] == 100
+        r = curl("--http1.1", "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/nowhere/../x"))
+        assert r.returncode == 0
+    finally:
+        g.stop()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3, lines
+    upstream = f"127.0.0.1:{worker.port}"
+    if fmt == "json":
+        first, second = json.loads(lines[0]), json.loads(lines[1])
+        assert (first["method"], first["path"], first["protocol"], first["status"]) == \
+            ("GET", "/pid?x=1", "HTTP/1.1", 200)
+        assert first["user_agent"] == agent and first["request_id"] == "req-1"
+        assert first["client"] == "127.0.0.1" and first["upstream"] == upstream
+        assert first["bytes"] > 0 and first["duration_ms"] >= 0 and first["attempts"] >= 1
+        assert (second["method"], second["protocol"], second["request_bytes"]) == ("POST", "HTTP/2", 100)
+        assert len(second["request_id"]) == 32  # made by the gateway
+        json.loads(lines[2])
+    else:
+        pattern = (r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+                   r'"GET /pid\?x=1 HTTP/1\.1" 200 \d+ "-" "(?P<ua>.*)" rt=[\d.]+ '
+                   r'upstream=(?P<up>\S+) id=req-1$')
+        m = re.match(pattern, lines[0])
+        assert m, lines[0]
+        assert m["up"] == upstream
+        assert '"' not in m["ua"].replace('\\"', "") and "\t" not in m["ua"], m["ua"]
+        assert lines[1].split('"')[1] == "POST /upload HTTP/2", lines[1]
