@@ -154,6 +154,27 @@ def test_zero_rtt_resumption_reaches_the_backend_as_early_data(gateway, tmp_path
     assert st == ["425"], (st, r.stderr[-2000:])
 
 
+def test_early_data_methods_can_let_a_post_through(worker, tmp_path):
+    """quic.early_data_methods: a POST listed there goes in 0-RTT (the app
+    sees Early-Data: 1 and the body), where by default it gets 425."""
+    g = Gateway(H3_CONFIG + "  early_data_methods: [GET, POST]\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        session, tp = tmp_path / "session.pem", tmp_path / "tp.pem"
+        args = [f"--session-file={session}", f"--tp-file={tp}"]
+        r, d, st = h3(g, "/pid", args=args)
+        assert st == ["200"] and session.exists(), r.stderr[-2000:]
+        f = tmp_path / "body.txt"
+        f.write_text("early bird")
+        r, d, st = h3(g, "/scope", args=[*args, "-m", "POST", "-d", str(f)])
+        assert st == ["200"], (st, r.stderr[-2000:])
+        s = json.loads(body(d, "scope"))
+        assert ["early-data", "1"] in s["headers"], s["headers"]
+        assert s["body"]["size"] == len("early bird")
+    finally:
+        g.stop()
+
+
 def test_retry_then_new_token_skips_it(worker, tmp_path):
     g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
                 secret=SECRET, retry="always")
