@@ -142,6 +142,23 @@ def test_oversized_headers_get_431(worker):
         g.stop()
 
 
+def test_too_many_header_fields_get_431(worker):
+    """limits.max_header_count bounds the number of fields, whatever their
+    size, over HTTP/1.1 and HTTP/2; one under the limit passes."""
+    cfg = BASIC_CONFIG.replace("log:\n", "limits:\n  max_header_count: 20\nlog:\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            many = [arg for i in range(30) for arg in ("-H", f"X-Field-{i}: v")]
+            r = curl(*flags, *many, "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/pid"))
+            assert r.stdout == "431", (flags, r.stdout, r.stderr)
+            few = [arg for i in range(10) for arg in ("-H", f"X-Field-{i}: v")]
+            r = curl(*flags, *few, "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/pid"))
+            assert r.stdout == "200", (flags, r.stdout, r.stderr)
+    finally:
+        g.stop()
+
+
 def test_no_route_is_404():
     w = Worker("probe:app")
     cfg = BASIC_CONFIG.replace("path_prefix: /\n", "path_prefix: /api/\n")
