@@ -271,6 +271,33 @@ def test_unreachable_backend_is_502_and_no_healthy_server_is_503():
         g.stop()
 
 
+def test_a_refusing_server_rests_for_fail_timeout_and_is_tried_again(worker):
+    """Passive health: a server that refuses connections is ejected for
+    upstreams.fail_timeout (its requests retried on the other server, so
+    none fails), and tried again once that has passed."""
+    dead = free_port()  # nothing listens there
+    config = BASIC_CONFIG.replace("    resolve_interval: 1s\n",
+                                  "    resolve_interval: 1s\n    balance: round_robin\n"
+                                  "    fail_timeout: 1s\n")
+    g = Gateway(config, servers=f"127.0.0.1:{dead}, 127.0.0.1:{worker.port}", response_timeout="5s")
+    ejected = f"server 127.0.0.1:{dead} ejected for 1.0s"
+    try:
+        deadline = time.monotonic() + 20
+        while g.log().count(ejected) < 2 and time.monotonic() < deadline:  # bounded: 20 s
+            r = curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/pid"))
+            assert r.stdout == "200", (r.stdout, g.log()[-2000:])
+            time.sleep(0.05)
+        assert g.log().count(ejected) >= 2, g.log()[-2000:]
+        first, second = [line for line in g.log().splitlines() if ejected in line][:2]
+
+        def stamp(line):  # the log's own clock, to the millisecond
+            return time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + int(line[20:23]) / 1000
+
+        assert stamp(second) - stamp(first) >= 0.95, (first, second)  # not tried before fail_timeout
+    finally:
+        g.stop()
+
+
 def test_backend_restarted_during_get_load_loses_nothing():
     a = Worker("probe:app", workers=1)
     b = Worker("probe:app", workers=1)
