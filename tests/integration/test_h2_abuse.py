@@ -1,8 +1,14 @@
 """HTTP/2 abuse against the worker (from an untrusted peer) and the gateway's
 front: rapid reset (CVE-2023-44487), CONTINUATION floods, SETTINGS/PING
 floods and empty DATA frames end with GOAWAY and a closed connection, and
-never harm other clients."""
+never harm other clients; and the limits a client is told in SETTINGS."""
 
+import socket
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 
 from h2frames import (CONTINUATION, DATA, ENHANCE_YOUR_CALM, END_HEADERS, GET_BLOCK, HEADERS,
@@ -68,3 +74,34 @@ def test_control_frame_floods_get_enhance_your_calm(targets, side, kind):
     assert code == ENHANCE_YOUR_CALM, code
     s.close()
     assert still_serving(targets[side])
+
+
+def test_http2_limits_reach_the_client_in_settings():
+    """limits.h2_max_concurrent_streams and http2.stream_window /
+    connection_window are what a client learns from the gateway's SETTINGS
+    and its first WINDOW_UPDATE (Python's h2 as the client)."""
+    w = Worker("probe:app")
+    cfg = BASIC_CONFIG.replace("log:\n", "limits:\n  h2_max_concurrent_streams: 7\n"
+                               "http2:\n  stream_window: 128k\n  connection_window: 4m\nlog:\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{w.port}", response_timeout="5s")
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            s.sendall(conn.data_to_send())
+            settings = conn_window = None
+            while settings is None or conn_window is None:  # bounded by the socket timeout
+                data = s.recv(65536)
+                assert data, "the gateway closed the connection"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RemoteSettingsChanged):
+                        settings = {k: v.new_value for k, v in ev.changed_settings.items()}
+                    elif isinstance(ev, h2.events.WindowUpdated) and ev.stream_id == 0:
+                        conn_window = conn.outbound_flow_control_window
+                s.sendall(conn.data_to_send())
+        assert settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7, settings
+        assert settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 128 * 1024, settings
+        assert conn_window == 4 * 1024 * 1024, conn_window
+    finally:
+        g.stop()
+        w.stop()
