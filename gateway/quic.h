@@ -111,6 +111,7 @@ struct quic_conn {
   bool blocked;                    /* waits for the socket to take more */
   bool goaway;
   bool early_data_ok;
+  int qlog_fd;                     /* quic.qlog_dir: this connection's qlog, or -1 */
   char peer_ip[64];
   uint16_t peer_port;
   LIST_HEAD(, h3_strm) streams;

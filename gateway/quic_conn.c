@@ -11,10 +11,12 @@
  *   closing, draining, freeing
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <event2/event.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
@@ -204,6 +206,43 @@ static void debug_printf(void *user, const char *fmt, ...) {
   fputc('\n', stderr);
 }
 
+/* quic.qlog_dir (debugging only): ngtcp2's qlog for each connection, in
+ * DIR/ODCID.sqlog (JSON text sequences, as ngtcp2's own examples write).
+ * The writes are plain blocking file writes on the event loop, which is
+ * why it is never on unless configured. */
+static void qlog_write(void *user, uint32_t flags, const void *data, size_t len) {
+  struct quic_conn *qc = user;
+  if (qc->qlog_fd < 0) return;
+  while (len > 0) {
+    ssize_t n = write(qc->qlog_fd, data, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    data = (const uint8_t *)data + n;
+    len -= (size_t)n;
+  }
+  if (flags & NGTCP2_QLOG_WRITE_FLAG_FIN) {
+    close(qc->qlog_fd);
+    qc->qlog_fd = -1;
+  }
+}
+
+static void qlog_open(struct quic_conn *qc, const char *dir, const ngtcp2_cid *odcid,
+                      ngtcp2_settings *settings) {
+  static bool warned;
+  char path[4096], hex[2 * NGTCP2_MAX_CIDLEN + 1];
+  for (size_t i = 0; i < odcid->datalen; i++) snprintf(hex + 2 * i, 3, "%02x", odcid->data[i]);
+  hex[2 * odcid->datalen] = '\0';
+  snprintf(path, sizeof path, "%s/%s.sqlog", dir, hex);
+  qc->qlog_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (qc->qlog_fd < 0) {
+    if (!warned) log_warn("quic: cannot write qlog %s: %s (said once)", path, strerror(errno));
+    warned = true;
+    return;
+  }
+  settings->qlog.odcid = *odcid;
+  settings->qlog.write = qlog_write;
+}
+
 static ngtcp2_cc_algo cc_algo(enum quic_cc cc) {
   switch (cc) {
   case CC_RENO: return NGTCP2_CC_ALGO_RENO;
@@ -222,6 +261,7 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
   if (qc == NULL) return NULL;
   qc->id = ++gw.next_id;
   qc->ep = ep;
+  qc->qlog_fd = -1;
   qc->flush.flush = conn_flush;
   LIST_INIT(&qc->streams);
   ngtcp2_connection_close_error_default(&qc->ccerr);
@@ -263,6 +303,7 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
   } else {
     params.original_dcid = hd->dcid;
   }
+  if (q->qlog_dir) qlog_open(qc, q->qlog_dir, &params.original_dcid, &settings);
   int rc = ngtcp2_conn_server_new(&qc->conn, &hd->scid, &scid, path, hd->version, &callbacks,
                                   &settings, &params, quic_ngtcp2_mem(), qc);
   if (rc != 0) {
@@ -292,6 +333,7 @@ err_tls:
 err_conn:
   ngtcp2_conn_del(qc->conn);
 err_free:
+  if (qc->qlog_fd >= 0) close(qc->qlog_fd);
   free(qc);
   return NULL;
 }
@@ -555,6 +597,7 @@ static void conn_free(void *p) {
   if (qc->timer) event_free(qc->timer);
   ngtcp2_conn_del(qc->conn);
   gnutls_deinit(qc->tls);
+  if (qc->qlog_fd >= 0) close(qc->qlog_fd); /* ngtcp2 ended it without a final write */
   free(qc->close_pkt);
   free(qc);
 }

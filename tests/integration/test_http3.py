@@ -175,6 +175,29 @@ def test_early_data_methods_can_let_a_post_through(worker, tmp_path):
         g.stop()
 
 
+def test_qlog_dir_gets_a_qlog_per_connection(worker, tmp_path):
+    """quic.qlog_dir (debugging): each connection's qlog in ODCID.sqlog,
+    JSON text sequences from ngtcp2, ending with the connection."""
+    qlog = tmp_path / "qlog"
+    qlog.mkdir()
+    g = Gateway(H3_CONFIG + f'  qlog_dir: "{qlog}"\n', servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        for _ in range(2):
+            r, d, st = h3(g, "/pid")
+            assert st == ["200"], r.stderr[-2000:]
+    finally:
+        g.stop()
+    files = sorted(qlog.glob("*.sqlog"))
+    assert len(files) == 2, files
+    for f in files:
+        assert re.fullmatch(r"[0-9a-f]{16,40}\.sqlog", f.name), f.name
+        records = [json.loads(r) for r in f.read_text().split("\x1e") if r.strip()]
+        assert records[0]["qlog_format"] == "JSON-SEQ", records[0]
+        names = {r.get("name") for r in records[1:]}
+        assert "transport:packet_received" in names and "transport:packet_sent" in names, names
+
+
 def test_retry_then_new_token_skips_it(worker, tmp_path):
     g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
                 secret=SECRET, retry="always")
