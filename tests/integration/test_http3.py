@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import socket
+import subprocess
 import tempfile
 
 import pytest
@@ -216,6 +217,27 @@ def test_retry_then_new_token_skips_it(worker, tmp_path):
         import base64
         pem = token.read_text().split("-----")[2]
         assert base64.b64decode(pem)[0] == 0x36
+    finally:
+        g.stop()
+
+
+def test_retry_auto_asks_for_address_validation_only_above_the_handshake_rate(worker):
+    """quic.retry: auto sends Retry only to handshakes beyond
+    retry_threshold per second: of 6 clients started together, the first
+    ones go straight through and the rest are asked to validate first; all
+    get their answer."""
+    g = Gateway(H3_CONFIG + "  retry_threshold: 2\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", secret=SECRET, retry="auto")
+    try:
+        procs = [subprocess.Popen(["gtlsclient", "--exit-on-all-streams-close", "--timeout=20s",
+                                   f"--download={tempfile.mkdtemp()}", "127.0.0.1", str(g.tls_port),
+                                   f"https://127.0.0.1:{g.tls_port}/pid"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(6)]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        assert all("[:status: 200]" in out for out in outs), [o[-500:] for o in outs]
+        retried = sum("type=Retry" in out for out in outs)
+        assert 1 <= retried <= 4, retried
     finally:
         g.stop()
 
