@@ -129,6 +129,22 @@ def test_nat_rebinding_mid_upload(gateway, tmp_path):
     assert info["size"] == len(data) and info["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("cc,gso", [("reno", "false"), ("bbr", "true")])
+def test_congestion_controllers_and_gso_off_carry_a_lossy_download(worker, cc, gso):
+    """quic.congestion_control (the two besides the default cubic, which
+    the other tests use) and quic.gso off: a 2 MB download with 3% loss
+    both ways arrives intact."""
+    g = Gateway(H3_CONFIG + f"  congestion_control: {cc}\n  gso: {gso}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        size = 2 * 1024 * 1024
+        r, d, st = h3(g, f"/download?size={size}", args=["-t", "0.03", "-r", "0.03"])
+        assert st == ["200"], r.stderr[-2000:]
+        assert hashlib.sha256(body(d, f"download?size={size}")).hexdigest() == expected_sha(size)
+    finally:
+        g.stop()
+
+
 def test_key_update_mid_transfer(gateway):
     size = 8 * 1024 * 1024
     r, d, st = h3(gateway, f"/download?size={size}", args=["--key-update=50ms"])
