@@ -10,6 +10,7 @@
  * certificate is not verified: this is a test tool. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ctype.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <stdbool.h>
@@ -33,7 +34,7 @@
 #include "sock.h"
 #include "ws_frame.h"
 
-enum { MAX_UDP = 1452, CIDLEN = 18, GSO_MAX = 32 };
+enum { MAX_UDP = 1452, CIDLEN = 18, GSO_MAX = 32, MAX_EXTRA_HEADERS = 32 };
 
 /* The kernel refused GSO or GRO once: one datagram per system call. */
 static bool no_gso;
@@ -49,6 +50,8 @@ struct options {
   int hold_s;         /* keep connections open (idle) this long after their requests */
   int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
   size_t ws_size;     /* bytes per message */
+  nghttp3_nv extra[MAX_EXTRA_HEADERS]; /* -H "name: value", names lower-cased */
+  size_t n_extra;
 } O = {.n = 1, .c = 1, .m = 1, .timeout_s = 60, .method = "GET", .ws_size = 64};
 
 struct conn;
@@ -309,16 +312,24 @@ static nghttp3_ssize ws_read_frames(nghttp3_conn *h3, int64_t sid, nghttp3_vec *
   return (nghttp3_ssize)n;
 }
 
+/* Appends the -H headers after the n fields of nva; returns the count. */
+static size_t with_extra_headers(nghttp3_nv *nva, size_t n) {
+  memcpy(nva + n, O.extra, O.n_extra * sizeof *nva);
+  return n + O.n_extra;
+}
+
 static int ws_submit(struct conn *c, struct stream *s) {
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
-  nghttp3_nv nva[] = {NV(":method", "CONNECT"), NV(":protocol", "websocket"),
-                      NV(":scheme", "https"), NV(":authority", O.authority), NV(":path", O.path),
-                      NV("sec-websocket-version", "13"), NV("user-agent", "h3load")};
+  nghttp3_nv nva[7 + MAX_EXTRA_HEADERS] = {
+      NV(":method", "CONNECT"), NV(":protocol", "websocket"), NV(":scheme", "https"),
+      NV(":authority", O.authority), NV(":path", O.path), NV("sec-websocket-version", "13"),
+      NV("user-agent", "h3load")};
 #undef NV
+  size_t n = with_extra_headers(nva, 7);
   s->ws = calloc(1, sizeof *s->ws);
   ws_reader_init(&s->ws->reader, false, 1u << 30);
   static const nghttp3_data_reader reader = {ws_read_frames};
-  return nghttp3_conn_submit_request(c->h3, s->id, nva, sizeof nva / sizeof nva[0], &reader, s);
+  return nghttp3_conn_submit_request(c->h3, s->id, nva, n, &reader, s);
 }
 
 static int ws_end_headers(nghttp3_conn *h3, int64_t sid, int fin, void *user, void *su) {
@@ -424,12 +435,13 @@ static void issue(struct conn *c) {
     char len[24];
     snprintf(len, sizeof len, "%zu", O.body_len);
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
-    nghttp3_nv nva[] = {NV(":method", O.method), NV(":scheme", "https"),
-                        NV(":authority", O.authority), NV(":path", O.path),
-                        NV("user-agent", "h3load"), NV("content-length", len)};
+    nghttp3_nv nva[6 + MAX_EXTRA_HEADERS] = {
+        NV(":method", O.method), NV(":scheme", "https"), NV(":authority", O.authority),
+        NV(":path", O.path), NV("user-agent", "h3load"), NV("content-length", len)};
 #undef NV
     static const nghttp3_data_reader reader = {read_body};
     size_t nv = O.body ? 6 : 5;
+    nv = with_extra_headers(nva, nv);
     int rc = O.ws_messages ? ws_submit(c, s) :
              nghttp3_conn_submit_request(c->h3, sid, nva, nv, O.body ? &reader : NULL, s);
     if (rc != 0) {
@@ -867,9 +879,24 @@ static int load_body(const char *file) {
   return 0;
 }
 
+/* -H "Name: value": kept for every request, the name lower-cased as
+ * HTTP/3 requires. */
+static int add_extra_header(const char *arg) {
+  const char *colon = strchr(arg, ':');
+  if (colon == NULL || colon == arg || O.n_extra == MAX_EXTRA_HEADERS) return -1;
+  char *name = strndup(arg, (size_t)(colon - arg));
+  for (char *p = name; *p; p++) *p = (char)tolower((unsigned char)*p);
+  const char *value = colon + 1;
+  while (*value == ' ') value++;
+  O.extra[O.n_extra++] = (nghttp3_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                                      NGHTTP3_NV_FLAG_NONE};
+  return 0;
+}
+
 static void usage(void) {
   fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
-        "              [--sha256] [-o FILE] [--token-file FILE] [--timeout SECONDS] [--hold SECONDS] [-q]\n"
+        "              [-H 'Name: value']... [--sha256] [-o FILE] [--token-file FILE]\n"
+        "              [--timeout SECONDS] [--hold SECONDS] [-q]\n"
         "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
@@ -882,11 +909,12 @@ int main(int argc, char **argv) {
       {"upload-size", required_argument, NULL, 'U'}, {"method", required_argument, NULL, 'M'},
       {"sha256", no_argument, NULL, 'S'}, {"token-file", required_argument, NULL, 'T'},
       {"timeout", required_argument, NULL, 't'}, {"quiet", no_argument, NULL, 'q'},
-      {"output", required_argument, NULL, 'o'}, {"hold", required_argument, NULL, 'H'},
+      {"output", required_argument, NULL, 'o'}, {"hold", required_argument, NULL, 'L'},
+      {"header", required_argument, NULL, 'H'},
       {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
       {NULL, 0, NULL, 0}};
   int o;
-  while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:H:", opts, NULL)) != -1) {
     switch (o) {
     case 'n': O.n = atoi(optarg); break;
     case 'c': O.c = atoi(optarg); break;
@@ -907,7 +935,13 @@ int main(int argc, char **argv) {
     case 't': O.timeout_s = atoi(optarg); break;
     case 'q': O.quiet = true; break;
     case 'o': O.output = optarg; break;
-    case 'H': O.hold_s = atoi(optarg); break;
+    case 'L': O.hold_s = atoi(optarg); break;
+    case 'H':
+      if (add_extra_header(optarg) != 0) {
+        fprintf(stderr, "h3load: -H wants \"Name: value\" (at most %d): %s\n", MAX_EXTRA_HEADERS, optarg);
+        return 2;
+      }
+      break;
     case 'W': O.ws_messages = atoi(optarg); break;
     case 'Z': O.ws_size = strtoull(optarg, NULL, 10); break;
     default: usage(); return 2;

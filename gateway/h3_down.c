@@ -134,6 +134,7 @@ struct h3_strm {
   int64_t id;
   struct xchg *x;
   int error;        /* status to answer with once the head is in */
+  size_t field_bytes; /* the head's size as RFC 9114 counts it (+32 per field) */
   bool deferred;    /* read_data said WOULDBLOCK */
   struct sendbuf out;
   LIST_ENTRY(h3_strm) link;
@@ -185,6 +186,13 @@ static int cb_recv_header(nghttp3_conn *conn, int64_t stream_id, int32_t token, 
   struct h3_strm *s = stream_user;
   if (s == NULL || s->error) return 0;
   nghttp3_vec n = nghttp3_rcbuf_get_buf(name), v = nghttp3_rcbuf_get_buf(value);
+  /* nghttp3 0.8 only advertises SETTINGS_MAX_FIELD_SECTION_SIZE; the limit
+   * is ours to hold. */
+  s->field_bytes += n.len + v.len + 32;
+  if (s->field_bytes > s->qc->rt->conf->quic.max_field_section_size) {
+    s->error = 431;
+    return 0;
+  }
   s->error = xchg_req_field(s->x, (const char *)n.base, n.len, (const char *)v.base, v.len);
   return 0;
 }

@@ -1,6 +1,6 @@
 """HTTP/3 at scale with h3load (our own client on ngtcp2 and nghttp3):
-1,000 concurrent streams, 100 MB each way in bounded gateway memory, and
-NEW_TOKEN reuse that skips Retry."""
+1,000 concurrent streams, 100 MB each way in bounded gateway memory,
+NEW_TOKEN reuse that skips Retry, and the field-section limit."""
 
 import hashlib
 import json
@@ -72,5 +72,26 @@ def test_new_token_skips_retry(worker, tmp_path):
         assert token.read_bytes()[0] == 0x36  # a regular (NEW_TOKEN) token
         r, ok = h3load("-n", "1", "--token-file", str(token), url)
         assert ok == 1 and "retries: 0" in r.stdout, r.stdout
+    finally:
+        g.stop()
+
+
+def test_headers_reach_the_app_and_a_big_field_section_gets_431(worker, tmp_path):
+    """h3load -H sends extra fields (the app sees them, the name lower-cased);
+    over quic.max_field_section_size the gateway answers 431 on that stream
+    and the connection goes on serving."""
+    g = Gateway(H3_CONFIG + "  max_field_section_size: 4k\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        url = f"https://127.0.0.1:{g.tls_port}/scope"
+        out = tmp_path / "scope.json"
+        r, ok = h3load("-H", "X-Probe: yes", "-H", "x-size: " + "s" * 1000, "-o", str(out), url)
+        assert ok == 1, r.stdout + r.stderr[-2000:]
+        headers = json.loads(out.read_text())["headers"]
+        assert ["x-probe", "yes"] in headers, headers
+        # three requests one after another on one connection: each gets its 431
+        r, ok = h3load("-n", "3", "-H", "x-big: " + "b" * 6000, url)
+        assert "3 total, 3 done" in r.stdout, r.stdout + r.stderr[-2000:]
+        assert "status codes: 0 2xx, 0 3xx, 3 4xx, 0 5xx" in r.stdout, r.stdout
     finally:
         g.stop()
