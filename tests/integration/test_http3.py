@@ -285,6 +285,44 @@ def test_stateless_reset_for_unknown_connection(gateway):
     assert resp[0] & 0xC0 == 0x40 and len(resp) < len(pkt)
 
 
+def answers_to_a_burst(port, make_packet, count=60):
+    """Sends count packets at once from one socket; counts the answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(count):
+            s.sendto(make_packet(), ("127.0.0.1", port))
+        s.settimeout(1.0)
+        answers = 0
+        try:
+            while True:
+                s.recv(4096)
+                answers += 1
+        except socket.timeout:
+            return answers
+
+
+def test_version_negotiation_and_stateless_resets_are_rate_limited(worker):
+    """quic.version_negotiation_rate and stateless_reset_rate: a burst of 60
+    packets that would each earn an answer earns at most the per-second
+    budget (a reflection amplifier is not what we want to be), and some."""
+    g = Gateway(H3_CONFIG + "  version_negotiation_rate: 5\n  stateless_reset_rate: 7\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+
+    def unknown_version():
+        pkt = bytes([0xC0]) + (0x1A2A3A4A).to_bytes(4, "big") + bytes([8]) + os.urandom(8) + bytes([8])
+        return pkt + os.urandom(8) + b"\0" * (1200 - len(pkt) - 8)
+
+    def unknown_connection():
+        return bytes([0x40]) + os.urandom(18) + os.urandom(60)
+
+    try:
+        vn = answers_to_a_burst(g.tls_port, unknown_version)
+        resets = answers_to_a_burst(g.tls_port, unknown_connection)
+        assert 1 <= vn <= 5 + 1, vn  # the bucket refills a little while the burst goes out
+        assert 1 <= resets <= 7 + 1, resets
+    finally:
+        g.stop()
+
+
 @pytest.mark.parametrize("mode,status", [("hang", "504"), ("close", "502")])
 def test_faulty_backends_over_http3(mode, status):
     port = free_port()
