@@ -4,6 +4,7 @@ trailers, errors, limits."""
 import json
 import socket
 import ssl  # noqa: F401  (h2 needs it importable)
+import time
 
 import h2.config
 import h2.connection
@@ -275,5 +276,39 @@ def test_event_loop_choice(loop):
     try:
         assert curl_json("--http2-prior-knowledge", w.url("/scope"))["http_version"] == "2"
         assert w.wait_log(f"worker serving with the {loop} event loop")
+    finally:
+        assert w.stop() == 0
+
+
+def test_keep_alive_timeout_closes_idle_connections_only():
+    """--timeout-keep-alive: an idle HTTP/1.1 connection is closed, an idle
+    h2c one gets GOAWAY (NO_ERROR) first; one with a request in flight
+    longer than the timeout is left alone and gets its answer."""
+    from h2frames import connect, read_until_closed
+
+    w = Worker("probe:app", args=["--timeout-keep-alive", "1"])
+    try:
+        # closed after the 1 s asked for, not the default 5 s (the sweep runs each second)
+        with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+            s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            assert s.recv(65536) == b""
+            assert time.monotonic() - started < 4
+        s = connect(w.port)
+        try:
+            started = time.monotonic()
+            assert read_until_closed(s, limit_s=10) == 0  # GOAWAY NO_ERROR, then closed
+            assert time.monotonic() - started < 4
+        finally:
+            s.close()
+        with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+            s.sendall(b"GET /sleep?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")  # longer than the timeout
+            answer = b""
+            while b"slept" not in answer:
+                chunk = s.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer
     finally:
         assert w.stop() == 0
