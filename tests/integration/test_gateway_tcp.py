@@ -471,7 +471,7 @@ def test_active_health_checks_take_a_server_out_and_back():
         w2.stop()
 
 
-def test_body_limit_413_and_slow_request_head_408(worker):
+def test_body_limit_413_and_slow_request_head_408(worker, tmp_path):
     """limits.max_body_size answers 413 (with or without a length, HTTP/1.1
     and HTTP/2) and lets a body at the limit through; timeouts.client_header
     answers a request head that stalls with 408, and closes a connection
@@ -481,11 +481,19 @@ def test_body_limit_413_and_slow_request_head_408(worker):
               + "limits: {{max_body_size: 1k}}\n")
     g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
     try:
+        for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
+            r = curl("--http1.1", *extra, "-w", "%{http_code}", "-o", "/dev/null",
+                     "--data-binary", "x" * 1025, g.plain_url("/upload"))
+            assert r.stdout == "413", (extra, r.stdout, r.stderr)
+        # Over HTTP/2 the 413 ends the stream before the upload does, and the
+        # gateway asks the client to stop (RST_STREAM NO_ERROR, RFC 9113
+        # 8.1). curl 7.88 fails such a transfer (exit 92) when the reset
+        # overtakes its upload loop; nghttp shows the response it got.
+        big = tmp_path / "big"
+        big.write_bytes(b"x" * 1025)
+        r = run(["nghttp", "-nv", "-d", str(big), g.plain_url("/upload")], timeout=30)
+        assert ":status: 413" in r.stdout, r.stdout[-2000:]
         for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
-            for extra in ([], ["-H", "Transfer-Encoding: chunked"] if flags == ["--http1.1"] else []):
-                r = curl(*flags, *extra, "-w", "%{http_code}", "-o", "/dev/null",
-                         "--data-binary", "x" * 1025, g.plain_url("/upload"))
-                assert r.stdout == "413", (flags, extra, r.stdout, r.stderr)
             s = curl_json(*flags, "--data-binary", "x" * 1024, g.plain_url("/upload"))
             assert s["size"] == 1024, s
 
