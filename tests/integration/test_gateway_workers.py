@@ -414,3 +414,42 @@ def test_a_listening_socket_that_cannot_be_bound_stops_the_master(worker):
                 s.bind(("127.0.0.1", g.tls_port))
     finally:
         g.stop()
+
+
+def test_logs_reopen_on_sighup_for_logrotate(worker, tmp_path):
+    """log.error_log and access_log in files, rotated the way logrotate
+    does it (rename, then SIGHUP): the master and every process write to
+    the new files from then on, and the old ones keep what came before."""
+    error_log, access_log = tmp_path / "error.log", tmp_path / "access.log"
+    text = CONFIG.replace("log:\n  level: info\n",
+                          f'log: {{{{level: info, error_log: "{error_log}", access_log: "{access_log}"}}}}\n')
+    g = Gateway(text, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
+                admin=free_port(), wait=False)
+
+    def wait_file(path, text, count=1, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().count(text) >= count:
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert wait_file(error_log, "h3gate ready"), g.log()[-2000:]
+        for _ in range(6):
+            assert curl_json(g.plain_url("/pid?before"))
+        error_log.rename(tmp_path / "error.log.1")
+        access_log.rename(tmp_path / "access.log.1")
+        g.signal(signal.SIGHUP)
+        assert wait_file(error_log, "configuration reloaded", count=WORKERS), \
+            error_log.read_text() if error_log.exists() else "no new error log"
+        assert "SIGHUP: configuration checked" in error_log.read_text()  # the master's too
+        for _ in range(6):
+            assert curl_json(g.plain_url("/pid?after"))
+        assert wait_file(access_log, "/pid?after", count=6)
+        old = (tmp_path / "access.log.1").read_text()
+        assert old.count("/pid?before") == 6 and "/pid?after" not in old
+        assert "/pid?before" not in access_log.read_text()
+        assert "ready" in (tmp_path / "error.log.1").read_text()
+    finally:
+        assert g.stop() == 0
