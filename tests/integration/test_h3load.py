@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from h3env import BIN, Gateway, run
+from h3env import BIN, Gateway, Worker, run
 from test_http3 import H3_CONFIG, SECRET, expected_sha
 
 SIZE = 100 * 1024 * 1024
@@ -95,3 +95,22 @@ def test_headers_reach_the_app_and_a_big_field_section_gets_431(worker, tmp_path
         assert "status codes: 0 2xx, 0 3xx, 3 4xx, 0 5xx" in r.stdout, r.stdout
     finally:
         g.stop()
+
+
+def test_max_streams_bidi_bounds_concurrent_requests_per_connection(tmp_path):
+    """quic.max_streams_bidi: a client that would run 20 requests at once on
+    one connection gets 5 at a time (QUIC stream credit, MAX_STREAMS as
+    they end), and all 20 answered."""
+    w = Worker("probe:app")
+    g = Gateway(H3_CONFIG + "  max_streams_bidi: 5\n", servers=f"127.0.0.1:{w.port}",
+                response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        r, ok = h3load("-n", "20", "-c", "1", "-m", "20", f"https://127.0.0.1:{g.tls_port}/sleep?s=0.2")
+        assert ok == 20, r.stdout + r.stderr[-2000:]
+        out = tmp_path / "last.json"
+        h3load("-o", str(out), f"https://127.0.0.1:{g.tls_port}/sleep?s=0")
+        most = json.loads(out.read_text())["max_inflight"]
+        assert 3 <= most <= 5, most  # concurrent, and never above the credit
+    finally:
+        g.stop()
+        w.stop()
