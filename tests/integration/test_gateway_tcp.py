@@ -569,3 +569,25 @@ def test_access_log_lines(worker, tmp_path, fmt):
         assert m["up"] == upstream
         assert '"' not in m["ua"].replace('\\"', "") and "\t" not in m["ua"], m["ua"]
         assert lines[1].split('"')[1] == "POST /upload HTTP/2", lines[1]
+
+
+def test_a_silent_name_server_fails_fast_with_resolver_timeout():
+    """upstreams by name, with resolver and resolver_timeout: a name server
+    that never answers costs the first request its resolver_timeout (times
+    the 2 attempts), not evdns's default 5 s each, and the client gets a 502
+    (nothing to reach, as nginx says when a name does not resolve) rather
+    than a hang."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # takes the queries, answers none
+        config = BASIC_CONFIG + (f"resolver: 127.0.0.1:{silent.getsockname()[1]}\n"
+                                 "resolver_timeout: 300ms\n")
+        g = Gateway(config, servers="app.invalid:8000", response_timeout="10s")
+        try:
+            started = time.monotonic()
+            r = curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/pid"), timeout=30)
+            took = time.monotonic() - started
+            assert r.stdout == "502", (r.stdout, g.log()[-2000:])
+            assert took < 4, took  # 2 x 300 ms and change, where the default would be 10 s
+            assert "resolving app.invalid:8000 failed" in g.log()
+        finally:
+            g.stop()
