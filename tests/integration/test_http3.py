@@ -372,6 +372,13 @@ def test_alt_svc_follows_http3_port_and_can_be_off(worker):
         assert "alt-svc" not in r.stdout.lower()
     finally:
         g.stop()
+    cfg = BASIC_CONFIG + "alt_svc: {{max_age: 1h}}\n"  # how long clients may remember it
+    g = Gateway(cfg, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        r = curl("-k", "-D", "-", "-o", "/dev/null", g.tls_url("/pid"))
+        assert f'alt-svc: h3=":{g.tls_port}"; ma=3600' in r.stdout, r.stdout
+    finally:
+        g.stop()
 
 
 def test_app_alt_svc_is_left_alone(worker):
