@@ -11,10 +11,12 @@ import re
 import socket
 import subprocess
 import tempfile
+import time
 
 import pytest
 
-from h3env import APPS, BASIC_CONFIG, PYTHON, Gateway, Process, curl, free_port, run
+from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, curl, free_port, metric, metrics,
+                   run)
 
 SECRET = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 H3_CONFIG = BASIC_CONFIG + """
@@ -255,6 +257,50 @@ def test_retry_auto_asks_for_address_validation_only_above_the_handshake_rate(wo
         retried = sum("type=Retry" in out for out in outs)
         assert 1 <= retried <= 4, retried
     finally:
+        g.stop()
+
+
+def test_a_stalled_handshake_is_dropped_after_handshake_timeout(worker):
+    """quic.handshake_timeout: a client whose datagrams stop after its first
+    Initial (a relay in between drops the rest) never completes the
+    handshake; the gateway drops the half-open connection after 1 s, long
+    before the 30 s idle timeout."""
+    admin = free_port()
+    g = Gateway(H3_CONFIG + "  handshake_timeout: 1s\n"
+                + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    relay.settimeout(0.2)
+    client = subprocess.Popen(["gtlsclient", "--timeout=20s", "127.0.0.1", str(relay.getsockname()[1]),
+                               f"https://127.0.0.1:{g.tls_port}/pid"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def quic_connections():
+        return metric(metrics(admin), "h3gate_client_connections", transport="quic")
+
+    try:
+        forwarded = False
+        deadline = time.monotonic() + 10
+        while not forwarded and time.monotonic() < deadline:  # the client's first datagram only
+            try:
+                data, _ = relay.recvfrom(65536)
+            except socket.timeout:
+                continue
+            relay.sendto(data, ("127.0.0.1", g.tls_port))
+            forwarded = True
+        assert forwarded
+        started = time.monotonic()
+        assert quic_connections() == 1  # half open: the server's flight goes unanswered
+        while quic_connections() == 1 and time.monotonic() - started < 15:
+            time.sleep(0.1)
+        gone_after = time.monotonic() - started
+        assert quic_connections() == 0
+        assert gone_after < 5, gone_after  # the 1 s handshake timeout, not the 30 s idle one
+    finally:
+        client.kill()
+        client.wait()
+        relay.close()
         g.stop()
 
 
