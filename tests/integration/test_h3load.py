@@ -114,3 +114,23 @@ def test_max_streams_bidi_bounds_concurrent_requests_per_connection(tmp_path):
     finally:
         g.stop()
         w.stop()
+
+
+@pytest.mark.parametrize("capacity,blocked", [("0", "0"), ("16k", "100")])
+def test_qpack_settings_with_and_without_a_dynamic_table(worker, tmp_path, capacity, blocked):
+    """quic.qpack_table_capacity and qpack_blocked_streams: with no dynamic
+    table and with a large one, 400 requests over 4 connections carrying
+    the same custom fields (what a dynamic table is for) all succeed and
+    the app sees the fields."""
+    g = Gateway(H3_CONFIG + f"  qpack_table_capacity: {capacity}\n  qpack_blocked_streams: {blocked}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        url = f"https://127.0.0.1:{g.tls_port}/scope"
+        fields = ["-H", "x-tenant: acme-corporation", "-H", "authorization: Bearer " + "t" * 200]
+        r, ok = h3load("-n", "400", "-c", "4", "-m", "10", *fields, url)
+        assert ok == 400, r.stdout + r.stderr[-2000:]
+        out = tmp_path / "scope.json"
+        h3load("-o", str(out), *fields, url)
+        assert ["x-tenant", "acme-corporation"] in json.loads(out.read_text())["headers"]
+    finally:
+        g.stop()
