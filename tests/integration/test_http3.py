@@ -304,6 +304,41 @@ def test_a_stalled_handshake_is_dropped_after_handshake_timeout(worker):
         g.stop()
 
 
+def udp_socket_memory(port):
+    """The skmem of the UDP socket bound to port: {"rb": ..., "tb": ...}."""
+    out = run(["ss", "-Huampn", f"sport = :{port}"]).stdout
+    m = re.search(r"skmem:\(r\d+,rb(\d+),t\d+,tb(\d+)", out)
+    assert m, out
+    return {"rb": int(m.group(1)), "tb": int(m.group(2))}
+
+
+def test_udp_socket_buffers_are_set_and_a_kernel_cap_is_said(worker):
+    """quic.socket_receive_buffer and socket_send_buffer reach the socket
+    (Linux reports twice what it grants); the default 8 MiB warns, once
+    each, with the kernel's cap and the sysctl to raise, exactly when
+    net.core.rmem_max / wmem_max are below it."""
+    g = Gateway(H3_CONFIG + "  socket_receive_buffer: 1m\n  socket_send_buffer: 512k\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        assert udp_socket_memory(g.tls_port) == {"rb": 2 * 1024 * 1024, "tb": 1024 * 1024}
+        assert "caps the UDP" not in g.log()
+    finally:
+        g.stop()
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET,
+                retry="never")
+    try:
+        for kind, sysctl in (("receive", "rmem_max"), ("send", "wmem_max")):
+            cap = int(pathlib.Path(f"/proc/sys/net/core/{sysctl}").read_text())
+            said = f"the kernel caps the UDP {kind} buffer at {cap} bytes (asked for 8388608); " \
+                   f"raise net.core.{sysctl}"
+            if cap < 8 * 1024 * 1024:
+                assert g.log().count(said) == 1, g.log()[-2000:]
+            else:
+                assert f"caps the UDP {kind}" not in g.log()
+    finally:
+        g.stop()
+
+
 def udp_exchange(port, packet, timeout=2.0):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
