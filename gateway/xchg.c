@@ -102,8 +102,8 @@ static void keep_list(struct hdr_list *l) {
 /* Clears an exchange for its next use, keeping its buffers. */
 static void xchg_recycle(struct xchg *x) {
   struct evbuffer *req_body = x->req_body, *resp_body = x->resp_body, *replay = x->req_replay;
-  struct hdr_list lists[4] = {x->req, x->req_trailers, x->resp, x->resp_trailers};
-  for (int i = 0; i < 4; i++) keep_list(&lists[i]);
+  struct hdr_list lists[3] = {x->req, x->resp, x->resp_trailers};
+  for (int i = 0; i < 3; i++) keep_list(&lists[i]);
   evbuffer_drain(req_body, evbuffer_get_length(req_body));
   evbuffer_drain(resp_body, evbuffer_get_length(resp_body));
   evbuffer_drain(replay, evbuffer_get_length(replay));
@@ -112,9 +112,8 @@ static void xchg_recycle(struct xchg *x) {
   x->resp_body = resp_body;
   x->req_replay = replay;
   x->req = lists[0];
-  x->req_trailers = lists[1];
-  x->resp = lists[2];
-  x->resp_trailers = lists[3];
+  x->resp = lists[1];
+  x->resp_trailers = lists[2];
 }
 
 struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct xchg_down_ops *ops,
@@ -155,7 +154,6 @@ static void xchg_free(void *p) {
   evbuffer_free(x->resp_body);
   evbuffer_free(x->req_replay);
   hdr_list_free(&x->req);
-  hdr_list_free(&x->req_trailers);
   hdr_list_free(&x->resp);
   hdr_list_free(&x->resp_trailers);
   free(x);

@@ -92,7 +92,8 @@ struct xchg {
   uint64_t req_bytes;     /* received from the client */
   uint64_t req_taken;     /* handed to the upstream (less what a retry gave back) */
   uint64_t req_credited;  /* credit returned to the client */
-  struct hdr_list req_trailers;
+  /* Request trailers are not kept: ASGI has no place for them (the worker
+   * could not hand them to the app), and uvicorn drops them too. */
 
   /* response */
   int status;

@@ -591,3 +591,22 @@ def test_a_silent_name_server_fails_fast_with_resolver_timeout():
             assert "resolving app.invalid:8000 failed" in g.log()
         finally:
             g.stop()
+
+
+def test_request_trailers_are_accepted_and_not_forwarded(gateway):
+    """A chunked HTTP/1.1 upload ending in trailers: the body arrives whole
+    and the exchange goes on; the trailers stop at the gateway (ASGI has no
+    request trailers to give the app)."""
+    with socket.create_connection(("127.0.0.1", gateway.plain_port), timeout=10) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
+                  b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200") == 2, answer  # the next request on the connection too
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])
+    assert body["size"] == 11 and body["sha256"] == hashlib.sha256(b"hello world").hexdigest()
