@@ -131,7 +131,7 @@ static void start_http3(struct listener *l, struct listener *old, const struct g
   if (M.child && inherit_fd < 0) return;
   char err[256] = "";
   if (quic_listener_open(l, conf, inherit_fd, err, sizeof err) != 0)
-    log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", l->conf->address, err);
+    quic_say_http3_off(l->conf->address, err);
 }
 
 static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {

@@ -114,7 +114,7 @@ static int attach_cid_steering(int fd, uint32_t workers) {
  * said once, by the master; the workers get no UDP socket for it and serve
  * TCP only. */
 static void http3_off(size_t i, const char *address, const char *why) {
-  log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", address, why);
+  quic_say_http3_off(address, why);
   V.udp_off[i] = true;
 }
 

@@ -192,6 +192,9 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
  * per-process sockets), or -1 with a message in err. */
 int quic_udp_open(const struct conf_listen *cl, const struct gw_conf *conf, bool reuseport,
                   char *err, size_t err_size);
+/* Says why HTTP/3 cannot run on a listen address (the one wording for the
+ * lone gateway and the master); TCP keeps serving there. */
+void quic_say_http3_off(const char *address, const char *why);
 /* Makes the QUIC secret and the 0-RTT anti-replay store now, so processes
  * forked later share them: 0, or -1 when the store could not be mapped. */
 int quic_shared_prepare(const struct gw_conf *conf);

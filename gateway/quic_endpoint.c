@@ -431,6 +431,10 @@ static const uint8_t *endpoint_secret(const struct gw_conf *conf) {
   return Q.generated_secret;
 }
 
+void quic_say_http3_off(const char *address, const char *why) {
+  log_error("HTTP/3 is off on %s: %s (HTTP/1.1 and HTTP/2 keep serving)", address, why);
+}
+
 int quic_shared_prepare(const struct gw_conf *conf) {
   bool any_h3 = false;
   for (size_t i = 0; i < conf->n_listens; i++) any_h3 |= conf->listens[i].http3;
