@@ -276,8 +276,8 @@ static enum field_role classify(const char *n, uint32_t len) {
 }
 #undef IS
 
-/* A small string builder for field values: no printf on the hot path. */
-/* Declared without an initializer and started with n = 0: an initializer
+/* A small string builder for field values: no printf on the hot path.
+ * Declared without an initializer and started with n = 0: an initializer
  * would clear 2 KiB per field added. */
 struct strbuf {
   char b[2048];
@@ -317,9 +317,6 @@ static void drop_connection_listed(struct xchg *x, int conn_idx) {
   }
 }
 
-/* One pass over the request fields: hop-by-hop fields go, the forwarding
- * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
- * Forwarded, Via and X-Request-ID are added. */
 /* Marks hop-by-hop and forwarding fields dropped; last[role] is the last
  * forwarding field of each role from a trusted proxy (and a valid client
  * X-Request-ID), which the added fields extend or keep. */
@@ -353,22 +350,20 @@ static void drop_hop_and_forwarding_fields(struct xchg *x, bool trusted, int las
   }
 }
 
-/* Adds name: [a trusted proxy's value, ]ours. Returns the field's index or -1. */
-static int add_extended(struct xchg *x, const char *name, int before, struct strbuf *ours) {
-  struct strbuf sb;
-  sb.n = 0;
-  if (before >= 0) sb_field(&sb, &x->req, before), sb_add(&sb, ", ", 2);
-  sb_add(&sb, ours->b, ours->n);
-  return hdr_add(&x->req, name, strlen(name), sb.b, sb.n);
+/* Starts a field value with a trusted proxy's value of the same field and
+ * ", " (none: empty); ours is appended after it. */
+static void sb_start_after(struct strbuf *sb, const struct xchg *x, int before) {
+  sb->n = 0;
+  if (before >= 0) sb_field(sb, &x->req, before), sb_add(sb, ", ", 2);
 }
 
 /* X-Forwarded-For (the client, after what a trusted proxy said), and
  * X-Forwarded-Proto and -Host (a trusted proxy's stand). */
 static int add_x_forwarded(struct xchg *x, const int last[F_ROLES]) {
   struct strbuf sb;
-  sb.n = 0;
+  sb_start_after(&sb, x, last[F_XFF]);
   sb_str(&sb, x->client_ip);
-  if (add_extended(x, "x-forwarded-for", last[F_XFF], &sb) < 0) return -1;
+  if (hdr_add(&x->req, "x-forwarded-for", 15, sb.b, sb.n) < 0) return -1;
   int proto = last[F_XFP] >= 0 ? last[F_XFP] : x->i_scheme;
   int host = last[F_XFH] >= 0 ? last[F_XFH] : x->i_authority;
   sb.n = 0;
@@ -388,7 +383,7 @@ static int add_forwarded(struct xchg *x, const int last[F_ROLES]) {
   }
   bool v6 = strchr(x->client_ip, ':') != NULL;
   struct strbuf sb;
-  sb.n = 0;
+  sb_start_after(&sb, x, last[F_FORWARDED]);
   sb_str(&sb, v6 ? "for=\"[" : "for=\"");
   sb_str(&sb, x->client_ip);
   sb_str(&sb, v6 ? "]:" : ":");
@@ -398,7 +393,7 @@ static int add_forwarded(struct xchg *x, const int last[F_ROLES]) {
   sb_str(&sb, ";host=\"");
   sb_field(&sb, &x->req, x->i_authority);
   sb_str(&sb, "\"");
-  int f = add_extended(x, "forwarded", last[F_FORWARDED], &sb);
+  int f = hdr_add(&x->req, "forwarded", 9, sb.b, sb.n);
   if (f < 0) return -1;
   x->req.v[f].flags |= HDR_UNIQUE; /* carries the client's port */
   return 0;
@@ -419,6 +414,9 @@ static int add_request_id(struct xchg *x, const int last[F_ROLES]) {
   return 0;
 }
 
+/* One pass over the request fields: hop-by-hop fields go, the forwarding
+ * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
+ * Forwarded, Via and X-Request-ID are added. */
 static int rewrite_request_fields(struct xchg *x) {
   const struct gw_conf *conf = x->rt->conf;
   bool trusted = conf->trusted_proxies.any || conf->trusted_proxies.n
@@ -430,9 +428,9 @@ static int rewrite_request_fields(struct xchg *x) {
   /* Via: the protocol the client used, which the worker reads back */
   static const char *const via[] = {"1.0 h3gate", "1.1 h3gate", "2 h3gate", "3 h3gate"};
   struct strbuf sb;
-  sb.n = 0;
+  sb_start_after(&sb, x, last[F_VIA]);
   sb_str(&sb, via[x->proto]);
-  if (add_extended(x, "via", last[F_VIA], &sb) < 0 || add_request_id(x, last) != 0) return -1;
+  if (hdr_add(&x->req, "via", 3, sb.b, sb.n) < 0 || add_request_id(x, last) != 0) return -1;
   if (x->early_data && hdr_add(&x->req, "early-data", 10, "1", 1) < 0) return -1;
   return 0;
 }
