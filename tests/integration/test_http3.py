@@ -217,6 +217,21 @@ def test_qlog_dir_gets_a_qlog_per_connection(worker, tmp_path):
         assert "transport:packet_received" in names and "transport:packet_sent" in names, names
 
 
+def test_a_qlog_that_cannot_be_written_is_said_once_and_serving_goes_on(worker, tmp_path):
+    """quic.qlog_dir whose folder is gone: each connection is served without
+    its qlog, and the gateway says so once, not per connection."""
+    missing = tmp_path / "no-such-folder"
+    g = Gateway(H3_CONFIG + f'  qlog_dir: "{missing}"\n', servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        for _ in range(2):
+            r, d, st = h3(g, "/pid")
+            assert st == ["200"], r.stderr[-2000:]
+        assert g.log().count("cannot write qlog") == 1, g.log()[-2000:]
+    finally:
+        g.stop()
+
+
 def test_retry_then_new_token_skips_it(worker, tmp_path):
     g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
                 secret=SECRET, retry="always")
