@@ -2,6 +2,7 @@
 loopback, and tears them down. Every wait is bounded."""
 
 import atexit
+import datetime
 import json
 import os
 import pathlib
@@ -43,6 +44,22 @@ def wait_port(port, timeout=20.0, host="127.0.0.1"):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def log_time(line):
+    """The UTC time our log lines start with (2026-11-27T03:23:17.131Z)."""
+    return datetime.datetime.strptime(line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def eventually(fn, timeout=10):
+    """fn's first true value within timeout (polled every 50 ms), else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    return fn()
 
 
 def run(cmd, timeout=60, check=False, input=None, env=None):

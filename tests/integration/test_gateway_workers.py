@@ -18,7 +18,7 @@ import time
 import pytest
 
 from h3env import (BASIC_CONFIG, BIN, GATEWAY_READY, Gateway, children_of, curl, curl_json,
-                   free_port, metric, metrics, run, sanitizer_env)
+                   eventually, free_port, metric, metrics, run, sanitizer_env)
 from test_http3 import body, expected_sha, h3
 
 WORKERS = 3
@@ -426,13 +426,8 @@ def test_logs_reopen_on_sighup_for_logrotate(worker, tmp_path):
     g = Gateway(text, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
                 admin=free_port(), wait=False)
 
-    def wait_file(path, text, count=1, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists() and path.read_text().count(text) >= count:
-                return True
-            time.sleep(0.05)
-        return False
+    def wait_file(path, text, count=1):
+        return eventually(lambda: path.exists() and path.read_text().count(text) >= count, timeout=20)
 
     try:
         assert wait_file(error_log, "h3gate ready"), g.log()[-2000:]

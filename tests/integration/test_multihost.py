@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from h3env import APPS, BIN, GATEWAY_READY, Process, make_cert
+from h3env import APPS, BIN, GATEWAY_READY, Process, log_time, make_cert
 
 TAG = f"h3t{os.getpid() % 100000}"
 NET = "10.77.0"
@@ -74,8 +74,7 @@ def access_counts(worker):
     for line in worker.log().splitlines():
         m = re.match(r"(\S+Z) \[info\] h3gate-worker\[(\d+)\]: \S+ - \"", line)
         if m:
-            ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
-            out.append((int(m.group(2)), ts))
+            out.append((int(m.group(2)), log_time(line)))
     return out
 
 

@@ -21,7 +21,8 @@ import h2.settings
 import pytest
 import websockets
 
-from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, curl_json, free_port, rss_kb, run
+from h3env import (BASIC_CONFIG, BIN, Gateway, Worker, curl, curl_json, eventually, free_port, rss_kb,
+                   run)
 
 BIG = 16 * 1024 * 1024
 
@@ -45,16 +46,6 @@ def disconnects(worker):
 
 def sessions(worker):
     return curl_json(worker.url("/sessions"))
-
-
-def eventually(fn, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    return fn()
 
 
 @pytest.fixture(scope="module")
