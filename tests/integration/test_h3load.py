@@ -5,10 +5,11 @@ NEW_TOKEN reuse that skips Retry, and the field-section limit."""
 import hashlib
 import json
 import re
+import subprocess
 
 import pytest
 
-from h3env import BIN, Gateway, Worker, run
+from h3env import BIN, Gateway, Worker, eventually, free_port, metric, metrics, run
 from test_http3 import H3_CONFIG, SECRET, expected_sha
 
 SIZE = 100 * 1024 * 1024
@@ -116,21 +117,39 @@ def test_max_streams_bidi_bounds_concurrent_requests_per_connection(tmp_path):
         w.stop()
 
 
-@pytest.mark.parametrize("capacity,blocked", [("0", "0"), ("16k", "100")])
-def test_qpack_settings_with_and_without_a_dynamic_table(worker, tmp_path, capacity, blocked):
+def test_qpack_settings_with_and_without_a_dynamic_table(worker, tmp_path):
     """quic.qpack_table_capacity and qpack_blocked_streams: with no dynamic
     table and with a large one, 400 requests over 4 connections carrying
     the same custom fields (what a dynamic table is for) all succeed and
-    the app sees the fields."""
-    g = Gateway(H3_CONFIG + f"  qpack_table_capacity: {capacity}\n  qpack_blocked_streams: {blocked}\n",
-                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
-    try:
-        url = f"https://127.0.0.1:{g.tls_port}/scope"
-        fields = ["-H", "x-tenant: acme-corporation", "-H", "authorization: Bearer " + "t" * 200]
-        r, ok = h3load("-n", "400", "-c", "4", "-m", "10", *fields, url)
-        assert ok == 400, r.stdout + r.stderr[-2000:]
-        out = tmp_path / "scope.json"
-        h3load("-o", str(out), *fields, url)
-        assert ["x-tenant", "acme-corporation"] in json.loads(out.read_text())["headers"]
-    finally:
-        g.stop()
+    the app sees the fields. And the table is there only when allowed: with
+    4 connections held open, the gateway's nghttp3 holds the entries the
+    clients inserted (each at least the 200-byte token) only at 16 KiB."""
+    held = {}
+    for capacity, blocked in (("0", "0"), ("16k", "100")):
+        admin = free_port()
+        g = Gateway(H3_CONFIG + f"  qpack_table_capacity: {capacity}\n  qpack_blocked_streams: {blocked}\n"
+                    + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n",
+                    servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+        try:
+            url = f"https://127.0.0.1:{g.tls_port}/scope"
+            fields = ["-H", "x-tenant: acme-corporation", "-H", "authorization: Bearer " + "t" * 200]
+            r, ok = h3load("-n", "400", "-c", "4", "-m", "10", *fields, url)
+            assert ok == 400, r.stdout + r.stderr[-2000:]
+            out = tmp_path / "scope.json"
+            h3load("-o", str(out), *fields, url)
+            assert ["x-tenant", "acme-corporation"] in json.loads(out.read_text())["headers"]
+            hold = subprocess.Popen([BIN / "h3load", "-q", "-n", "40", "-c", "4", "-m", "10", "--hold", "4",
+                                     *fields, url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                def answered_and_held():  # all 40 answered, 4 connections idle
+                    m = metrics(admin)
+                    return (metric(m, "h3gate_client_connections", transport="quic") == 4
+                            and metric(m, "h3gate_requests_total", protocol="3", code="200") >= 441
+                            and metric(m, "h3gate_requests_in_flight") == 0)
+                assert eventually(answered_and_held, timeout=15), metrics(admin)
+                held[capacity] = metric(metrics(admin), "h3gate_quic_library_bytes", library="nghttp3")
+            finally:
+                hold.wait(timeout=30)
+        finally:
+            g.stop()
+    assert held["16k"] - held["0"] >= 4 * 200, held
