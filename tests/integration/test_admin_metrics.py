@@ -11,7 +11,7 @@ import h2.connection
 import h2.errors
 import pytest
 
-from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, free_port, metric, metrics, run
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, eventually, free_port, metric, metrics, run
 from test_http3 import H3_CONFIG, SECRET
 
 
@@ -50,12 +50,14 @@ def test_counters_match_the_requests_sent(stack):
 
     # An exchange is counted when the gateway lets go of it, a moment after
     # the client has its response (HTTP/3: when the stream closes).
-    deadline = time.monotonic() + 5
-    while True:
+    after = None
+
+    def all_counted():
+        nonlocal after
         after = metrics(admin)
-        if delta("3", 200) >= 5 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return delta("3", 200) >= 5
+
+    eventually(all_counted, timeout=5)
 
     assert delta("1.1", 200) == 3
     assert delta("2", 200) == 4
@@ -79,12 +81,8 @@ def test_quic_library_memory_is_counted(stack):
     held = subprocess.Popen([str(BIN / "h3load"), "-q", "-n", "1", "--hold", "3",
                              f"https://127.0.0.1:{g.tls_port}/pid"], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            m = metrics(admin)
-            if metric(m, "h3gate_client_connections", transport="quic") >= 1 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        eventually(lambda: metric(metrics(admin), "h3gate_client_connections", transport="quic") >= 1, timeout=5)
+        m = metrics(admin)
         # an open connection's ngtcp2 and nghttp3 state is tens of kilobytes
         assert metric(m, "h3gate_quic_library_bytes", library="ngtcp2") > 10000
         assert metric(m, "h3gate_quic_library_bytes", library="nghttp3") > 1000
