@@ -9,8 +9,8 @@
  * prints the SHA-256 of response bodies (for integrity tests). The server
  * certificate is not verified: this is a test tool. */
 #include <arpa/inet.h>
-#include <errno.h>
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <stdbool.h>
