@@ -194,19 +194,26 @@ def test_early_data_methods_can_let_a_post_through(worker, tmp_path):
         g.stop()
 
 
-def test_qlog_dir_gets_a_qlog_per_connection(worker, tmp_path):
-    """quic.qlog_dir (debugging): each connection's qlog in ODCID.sqlog,
-    JSON text sequences from ngtcp2, ending with the connection."""
-    qlog = tmp_path / "qlog"
-    qlog.mkdir()
-    g = Gateway(H3_CONFIG + f'  qlog_dir: "{qlog}"\n', servers=f"127.0.0.1:{worker.port}",
+def two_connections_with_qlog_dir(worker, folder):
+    """Two HTTP/3 connections, each answered, through a gateway with
+    quic.qlog_dir set to folder; returns the gateway's log."""
+    g = Gateway(H3_CONFIG + f'  qlog_dir: "{folder}"\n', servers=f"127.0.0.1:{worker.port}",
                 response_timeout="5s", secret=SECRET, retry="never")
     try:
         for _ in range(2):
             r, d, st = h3(g, "/pid")
             assert st == ["200"], r.stderr[-2000:]
+        return g.log()
     finally:
         g.stop()
+
+
+def test_qlog_dir_gets_a_qlog_per_connection(worker, tmp_path):
+    """quic.qlog_dir (debugging): each connection's qlog in ODCID.sqlog,
+    JSON text sequences from ngtcp2, ending with the connection."""
+    qlog = tmp_path / "qlog"
+    qlog.mkdir()
+    two_connections_with_qlog_dir(worker, qlog)
     files = sorted(qlog.glob("*.sqlog"))
     assert len(files) == 2, files
     for f in files:
@@ -220,16 +227,8 @@ def test_qlog_dir_gets_a_qlog_per_connection(worker, tmp_path):
 def test_a_qlog_that_cannot_be_written_is_said_once_and_serving_goes_on(worker, tmp_path):
     """quic.qlog_dir whose folder is gone: each connection is served without
     its qlog, and the gateway says so once, not per connection."""
-    missing = tmp_path / "no-such-folder"
-    g = Gateway(H3_CONFIG + f'  qlog_dir: "{missing}"\n', servers=f"127.0.0.1:{worker.port}",
-                response_timeout="5s", secret=SECRET, retry="never")
-    try:
-        for _ in range(2):
-            r, d, st = h3(g, "/pid")
-            assert st == ["200"], r.stderr[-2000:]
-        assert g.log().count("cannot write qlog") == 1, g.log()[-2000:]
-    finally:
-        g.stop()
+    log = two_connections_with_qlog_dir(worker, tmp_path / "no-such-folder")
+    assert log.count("cannot write qlog") == 1, log[-2000:]
 
 
 def test_retry_then_new_token_skips_it(worker, tmp_path):
