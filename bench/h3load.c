@@ -97,6 +97,7 @@ struct conn {
   gnutls_session_t tls;
   ngtcp2_crypto_conn_ref ref;
   int to_issue, inflight;
+  int64_t qpack_encoder_stream;
   bool ready, closed;
   ngtcp2_connection_close_error ccerr;
 };
@@ -109,6 +110,7 @@ static struct {
   size_t n_lat;
   uint64_t started_ns;
   uint64_t bytes_in, done, failed, errored, retries, ws_echoed;
+  uint64_t request_stream_sent, qpack_encoder_sent; /* first transmissions only */
   uint64_t status_class[6];
   char shas[16][65];
   size_t n_shas;
@@ -470,6 +472,7 @@ static int setup_h3(struct conn *c) {
       ngtcp2_conn_open_uni_stream(c->q, &qenc, NULL) || ngtcp2_conn_open_uni_stream(c->q, &qdec, NULL) ||
       nghttp3_conn_bind_qpack_streams(c->h3, qenc, qdec))
     return -1;
+  c->qpack_encoder_stream = qenc;
   return 0;
 }
 
@@ -624,6 +627,16 @@ static void send_batch(struct conn *c, const uint8_t *buf, size_t len, size_t se
   }
 }
 
+/* What the header compression cost: the bytes of our request streams
+ * (HEADERS, and DATA when uploading) and of the QPACK encoder stream, where
+ * dynamic table insertions go. ngtcp2 retransmits by itself, so each byte
+ * is counted once, when nghttp3 hands it over. */
+static void count_sent(struct conn *c, int64_t sid, ngtcp2_ssize n) {
+  if (sid < 0 || n <= 0) return;
+  if ((sid & 3) == 0) G.request_stream_sent += (uint64_t)n;
+  else if (sid == c->qpack_encoder_stream) G.qpack_encoder_sent += (uint64_t)n;
+}
+
 static void conn_write(struct conn *c) {
   if (c->closed) return;
   static uint8_t batch[GSO_MAX * MAX_UDP];
@@ -661,6 +674,7 @@ static void conn_write(struct conn *c) {
         continue;
       }
       if (n == NGTCP2_ERR_WRITE_MORE) {
+        count_sent(c, sid, ndatalen);
         nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
         continue;
       }
@@ -668,7 +682,10 @@ static void conn_write(struct conn *c) {
       conn_close(c);
       return;
     }
-    if (ndatalen >= 0 && c->h3) nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
+    if (ndatalen >= 0 && c->h3) {
+      count_sent(c, sid, ndatalen);
+      nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
+    }
     if (n == 0) break;
     pkts++;
     size_t pkt = (size_t)n;
@@ -1004,6 +1021,8 @@ int main(int argc, char **argv) {
          (unsigned long long)G.status_class[5]);
   printf("traffic: %llu bytes of response bodies, %zu bytes uploaded per request\n",
          (unsigned long long)G.bytes_in, O.body_len);
+  printf("request streams: %llu bytes sent (HEADERS and DATA frames), %llu on the QPACK encoder stream\n",
+         (unsigned long long)G.request_stream_sent, (unsigned long long)G.qpack_encoder_sent);
   printf("latency ms: min %.2f p50 %.2f p90 %.2f p99 %.2f max %.2f\n", pct(0), pct(0.5), pct(0.9),
          pct(0.99), pct(1));
   if (O.ws_messages > 0)
