@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -69,6 +70,7 @@ static const char *node_kind(const yaml_node_t *node) {
 enum key_type {
   K_STR,      /* char * */
   K_PATH,     /* char *, resolved against the config folder */
+  K_DIR,      /* K_PATH naming a folder we can write in, checked now */
   K_BOOL,     /* bool */
   K_U32,      /* uint32_t, bounded */
   K_U64,      /* uint64_t, bounded */
@@ -356,7 +358,7 @@ static const struct key_spec quic_keys[] = {
     KEY("congestion_control", K_ENUM, struct conf_quic, congestion_control, .names = cc_names),
     KEY("stateless_reset_rate", K_U32, struct conf_quic, stateless_reset_rate, .min = 0, .max = 1000000),
     KEY("version_negotiation_rate", K_U32, struct conf_quic, version_negotiation_rate, .min = 0, .max = 1000000),
-    KEY("qlog_dir", K_PATH, struct conf_quic, qlog_dir),
+    KEY("qlog_dir", K_DIR, struct conf_quic, qlog_dir),
     END_KEYS,
 };
 static const struct map_spec quic_spec = {"quic", quic_keys, 0, quic_defaults, quic_check};
@@ -464,6 +466,19 @@ static char *resolve_path(struct parse_ctx *ctx, const char *v) {
   return p;
 }
 
+/* A folder the gateway writes files into, found wanting at start-up (with
+ * the line that names it) rather than once per file later. */
+static int check_writable_dir(struct parse_ctx *ctx, const struct key_spec *k, const yaml_node_t *node,
+                              const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return fail_at(ctx, node, "\"%s\": %s: %s", k->name, path, strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return fail_at(ctx, node, "\"%s\": %s is not a folder", k->name, path);
+  if (access(path, W_OK | X_OK) != 0)
+    return fail_at(ctx, node, "\"%s\": cannot write in %s: %s", k->name, path, strerror(errno));
+  return 0;
+}
+
 static void format_duration(uint64_t ms, char *buf, size_t n) {
   if (ms % 1000 == 0) snprintf(buf, n, "%llus", (unsigned long long)(ms / 1000));
   else snprintf(buf, n, "%llums", (unsigned long long)ms);
@@ -490,8 +505,10 @@ static int apply_scalar(struct parse_ctx *ctx, const struct key_spec *k, char *b
     *(char **)field = strdup(v);
     return 0;
   case K_PATH:
+  case K_DIR:
     free(*(char **)field);
     *(char **)field = resolve_path(ctx, v);
+    if (k->type == K_DIR && *(char **)field) return check_writable_dir(ctx, k, node, *(char **)field);
     return 0;
   case K_BOOL:
     if (parse_bool(v, (bool *)field) != 0)

@@ -56,9 +56,12 @@ def test_good_config_passes():
     (GOOD.replace("    servers: [127.0.0.1:8000]", "    servers: [127.0.0.1:8000]\n    balance: random"),
      7, 14, '"balance" must be one of least_outstanding, round_robin, got "random"'),
     (GOOD.replace("    servers: [127.0.0.1:8000]\n", ""), 5, 5, 'upstream needs the key "servers"'),
+    (GOOD + "quic:\n  qlog_dir: no-such-folder\n", 11, 13, 'no-such-folder: No such file or directory'),
+    (GOOD + "quic:\n  qlog_dir: gateway.yaml\n", 11, 13, "gateway.yaml is not a folder"),
+    (GOOD + "quic:\n  qlog_dir: .\n", None, None, None),
 ], ids=["unknown-key", "bad-duration", "out-of-range", "undefined-upstream", "key-order-ok",
         "not-a-list", "bad-port", "bad-prefix", "duplicate-key", "yaml-syntax", "empty",
-        "bad-enum", "missing-key"])
+        "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok"])
 def test_errors_name_file_line_column(text, line, col, message):
     r, path = check(text)
     if message is None:  # keys in any order are fine
