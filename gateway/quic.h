@@ -206,6 +206,11 @@ int quic_replay_prepare(void);
 bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires);
 /* For tests: the first word of the store that a key's search looks at. */
 size_t quic_replay_home(const uint8_t *client_hello_key, size_t len);
+/* quic_replay_seen at second now, with between (unless NULL) run after it
+ * looked and before it claims a word: how a test lets another process in
+ * there. */
+bool quic_replay_seen_at(const uint8_t *client_hello_key, size_t len, time_t expires, time_t now,
+                         void (*between)(void *), void *arg);
 /* Moves the endpoint (socket and live connections) to the next generation. */
 void quic_listener_adopt(struct listener *to, struct listener *from);
 void quic_listener_close(struct listener *l);

@@ -56,28 +56,65 @@ int quic_replay_prepare(void) {
   return 0;
 }
 
+/* One attempt's view of a key's neighbourhood. */
+struct replay_try {
+  uint64_t *word; /* the word to claim; NULL when the neighbourhood is full */
+  uint64_t was, mine, tag;
+  size_t home;
+  bool seen; /* a live copy is there: a replay */
+};
+
+static bool word_live(uint64_t v, time_t now) { return (v & 0xffffffffu) > (uint64_t)(uint32_t)now; }
+
+static void replay_look(struct replay_try *t, const uint8_t *key, size_t len, time_t expires, time_t now) {
+  uint64_t h = siphash24(replay.key, key, len);
+  *t = (struct replay_try){.tag = (h >> 32) | 1, .home = (size_t)h & (REPLAY_SLOTS - 1)};
+  t->mine = t->tag << 32 | (uint32_t)expires;
+  for (size_t i = 0; i < REPLAY_PROBES; i++) {
+    uint64_t *word = &replay.slots[(t->home + i) & (REPLAY_SLOTS - 1)];
+    uint64_t v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    if (word_live(v, now) && v >> 32 == t->tag) {
+      t->seen = true;
+      return;
+    }
+    if (!word_live(v, now) && t->word == NULL) t->word = word, t->was = v;
+  }
+}
+
+/* A live copy of the key in a word other than the one this attempt claimed. */
+static bool replay_other_copy(const struct replay_try *t, time_t now) {
+  for (size_t i = 0; i < REPLAY_PROBES; i++) {
+    uint64_t *word = &replay.slots[(t->home + i) & (REPLAY_SLOTS - 1)];
+    uint64_t v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    if (word != t->word && word_live(v, now) && v >> 32 == t->tag) return true;
+  }
+  return false;
+}
+
 bool quic_replay_seen(const uint8_t *client_hello_key, size_t len, time_t expires) {
+  return quic_replay_seen_at(client_hello_key, len, expires, time(NULL), NULL, NULL);
+}
+
+bool quic_replay_seen_at(const uint8_t *client_hello_key, size_t len, time_t expires, time_t now,
+                         void (*between)(void *), void *arg) {
   /* The store is made in quic_replay_prepare, before any fork, and never
    * here: one made by a worker alone would not see the other workers'. */
   if (replay.slots == NULL) return true; /* no store: no 0-RTT */
-  uint64_t h = siphash24(replay.key, client_hello_key, len);
-  uint64_t tag = (h >> 32) | 1, now = (uint32_t)time(NULL);
-  uint64_t mine = tag << 32 | (uint32_t)expires;
-  size_t home = (size_t)h & (REPLAY_SLOTS - 1);
   for (int attempt = 0; attempt < REPLAY_ATTEMPTS; attempt++) {
-    uint64_t *claim = NULL, claim_was = 0;
-    for (size_t i = 0; i < REPLAY_PROBES; i++) {
-      uint64_t *slot = &replay.slots[(home + i) & (REPLAY_SLOTS - 1)];
-      uint64_t v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-      bool live = (v & 0xffffffffu) > now;
-      if (live && v >> 32 == tag) return true;
-      if (!live && claim == NULL) claim = slot, claim_was = v;
-    }
-    if (claim == NULL) return true; /* full here */
-    if (__atomic_compare_exchange_n(claim, &claim_was, mine, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-      return false;
+    struct replay_try t;
+    replay_look(&t, client_hello_key, len, expires, now);
+    if (t.seen || t.word == NULL) return true; /* a replay, or full here */
+    if (between) between(arg);
     /* Another process claimed that word meanwhile, perhaps for this very
      * ClientHello: look again. */
+    if (!__atomic_compare_exchange_n(t.word, &t.was, t.mine, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      continue;
+    /* Two processes can look in the same instant with clocks a second
+     * apart: a word that one sees live has expired for the other, so they
+     * claim different words for the same ClientHello. Each looks once more
+     * after claiming; in sequentially consistent order at least one of them
+     * sees the other's word, and refuses. */
+    return replay_other_copy(&t, now);
   }
   return true;
 }

@@ -1,6 +1,7 @@
 /* The 0-RTT anti-replay store: no store refuses, it is shared across forked
  * processes, a live entry is found past expired ones, expiry frees a
- * ClientHello, a full neighbourhood refuses. */
+ * ClientHello, a full neighbourhood refuses, two processes racing with one
+ * ClientHello across a second boundary do not both take it. */
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -78,6 +79,37 @@ static void a_full_neighbourhood_refuses(void) {
   CHECK(quic_replay_seen(one_more, 8, later)); /* no room: no early data */
 }
 
+/* One ClientHello (a replay) reaches two processes in the same instant, as
+ * the clock turns a second, and an older word in its neighbourhood expires
+ * at that second. The process still in the earlier second looks first: the
+ * older word is live, so it will claim the next one. Before it does, the
+ * other process, a second later, finds the older word expired, claims it
+ * and takes the ClientHello. The first must then not take it too. */
+struct race {
+  const uint8_t *hello;
+  time_t t;
+  bool ran, other_refused;
+};
+
+static void other_process_takes_it(void *arg) {
+  struct race *r = arg;
+  if (r->ran) return;
+  r->ran = true;
+  r->other_refused = quic_replay_seen_at(r->hello, 8, r->t + 100, r->t + 1, NULL, NULL);
+}
+
+static void a_replay_racing_across_a_second_boundary_is_caught(void) {
+  uint64_t next = 90000000;
+  time_t t = time(NULL) + 1000; /* past every other test's windows */
+  uint8_t older[8], hello[8];
+  key_of(next_key_at(4242, &next), older);
+  key_of(next_key_at(4242, &next), hello);
+  CHECK(!quic_replay_seen_at(older, 8, t + 1, t, NULL, NULL)); /* its window ends as t+1 begins */
+  struct race r = {.hello = hello, .t = t};
+  CHECK(quic_replay_seen_at(hello, 8, t + 100, t, other_process_takes_it, &r));
+  CHECK(r.ran && !r.other_refused); /* the other one took it first */
+}
+
 /* Before the store exists every ClientHello counts as a replay: 1-RTT. */
 static void no_store_refuses(void) {
   uint8_t k[8];
@@ -93,5 +125,6 @@ int main(void) {
   processes_share_the_store();
   expiry();
   a_full_neighbourhood_refuses();
+  a_replay_racing_across_a_second_boundary_is_caught();
   CHECK_DONE();
 }
