@@ -421,8 +421,11 @@ static const uint8_t *endpoint_secret(const struct gw_conf *conf) {
   if (!Q.secret_generated) {
     /* From the kernel, not fastrand64: its state can be worked out from
      * outputs that clients see (request IDs), and with it this secret. */
-    if (getrandom(Q.generated_secret, sizeof Q.generated_secret, 0) != (ssize_t)sizeof Q.generated_secret)
-      abort(); /* no entropy at all: nothing safe to key tokens with */
+    if (getrandom(Q.generated_secret, sizeof Q.generated_secret, 0) != (ssize_t)sizeof Q.generated_secret) {
+      /* No entropy at all: nothing safe to key tokens with. */
+      log_error("quic: getrandom: %s: cannot generate a secret (set quic.secret)", strerror(errno));
+      abort();
+    }
     Q.secret_generated = true;
     log_warn("quic: no secret in the config: generated one for this run; Retry tokens, "
              "NEW_TOKENs and stateless resets won't survive a restart or match other "
