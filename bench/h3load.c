@@ -423,6 +423,19 @@ static void ws_session_done(struct stream *s, uint64_t err) {
   free(w);
 }
 
+static int request_submit(struct conn *c, struct stream *s) {
+  char len[24];
+  snprintf(len, sizeof len, "%zu", O.body_len);
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
+  nghttp3_nv nva[6 + MAX_EXTRA_HEADERS] = {
+      NV(":method", O.method), NV(":scheme", "https"), NV(":authority", O.authority),
+      NV(":path", O.path), NV("user-agent", "h3load"), NV("content-length", len)};
+#undef NV
+  static const nghttp3_data_reader reader = {read_body};
+  size_t n = with_extra_headers(nva, O.body ? 6 : 5);
+  return nghttp3_conn_submit_request(c->h3, s->id, nva, n, O.body ? &reader : NULL, s);
+}
+
 /* Opens streams up to -m in flight while requests remain. */
 static void issue(struct conn *c) {
   while (c->ready && c->to_issue > 0 && c->inflight < O.m) {
@@ -434,18 +447,7 @@ static void issue(struct conn *c) {
     s->start_ns = latency_now_ns();
     if (O.sha256) gnutls_hash_init(&s->hash, GNUTLS_DIG_SHA256);
     if (O.output) s->out = fopen(O.output, "wb");
-    char len[24];
-    snprintf(len, sizeof len, "%zu", O.body_len);
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
-    nghttp3_nv nva[6 + MAX_EXTRA_HEADERS] = {
-        NV(":method", O.method), NV(":scheme", "https"), NV(":authority", O.authority),
-        NV(":path", O.path), NV("user-agent", "h3load"), NV("content-length", len)};
-#undef NV
-    static const nghttp3_data_reader reader = {read_body};
-    size_t nv = O.body ? 6 : 5;
-    nv = with_extra_headers(nva, nv);
-    int rc = O.ws_messages ? ws_submit(c, s) :
-             nghttp3_conn_submit_request(c->h3, sid, nva, nv, O.body ? &reader : NULL, s);
+    int rc = O.ws_messages ? ws_submit(c, s) : request_submit(c, s);
     if (rc != 0) {
       free(s);
       G.errored++;
