@@ -1,12 +1,11 @@
 """Real frameworks from Debian behind h3gate-worker: Starlette, FastAPI,
 Django's ASGI handler, Quart."""
 
-import time
 
 import httpx
 import pytest
 
-from h3env import Worker, curl, curl_json
+from h3env import Worker, curl, curl_json, eventually
 
 PROTOCOLS = [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")]
 
@@ -30,10 +29,7 @@ def test_starlette(starlette, flag, version):
 
 def test_starlette_background_task_runs_after_response(starlette):
     assert curl(starlette.url("/background")).stdout == "queued"
-    deadline = time.monotonic() + 5
-    while curl_json(starlette.url("/done"))["done"] != ["ran"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert eventually(lambda: curl_json(starlette.url("/done"))["done"] == ["ran"], timeout=5)
 
 
 def test_fastapi():

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 
-from h3env import APPS, BIN, Worker, curl, curl_json, free_port, run
+from h3env import APPS, BIN, Worker, curl, curl_json, eventually, free_port, run
 
 
 def start_fails(app, *args):
@@ -82,10 +82,7 @@ def test_killed_worker_is_replaced_and_pool_keeps_serving():
             ok += r.stdout == "200"
         assert ok == 100
         assert w.wait_log("was killed by signal 9")
-        deadline = time.monotonic() + 20
-        while len(w.worker_pids()) != 2 or victim in w.worker_pids():
-            assert time.monotonic() < deadline, w.log()
-            time.sleep(0.1)
+        assert eventually(lambda: len(w.worker_pids()) == 2 and victim not in w.worker_pids(), timeout=20), w.log()
     finally:
         assert w.stop() == 0
 
@@ -146,10 +143,8 @@ def test_sighup_reloads_code_with_no_refused_request():
             t.start()
         time.sleep(0.3)
         w.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while not (set(w.worker_pids()).isdisjoint(old) and len(w.worker_pids()) == 2):
-            assert time.monotonic() < deadline, w.log()
-            time.sleep(0.1)
+        assert eventually(lambda: set(w.worker_pids()).isdisjoint(old) and len(w.worker_pids()) == 2,
+                          timeout=30), w.log()
         time.sleep(0.3)
         stop.set()
         for t in threads:
