@@ -156,7 +156,9 @@ static int on_end(void *ctx) {
   return 0;
 }
 
-static const struct h1_parser_ops parser_ops = {on_header, on_head, on_body, on_end};
+/* Trailers are dropped: ASGI has no request trailers to give the app. */
+static const struct h1_parser_ops parser_ops = {
+    .on_header = on_header, .on_head = on_head, .on_body = on_body, .on_end = on_end};
 
 /* ---------------------------------------------------------------------------
  * Input.

@@ -14,6 +14,7 @@ static int fail(struct h1_parser *p, int status, const char *reason) {
 }
 
 static int buf_append(struct h1_parser *p, const char *at, size_t len) {
+  if (len == 0) return 0; /* llhttp may call with none, before buf exists */
   if (p->buf_len + len > p->buf_cap) {
     size_t cap = p->buf_cap ? p->buf_cap : 1024;
     while (cap < p->buf_len + len) cap *= 2;
@@ -40,6 +41,7 @@ static int on_message_begin(llhttp_t *l) {
   p->head_bytes = 0;
   p->fields = 0;
   p->in_message = true;
+  p->head_done = false;
   return 0;
 }
 
@@ -71,7 +73,9 @@ static int emit_field(struct h1_parser *p) {
   size_t vlen = p->buf_len - p->target_len - p->name_len;
   /* llhttp leaves trailing whitespace of the value to us (RFC 9110 5.5). */
   while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t')) vlen--;
-  int status = p->ops->on_header(p->ctx, name, p->name_len, value, vlen);
+  int status = !p->head_done      ? p->ops->on_header(p->ctx, name, p->name_len, value, vlen)
+               : p->ops->on_trailer ? p->ops->on_trailer(p->ctx, name, p->name_len, value, vlen)
+                                    : 0;
   p->buf_len = p->target_len;
   p->name_len = 0;
   p->in_value = false;
@@ -123,6 +127,7 @@ static int on_headers_complete(llhttp_t *l) {
   };
   if (llhttp_get_http_major(l) != 1) return fail(p, 505, "HTTP version not supported");
   if (p->target_len == 0) return fail(p, 400, "empty request target");
+  p->head_done = true;
   int status = p->ops->on_head(p->ctx, &head);
   if (status) return fail(p, status, "request refused");
   return 0;

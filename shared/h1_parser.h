@@ -37,6 +37,11 @@ struct h1_parser_ops {
   int (*on_head)(void *ctx, const struct h1_request_head *head);
   int (*on_body)(void *ctx, const char *data, size_t len);
   int (*on_end)(void *ctx);
+  /* A field of the trailer section after a chunked body; NULL drops them.
+   * They never reach on_header: by then the head has been acted on (a
+   * proxy rewrote its forwarding fields, an app has its scope), and a
+   * "header" arriving now would slip past all of that. */
+  int (*on_trailer)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen);
 };
 
 struct h1_limits {
@@ -57,6 +62,7 @@ struct h1_parser {
   bool in_value;
   bool message_done; /* paused after a message: call h1_parser_next() */
   bool in_message;   /* between the first byte of a request and its end */
+  bool head_done;    /* fields from now on are trailers */
   size_t head_bytes;
   uint32_t fields;
   int error_status;        /* when feed fails: the status to answer with */

@@ -617,6 +617,44 @@ def test_a_silent_name_server_fails_fast_with_resolver_timeout():
             g.stop()
 
 
+def scope_of_chunked_post_with_trailers(port):
+    """POST /scope, chunked, whose trailer section carries fields a client
+    may not set through a proxy; returns the scope the app saw."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /scope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                  b"3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nVia: 3 spoofed\r\nX-Injected: yes\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    return json.loads(body)
+
+
+def test_request_trailers_never_become_request_headers(worker):
+    """Trailer fields arrive after the head was acted on: the gateway has
+    rewritten the forwarding fields, the worker has built the app's scope.
+    They must not join the headers then. The gateway's first request waits
+    for its upstream connection, so the trailers arrive before it is sent:
+    they used to go upstream as headers, after the gateway's own
+    X-Forwarded-For. Straight to the worker they used to appear in the
+    running app's scope."""
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        for port in (g.plain_port, worker.port):  # a fresh gateway's first request, then the worker's own HTTP/1.1
+            scope = scope_of_chunked_post_with_trailers(port)
+            names = [name for name, _ in scope["headers"]]
+            assert "x-injected" not in names, (port, scope["headers"])
+            assert names.count("x-forwarded-for") == (1 if port == g.plain_port else 0), (port, scope["headers"])
+            assert ["via", "3 spoofed"] not in scope["headers"], (port, scope["headers"])
+            assert scope["http_version"] == "1.1", scope
+    finally:
+        g.stop()
+
+
 def test_request_trailers_are_accepted_and_not_forwarded(gateway):
     """A chunked HTTP/1.1 upload ending in trailers: the body arrives whole
     and the exchange goes on; the trailers stop at the gateway (ASGI has no

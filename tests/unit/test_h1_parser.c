@@ -5,7 +5,7 @@
 #include "h1_parser.h"
 
 struct seen {
-  int heads, ends, fields;
+  int heads, ends, fields, trailers;
   size_t body;
   char method[16], target[64], last_name[32], last_value[64];
   int keep_alive;
@@ -15,6 +15,13 @@ static int on_header(void *ctx, const char *n, size_t nl, const char *v, size_t 
   struct seen *s = ctx;
   s->fields++;
   snprintf(s->last_name, sizeof s->last_name, "%.*s", (int)nl, n);
+  snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
+  return 0;
+}
+static int on_trailer(void *ctx, const char *n, size_t nl, const char *v, size_t vl) {
+  struct seen *s = ctx;
+  s->trailers++;
+  snprintf(s->last_name, sizeof s->last_name, "t:%.*s", (int)nl, n);
   snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
   return 0;
 }
@@ -35,7 +42,7 @@ static int on_end(void *ctx) {
   ((struct seen *)ctx)->ends++;
   return 0;
 }
-static const struct h1_parser_ops ops = {on_header, on_head, on_body, on_end};
+static const struct h1_parser_ops ops = {on_header, on_head, on_body, on_end, on_trailer};
 static const struct h1_limits limits = {.max_head_bytes = 1024, .max_fields = 10};
 
 /* Feeds everything, moving to the next request after each one. Returns the
@@ -78,6 +85,22 @@ int main(void) {
   CHECK(s.heads == 3 && s.ends == 3 && s.body == 5);
   CHECK_STR(s.target, "/3");
   CHECK(!s.keep_alive);
+
+  /* Trailers go to on_trailer, never to on_header: the head was acted on
+   * already, and a late "header" would slip past what was done to it. */
+  CHECK(parse("POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nX-Checksum:  ab \r\n\r\n"
+              "GET /next HTTP/1.1\r\nHost: y\r\n\r\n",
+              &s) == 0);
+  CHECK(s.heads == 2 && s.ends == 2 && s.body == 3);
+  CHECK(s.fields == 3 && s.trailers == 2); /* host, transfer-encoding, host */
+  CHECK_STR(s.target, "/next");
+  CHECK_STR(s.last_name, "host"); /* the next request's head is headers again */
+  CHECK(parse("POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "0\r\nX-Checksum:  ab \r\n\r\n", &s) == 0);
+  CHECK(s.fields == 2 && s.trailers == 1);
+  CHECK_STR(s.last_name, "t:x-checksum");
+  CHECK_STR(s.last_value, "ab");
 
   /* Smuggling shapes are refused with 400. */
   CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
