@@ -78,7 +78,8 @@ void h1_parser_free(struct h1_parser *p);
  * error_reason say why; the connection must be closed after the answer. */
 ssize_t h1_parser_feed(struct h1_parser *p, const char *data, size_t len);
 bool h1_parser_message_done(const struct h1_parser *p);
-/* Ready for the next pipelined request. */
+/* Ready for the next pipelined request; also after an Upgrade request
+ * that the caller answered without switching protocols. */
 void h1_parser_next(struct h1_parser *p);
 /* True between the start of a request and its end. */
 bool h1_parser_in_message(const struct h1_parser *p);

@@ -617,6 +617,19 @@ def test_a_silent_name_server_fails_fast_with_resolver_timeout():
             g.stop()
 
 
+def test_an_upgrade_offer_not_taken_leaves_the_connection_serving(gateway, worker):
+    """curl --http2 on http:// offers "Upgrade: h2c" with each request. The
+    gateway (and the worker) answer in HTTP/1.1, as RFC 9110 allows, and
+    the connection must go on: curl sends its second URL on it. It used to
+    wait there until curl gave up."""
+    for port in (gateway.plain_port, worker.port):
+        url = f"http://127.0.0.1:{port}/pid"
+        r = curl("-v", "--http2", url, url, timeout=10)
+        assert r.returncode == 0, (port, r.returncode, r.stderr[-1500:])
+        assert r.stdout.count('"pid"') == 2, (port, r.stdout)
+        assert "Re-using existing connection" in r.stderr and "Upgrade: h2c" in r.stderr, r.stderr[-1500:]
+
+
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""
