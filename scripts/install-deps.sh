@@ -18,6 +18,7 @@ test_pkgs=(
   python3-prometheus-client tcpdump
   python3-fastapi python3-django python3-quart uvicorn
   chromium iproute2 dnsmasq-base docker-compose procps
+  clang libclang-rt-14-dev
 )
 
 bench_pkgs=(nghttp2-server haproxy caddy uvicorn python3-hypercorn python3-httptools python3-uvloop)

@@ -63,8 +63,8 @@ static bool is_tchar(unsigned char c) {
 
 /* Emits the field assembled in buf after the target. */
 static int emit_field(struct h1_parser *p) {
+  if (p->name_len == 0) return fail(p, 400, "empty header field name"); /* buf may not exist yet */
   char *name = p->buf + p->target_len;
-  if (p->name_len == 0) return fail(p, 400, "empty header field name");
   for (size_t i = 0; i < p->name_len; i++) {
     if (!is_tchar((unsigned char)name[i])) return fail(p, 400, "invalid header field name");
     if (name[i] >= 'A' && name[i] <= 'Z') name[i] = (char)(name[i] + 32);
@@ -228,7 +228,8 @@ void h1_parser_next(struct h1_parser *p) {
    * stops at the upgrade before reading anything more, so it is brought
    * there now (no input needed) and let past it; otherwise every later
    * request on the connection would wait forever. */
-  if (llhttp_get_upgrade(&p->llhttp) && llhttp_execute(&p->llhttp, "", 0) == HPE_PAUSED_UPGRADE)
+  if (llhttp_get_upgrade(&p->llhttp) && llhttp_get_method(&p->llhttp) != HTTP_CONNECT &&
+      llhttp_execute(&p->llhttp, "", 0) == HPE_PAUSED_UPGRADE)
     llhttp_resume_after_upgrade(&p->llhttp);
 }
 

@@ -79,7 +79,8 @@ void h1_parser_free(struct h1_parser *p);
 ssize_t h1_parser_feed(struct h1_parser *p, const char *data, size_t len);
 bool h1_parser_message_done(const struct h1_parser *p);
 /* Ready for the next pipelined request; also after an Upgrade request
- * that the caller answered without switching protocols. */
+ * that the caller answered without switching protocols. Not after CONNECT:
+ * what follows it is the client's tunnel, so the connection must close. */
 void h1_parser_next(struct h1_parser *p);
 /* True between the start of a request and its end. */
 bool h1_parser_in_message(const struct h1_parser *p);
