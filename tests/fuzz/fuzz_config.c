@@ -12,14 +12,7 @@
 
 #include "config.h"
 #include "log.h"
-
-#define REQUIRE(c)                                                  \
-  do {                                                              \
-    if (!(c)) {                                                     \
-      fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                      \
-    }                                                               \
-  } while (0)
+#include "require.h"
 
 /* "N:" at s, for a positive N; returns what follows, or NULL. */
 static const char *number_and_colon(const char *s) {

@@ -14,14 +14,7 @@
 #include <sys/types.h>
 
 #include "h1_parser.h"
-
-#define REQUIRE(c)                                                  \
-  do {                                                              \
-    if (!(c)) {                                                     \
-      fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                      \
-    }                                                               \
-  } while (0)
+#include "require.h"
 
 struct state {
   bool in_body, connect;

@@ -14,14 +14,7 @@
 #include "cidr.h"
 #include "forwarded.h"
 #include "units.h"
-
-#define REQUIRE(c)                                                  \
-  do {                                                              \
-    if (!(c)) {                                                     \
-      fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                      \
-    }                                                               \
-  } while (0)
+#include "require.h"
 
 static void check_client(int rc, const struct forwarded_client *c) {
   if (rc != 0) return;

@@ -12,14 +12,7 @@
 #include <string.h>
 
 #include "ws_frame.h"
-
-#define REQUIRE(c)                                                  \
-  do {                                                              \
-    if (!(c)) {                                                     \
-      fprintf(stderr, "%s:%d: broken: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                      \
-    }                                                               \
-  } while (0)
+#include "require.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size) {
   if (size < 1) return 0;

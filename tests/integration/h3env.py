@@ -192,6 +192,17 @@ class Worker(Process):
         return children_of(self.pid)
 
 
+def raw_http(port, request, timeout=10):
+    """Sends request bytes as they are on a new TCP connection and returns
+    all the server sent until it closed (ask with Connection: close)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
 def curl(*args, timeout=60):
     return run(["curl", "-sS", "--max-time", str(timeout), *args], timeout=timeout + 5)
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, Worker, curl, curl_json,
-                   free_port, log_time, run, wait_port)
+                   free_port, log_time, raw_http, run, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -633,15 +633,8 @@ def test_an_upgrade_offer_not_taken_leaves_the_connection_serving(gateway, worke
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /scope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                  b"3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nVia: 3 spoofed\r\nX-Injected: yes\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+    answer = raw_http(port, b"POST /scope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                            b"3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nVia: 3 spoofed\r\nX-Injected: yes\r\n\r\n")
     head, body = answer.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200"), answer
     return json.loads(body)
@@ -672,16 +665,10 @@ def test_request_trailers_are_accepted_and_not_forwarded(gateway):
     """A chunked HTTP/1.1 upload ending in trailers: the body arrives whole
     and the exchange goes on; the trailers stop at the gateway (ASGI has no
     request trailers to give the app)."""
-    with socket.create_connection(("127.0.0.1", gateway.plain_port), timeout=10) as s:
-        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
-                  b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+    answer = raw_http(gateway.plain_port,
+                      b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
+                      b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200") == 2, answer  # the next request on the connection too
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])
     assert body["size"] == 11 and body["sha256"] == hashlib.sha256(b"hello world").hexdigest()

@@ -11,18 +11,21 @@ struct seen {
   int keep_alive;
 };
 
+/* Notes a field; trailers' names get a "t:" in front. */
+static void note_field(struct seen *s, const char *prefix, const char *n, size_t nl, const char *v, size_t vl) {
+  snprintf(s->last_name, sizeof s->last_name, "%s%.*s", prefix, (int)nl, n);
+  snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
+}
 static int on_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl) {
   struct seen *s = ctx;
   s->fields++;
-  snprintf(s->last_name, sizeof s->last_name, "%.*s", (int)nl, n);
-  snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
+  note_field(s, "", n, nl, v, vl);
   return 0;
 }
 static int on_trailer(void *ctx, const char *n, size_t nl, const char *v, size_t vl) {
   struct seen *s = ctx;
   s->trailers++;
-  snprintf(s->last_name, sizeof s->last_name, "t:%.*s", (int)nl, n);
-  snprintf(s->last_value, sizeof s->last_value, "%.*s", (int)vl, v);
+  note_field(s, "t:", n, nl, v, vl);
   return 0;
 }
 static int on_head(void *ctx, const struct h1_request_head *h) {
