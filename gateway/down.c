@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -154,13 +155,31 @@ void down_conn_opened(struct down_conn *c) {
   down_set_timer(c, 0, NULL);
 }
 
+/* The answer is out. Closing now, while the client's bytes still arrive
+ * (an upload refused part-way, a head over the limit, a pipelined request
+ * behind "connection: close"), would make the kernel answer them with a
+ * reset, and a reset can destroy the answer before the client reads it
+ * (RFC 9112 9.6). So the write side is shut first, and what the client
+ * still sends is read and dropped until it closes too, for a bounded time,
+ * as nginx's lingering close does. */
+enum { LINGER_MS = 2000, LINGER_DRAINING_MS = 500 };
+
+static void linger(struct down_conn *c) {
+  c->lingering = true;
+  shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+  down_set_timer(c, c->draining ? LINGER_DRAINING_MS : LINGER_MS, finish_close);
+  down_pause_reading(c, false);
+}
+
 static void conn_flush(struct flushable *f) {
   struct down_conn *c = (struct down_conn *)f;
   if (c->state == DC_OPEN) c->proto->flush(c);
   if (!c->tls && c->bev && (c->state == DC_OPEN || c->state == DC_CLOSING)) gw_bev_send(c->bev);
   if (c->state == DC_CLOSING) {
     if (c->bev == NULL || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-      finish_close(c);
+      if (c->lingering) return; /* until EOF or the timer */
+      if (c->bev == NULL || c->abort_close) finish_close(c);
+      else linger(c);
     } else {
       /* Hear about it when the last byte is written. */
       bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
@@ -176,6 +195,7 @@ void down_want_flush(struct down_conn *c) {
 void down_close(struct down_conn *c, bool abort) {
   if (c->state == DC_CLOSED) return;
   c->state = DC_CLOSING;
+  c->abort_close |= abort;
   if (abort && c->bev) evbuffer_drain(bufferevent_get_output(c->bev), evbuffer_get_length(bufferevent_get_output(c->bev)));
   down_want_flush(c);
 }

@@ -53,6 +53,8 @@ struct down_conn {
   struct event *timer;
   void (*timer_fire)(struct down_conn *c);
   bool draining;
+  bool abort_close; /* down_close(c, true): no lingering either */
+  bool lingering;   /* answer out, write side shut: reading the rest until EOF */
   LIST_ENTRY(down_conn) link;
 };
 
