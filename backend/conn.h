@@ -68,6 +68,9 @@ struct conn {
   bool read_paused;           /* backpressure: a stream's buffer is full */
   bool flush_queued;          /* on the server's flush list */
   bool draining;              /* graceful shutdown began */
+  bool abort_close;           /* conn_close(c, true): no lingering either */
+  bool lingering;             /* answer out, write side shut: reading the rest until EOF */
+  uint64_t linger_until_ms;
   uint32_t active_streams;    /* streams whose app task has not finished */
   uint64_t last_activity_ms;
   uint64_t id;                /* for log lines */

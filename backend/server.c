@@ -143,8 +143,24 @@ void conn_close(struct conn *c, bool abort) {
   /* While sniffing, c->out holds the client's first bytes, not ours. */
   if (c->state == CONN_SNIFFING) abort = true;
   c->state = CONN_CLOSING;
+  c->abort_close |= abort;
   if (abort) bytebuf_consume(&c->out, bytebuf_size(&c->out));
   conn_want_flush(c);
+}
+
+/* The answer is out. Closing now, while the client's bytes still arrive (a
+ * head over the limit, a pipelined request behind "connection: close"),
+ * would make the kernel answer them with a reset, and a reset can destroy
+ * the answer before the client reads it (RFC 9112 9.6). So the write side
+ * is shut first, and on_readable drops what still comes until the client
+ * closes too; the tick ends it after LINGER_MS at the latest. */
+enum { LINGER_MS = 2000, LINGER_STOPPING_MS = 500 };
+
+static void conn_linger(struct conn *c) {
+  c->lingering = true;
+  c->linger_until_ms = server_now_ms() + (S.stopping ? LINGER_STOPPING_MS : LINGER_MS);
+  shutdown(c->fd, SHUT_WR);
+  if (!c->reading && fd_watch(S.add_reader, c->fd, S.cb_readable) == 0) c->reading = true;
 }
 
 /* The real close, from the flush pass only. */
@@ -344,7 +360,10 @@ static void flush_conn(struct conn *c) {
     conn_finish_close(c);
     return;
   }
-  if (c->state == CONN_CLOSING && bytebuf_size(&c->out) == 0) conn_finish_close(c);
+  if (c->state == CONN_CLOSING && bytebuf_size(&c->out) == 0) {
+    if (c->abort_close) conn_finish_close(c);
+    else if (!c->lingering) conn_linger(c);
+  }
 }
 
 static PyObject *on_writable(PyObject *mod, PyObject *fdo) {
@@ -402,6 +421,10 @@ static void idle_sweep(uint64_t now) {
   for (size_t fd = 0; fd < S.by_fd_cap; fd++) {
     struct conn *c = S.by_fd[fd];
     if (c == NULL || c->state == CONN_CLOSED) continue;
+    if (c->lingering) {
+      if (now >= c->linger_until_ms) conn_close(c, true);
+      continue;
+    }
     if (c->active_streams > 0) continue;
     if (now - c->last_activity_ms < limit) continue;
     if (c->state == CONN_OPEN && c->proto == &h2_proto_ops && !c->draining) {

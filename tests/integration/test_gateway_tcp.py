@@ -535,10 +535,11 @@ def test_body_buffer_bounds_what_the_gateway_holds_of_an_upload(worker, tmp_path
 
 def test_a_refused_request_gets_its_answer_not_a_reset(worker):
     """The gateway answers 431 to a head over the limit, or 413 to an
-    upload over max_body_size, while the client is still sending. It must
-    not close with those bytes unread: the kernel would answer them with a
-    reset, which can destroy the answer before the client reads it. It shuts
-    its write side and reads the rest first (lingering close)."""
+    upload over max_body_size, while the client is still sending (the
+    worker too, for the head). Neither may close with those bytes unread:
+    the kernel would answer them with a reset, which can destroy the answer
+    before the client reads it. They shut their write side and read the
+    rest first (lingering close)."""
     g = Gateway(BASIC_CONFIG + "limits: {{max_body_size: 1m}}\n", servers=f"127.0.0.1:{worker.port}",
                 response_timeout="5s")
     try:
@@ -546,8 +547,10 @@ def test_a_refused_request_gets_its_answer_not_a_reset(worker):
             head_too_big = b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200000 + b"\r\n\r\n"
             upload_too_big = (b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n"
                               + b"x" * 4000000)
-            for request, status in ((head_too_big, b"431"), (upload_too_big, b"413")):
-                answer = raw_http(g.plain_port, request)  # a reset raises ConnectionResetError
+            for port, request, status in ((g.plain_port, head_too_big, b"431"),
+                                          (g.plain_port, upload_too_big, b"413"),
+                                          (worker.port, head_too_big, b"431")):
+                answer = raw_http(port, request)  # a reset raises ConnectionResetError
                 assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
                 assert answer.endswith(b"\n") and b"connection: close" in answer, answer[-200:]
     finally:
