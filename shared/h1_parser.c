@@ -223,11 +223,12 @@ void h1_parser_next(struct h1_parser *p) {
   p->message_done = false;
   h1_guard_reset(&p->guard);
   if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED) llhttp_resume(&p->llhttp);
-  /* An Upgrade (or CONNECT) the caller did not take up, such as curl's
-   * "Upgrade: h2c": the connection stays HTTP/1.1 (RFC 9110 7.8). llhttp
-   * stops at the upgrade before reading anything more, so it is brought
-   * there now (no input needed) and let past it; otherwise every later
-   * request on the connection would wait forever. */
+  /* An Upgrade the caller did not take up, such as curl's "Upgrade: h2c":
+   * the connection stays HTTP/1.1 (RFC 9110 7.8). llhttp stops at the
+   * upgrade before reading anything more, so it is brought there now (no
+   * input needed) and let past it; otherwise every later request on the
+   * connection would wait forever. Not after CONNECT: what follows is the
+   * client's tunnel, and both callers refuse CONNECT and close. */
   if (llhttp_get_upgrade(&p->llhttp) && llhttp_get_method(&p->llhttp) != HTTP_CONNECT &&
       llhttp_execute(&p->llhttp, "", 0) == HPE_PAUSED_UPGRADE)
     llhttp_resume_after_upgrade(&p->llhttp);
