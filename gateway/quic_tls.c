@@ -56,37 +56,43 @@ int quic_replay_prepare(void) {
   return 0;
 }
 
-/* One attempt's view of a key's neighbourhood. */
+/* A key's place in the store, and one attempt's view of its neighbourhood. */
 struct replay_try {
-  uint64_t *word; /* the word to claim; NULL when the neighbourhood is full */
-  uint64_t was, mine, tag;
+  uint64_t tag, mine; /* the key's word: tag (high half), window end (low) */
   size_t home;
+  uint64_t *word; /* the word to claim; NULL when the neighbourhood is full */
+  uint64_t was;
   bool seen; /* a live copy is there: a replay */
 };
 
-static bool word_live(uint64_t v, time_t now) { return (v & 0xffffffffu) > (uint64_t)(uint32_t)now; }
+static bool live_copy(uint64_t v, uint64_t tag, time_t now) {
+  return v >> 32 == tag && (v & 0xffffffffu) > (uint64_t)(uint32_t)now;
+}
 
-static void replay_look(struct replay_try *t, const uint8_t *key, size_t len, time_t expires, time_t now) {
-  uint64_t h = siphash24(replay.key, key, len);
-  *t = (struct replay_try){.tag = (h >> 32) | 1, .home = (size_t)h & (REPLAY_SLOTS - 1)};
-  t->mine = t->tag << 32 | (uint32_t)expires;
+static uint64_t *neighbour(const struct replay_try *t, size_t i) {
+  return &replay.slots[(t->home + i) & (REPLAY_SLOTS - 1)];
+}
+
+static void replay_look(struct replay_try *t, time_t now) {
+  t->word = NULL;
+  t->seen = false;
   for (size_t i = 0; i < REPLAY_PROBES; i++) {
-    uint64_t *word = &replay.slots[(t->home + i) & (REPLAY_SLOTS - 1)];
+    uint64_t *word = neighbour(t, i);
     uint64_t v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
-    if (word_live(v, now) && v >> 32 == t->tag) {
+    if (live_copy(v, t->tag, now)) {
       t->seen = true;
       return;
     }
-    if (!word_live(v, now) && t->word == NULL) t->word = word, t->was = v;
+    bool free_word = (v & 0xffffffffu) <= (uint64_t)(uint32_t)now;
+    if (free_word && t->word == NULL) t->word = word, t->was = v;
   }
 }
 
 /* A live copy of the key in a word other than the one this attempt claimed. */
 static bool replay_other_copy(const struct replay_try *t, time_t now) {
   for (size_t i = 0; i < REPLAY_PROBES; i++) {
-    uint64_t *word = &replay.slots[(t->home + i) & (REPLAY_SLOTS - 1)];
-    uint64_t v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
-    if (word != t->word && word_live(v, now) && v >> 32 == t->tag) return true;
+    uint64_t *word = neighbour(t, i);
+    if (word != t->word && live_copy(__atomic_load_n(word, __ATOMIC_SEQ_CST), t->tag, now)) return true;
   }
   return false;
 }
@@ -100,9 +106,11 @@ bool quic_replay_seen_at(const uint8_t *client_hello_key, size_t len, time_t exp
   /* The store is made in quic_replay_prepare, before any fork, and never
    * here: one made by a worker alone would not see the other workers'. */
   if (replay.slots == NULL) return true; /* no store: no 0-RTT */
+  uint64_t h = siphash24(replay.key, client_hello_key, len);
+  struct replay_try t = {.tag = (h >> 32) | 1, .home = (size_t)h & (REPLAY_SLOTS - 1)};
+  t.mine = t.tag << 32 | (uint32_t)expires;
   for (int attempt = 0; attempt < REPLAY_ATTEMPTS; attempt++) {
-    struct replay_try t;
-    replay_look(&t, client_hello_key, len, expires, now);
+    replay_look(&t, now);
     if (t.seen || t.word == NULL) return true; /* a replay, or full here */
     if (between) between(arg);
     /* Another process claimed that word meanwhile, perhaps for this very
