@@ -314,6 +314,9 @@ static nghttp3_ssize ws_read_frames(nghttp3_conn *h3, int64_t sid, nghttp3_vec *
   return (nghttp3_ssize)n;
 }
 
+/* A request field from C strings (nghttp3 copies them on submit). */
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
+
 /* Appends the -H headers after the n fields of nva; returns the count. */
 static size_t with_extra_headers(nghttp3_nv *nva, size_t n) {
   memcpy(nva + n, O.extra, O.n_extra * sizeof *nva);
@@ -321,12 +324,10 @@ static size_t with_extra_headers(nghttp3_nv *nva, size_t n) {
 }
 
 static int ws_submit(struct conn *c, struct stream *s) {
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
   nghttp3_nv nva[7 + MAX_EXTRA_HEADERS] = {
       NV(":method", "CONNECT"), NV(":protocol", "websocket"), NV(":scheme", "https"),
       NV(":authority", O.authority), NV(":path", O.path), NV("sec-websocket-version", "13"),
       NV("user-agent", "h3load")};
-#undef NV
   size_t n = with_extra_headers(nva, 7);
   s->ws = calloc(1, sizeof *s->ws);
   ws_reader_init(&s->ws->reader, false, 1u << 30);
@@ -426,11 +427,9 @@ static void ws_session_done(struct stream *s, uint64_t err) {
 static int request_submit(struct conn *c, struct stream *s) {
   char len[24];
   snprintf(len, sizeof len, "%zu", O.body_len);
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), strlen(n), strlen(v), NGHTTP3_NV_FLAG_NONE}
   nghttp3_nv nva[6 + MAX_EXTRA_HEADERS] = {
       NV(":method", O.method), NV(":scheme", "https"), NV(":authority", O.authority),
       NV(":path", O.path), NV("user-agent", "h3load"), NV("content-length", len)};
-#undef NV
   static const nghttp3_data_reader reader = {read_body};
   size_t n = with_extra_headers(nva, O.body ? 6 : 5);
   return nghttp3_conn_submit_request(c->h3, s->id, nva, n, O.body ? &reader : NULL, s);
@@ -631,12 +630,14 @@ static void send_batch(struct conn *c, const uint8_t *buf, size_t len, size_t se
 
 /* What the header compression cost: the bytes of our request streams
  * (HEADERS, and DATA when uploading) and of the QPACK encoder stream, where
- * dynamic table insertions go. ngtcp2 retransmits by itself, so each byte
- * is counted once, when nghttp3 hands it over. */
-static void count_sent(struct conn *c, int64_t sid, ngtcp2_ssize n) {
-  if (sid < 0 || n <= 0) return;
+ * dynamic table insertions go, counted as nghttp3 hands them over (ngtcp2
+ * retransmits by itself, so each byte once). nghttp3 learns how far the
+ * stream got. */
+static void stream_data_sent(struct conn *c, int64_t sid, ngtcp2_ssize n) {
+  if (sid < 0 || n < 0) return;
   if ((sid & 3) == 0) G.request_stream_sent += (uint64_t)n;
   else if (sid == c->qpack_encoder_stream) G.qpack_encoder_sent += (uint64_t)n;
+  nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)n);
 }
 
 static void conn_write(struct conn *c) {
@@ -676,18 +677,14 @@ static void conn_write(struct conn *c) {
         continue;
       }
       if (n == NGTCP2_ERR_WRITE_MORE) {
-        count_sent(c, sid, ndatalen);
-        nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
+        stream_data_sent(c, sid, ndatalen);
         continue;
       }
       fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror((int)n));
       conn_close(c);
       return;
     }
-    if (ndatalen >= 0 && c->h3) {
-      count_sent(c, sid, ndatalen);
-      nghttp3_conn_add_write_offset(c->h3, sid, (uint64_t)ndatalen);
-    }
+    if (c->h3) stream_data_sent(c, sid, ndatalen);
     if (n == 0) break;
     pkts++;
     size_t pkt = (size_t)n;
