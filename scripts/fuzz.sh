@@ -14,7 +14,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(ws_reader h1_parser text_fields config)
 
-scripts/install-deps.sh test
+scripts/install-deps.sh fuzz
 CC=clang cmake -S . -B build-fuzz -DH3GATE_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz -j"$(nproc)"
 

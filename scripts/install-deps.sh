@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages h3gate needs to build, run and test.
-# Usage: scripts/install-deps.sh [build|run|test|bench]   (default: test)
+# Usage: scripts/install-deps.sh [build|run|test|fuzz|bench]   (default: test)
 # Only installs what is missing, so it is cheap to run again.
 set -euo pipefail
 
@@ -18,17 +18,18 @@ test_pkgs=(
   python3-prometheus-client tcpdump
   python3-fastapi python3-django python3-quart uvicorn
   chromium iproute2 dnsmasq-base docker-compose procps
-  clang libclang-rt-14-dev
 )
+fuzz_pkgs=(clang libclang-rt-14-dev) # libFuzzer (tests/fuzz), also part of the test suite
 
 bench_pkgs=(nghttp2-server haproxy caddy uvicorn python3-hypercorn python3-httptools python3-uvloop)
 
 case "$profile" in
   build) want=("${build_pkgs[@]}") ;;
   bench) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
+  fuzz) want=("${build_pkgs[@]}" "${fuzz_pkgs[@]}") ;;
   run) want=("${build_pkgs[@]}" "${run_pkgs[@]}") ;;
-  test) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
+  test) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${test_pkgs[@]}" "${fuzz_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|run|test|fuzz|bench]" >&2; exit 2 ;;
 esac
 
 missing=()
