@@ -15,7 +15,7 @@ import time
 import pytest
 
 from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, Worker, curl, curl_json,
-                   free_port, log_time, raw_http, run, wait_port)
+                   eventually, free_port, log_time, raw_http, run, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -553,6 +553,39 @@ def test_a_refused_request_gets_its_answer_not_a_reset(worker):
                 answer = raw_http(port, request)  # a reset raises ConnectionResetError
                 assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
                 assert answer.endswith(b"\n") and b"connection: close" in answer, answer[-200:]
+    finally:
+        g.stop()
+
+
+def reset_on_poke(s):
+    """Sends a byte on a connection whose server side sent its FIN: True
+    when the server answers with a reset (its socket is gone), False while
+    it still reads and drops what comes (lingering)."""
+    try:
+        s.sendall(b"x")
+        time.sleep(0.2)
+        s.recv(1)  # b"": the FIN seen before, nothing new
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_lingering_ends_even_if_the_client_never_closes(worker):
+    """A client that takes its 431 and then neither closes nor stops
+    sending does not hold the connection: the gateway and the worker read
+    and drop its bytes for a while (no reset yet), then close for good
+    (LINGER_MS, 2 s; the worker ends it on its 1 s tick)."""
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        for port in (g.plain_port, worker.port):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200000 + b"\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(65536):  # up to the server's FIN
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+                assert not reset_on_poke(s), port  # lingering: read and dropped
+                assert eventually(lambda: reset_on_poke(s), timeout=8), port  # and then gone
     finally:
         g.stop()
 
