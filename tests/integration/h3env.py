@@ -9,6 +9,7 @@ import pathlib
 import re
 import signal as sig_mod
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -192,11 +193,19 @@ class Worker(Process):
         return children_of(self.pid)
 
 
-def raw_http(port, request, timeout=10):
-    """Sends request bytes as they are on a new TCP connection and returns
-    all the server sent until it closed (ask with Connection: close)."""
+def raw_http(port, request, timeout=10, tls=False):
+    """Sends request bytes as they are on a new TCP connection (over TLS,
+    HTTP/1.1 by ALPN, when tls) and returns all the server sent until it
+    closed (ask with Connection: close). Over TLS the close must come with
+    a close_notify: a bare TCP close raises ssl.SSLEOFError."""
     answer = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
+        s = ctx.wrap_socket(s, suppress_ragged_eofs=False)
+    with s:
         s.sendall(request)
         while chunk := s.recv(65536):
             answer += chunk

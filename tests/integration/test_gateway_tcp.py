@@ -535,8 +535,8 @@ def test_body_buffer_bounds_what_the_gateway_holds_of_an_upload(worker, tmp_path
 
 def test_a_refused_request_gets_its_answer_not_a_reset(worker):
     """The gateway answers 431 to a head over the limit, or 413 to an
-    upload over max_body_size, while the client is still sending (the
-    worker too, for the head). Neither may close with those bytes unread:
+    upload over max_body_size, while the client is still sending, over
+    TLS or not (the worker too, for the head). Neither may close with those bytes unread:
     the kernel would answer them with a reset, which can destroy the answer
     before the client reads it. They shut their write side and read the
     rest first (lingering close)."""
@@ -549,8 +549,11 @@ def test_a_refused_request_gets_its_answer_not_a_reset(worker):
                               + b"x" * 4000000)
             for port, request, status in ((g.plain_port, head_too_big, b"431"),
                                           (g.plain_port, upload_too_big, b"413"),
+                                          (g.tls_port, head_too_big, b"431"),
+                                          (g.tls_port, upload_too_big, b"413"),
                                           (worker.port, head_too_big, b"431")):
-                answer = raw_http(port, request)  # a reset raises ConnectionResetError
+                # a reset raises ConnectionResetError
+                answer = raw_http(port, request, tls=port == g.tls_port)
                 assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
                 assert answer.endswith(b"\n") and b"connection: close" in answer, answer[-200:]
     finally:
