@@ -51,39 +51,37 @@ int forwarded_xff_client(const char *v, size_t len, const struct cidr_list *trus
   return copy_host(out, leftmost, leftmost_len);
 }
 
+/* A node's port, the digits after its ':'. An obfuscated port ("_a1")
+ * is no port at all; a number over 65535 makes the node invalid. */
+static int parse_node_port(const char *p, size_t len, struct forwarded_client *out) {
+  int port = 0;
+  if (len == 0) return 0;
+  for (size_t i = 0; i < len; i++) {
+    if (!isdigit((unsigned char)p[i])) return 0;
+    port = port * 10 + (p[i] - '0');
+    if (port > 65535) return -1;
+  }
+  out->port = port;
+  return 0;
+}
+
 /* Splits a node ("1.2.3.4", "1.2.3.4:80", "\"[::1]:80\"", "_hidden", "unknown"). */
 static int parse_node(const char *p, size_t len, struct forwarded_client *out) {
   if (len >= 2 && p[0] == '"' && p[len - 1] == '"') p++, len -= 2;
   out->port = -1;
+  const char *end = p + len, *host = p, *host_end, *port;
   if (len > 0 && p[0] == '[') {
-    const char *close = memchr(p, ']', len);
-    if (close == NULL) return -1;
-    if (copy_host(out, p + 1, (size_t)(close - p - 1)) != 0) return -1;
-    size_t rest = len - (size_t)(close - p) - 1;
-    if (rest > 1 && close[1] == ':') {
-      int port = 0;
-      for (size_t i = 2; i <= rest; i++) {
-        if (!isdigit((unsigned char)close[i])) return 0; /* obfuscated port */
-        port = port * 10 + (close[i] - '0');
-        if (port > 65535) return -1;
-      }
-      out->port = port;
-    }
-    return 0;
+    host = p + 1;
+    host_end = memchr(p, ']', len);
+    if (host_end == NULL) return -1;
+    port = host_end + 1 < end && host_end[1] == ':' ? host_end + 2 : end;
+  } else {
+    host_end = memchr(p, ':', len);
+    if (host_end == NULL) host_end = end;
+    port = host_end < end ? host_end + 1 : end;
   }
-  const char *colon = memchr(p, ':', len);
-  size_t host_len = colon ? (size_t)(colon - p) : len;
-  if (copy_host(out, p, host_len) != 0) return -1;
-  if (colon) {
-    int port = 0;
-    for (const char *q = colon + 1; q < p + len; q++) {
-      if (!isdigit((unsigned char)*q)) return 0;
-      port = port * 10 + (*q - '0');
-      if (port > 65535) return -1;
-    }
-    out->port = port;
-  }
-  return 0;
+  if (copy_host(out, host, (size_t)(host_end - host)) != 0) return -1;
+  return parse_node_port(port, (size_t)(end - port), out);
 }
 
 /* One Forwarded element: its for= (host and port) and proto=. */

@@ -54,6 +54,22 @@ int main(void) {
   CHECK(forwarded_rfc7239_client(fwd, strlen(fwd), &trusted, &fc, proto, sizeof proto) == 0);
   CHECK_STR(fc.host, "10.0.0.1");
   CHECK(forwarded_rfc7239_client("", 0, &trusted, &fc, proto, sizeof proto) != 0);
+  /* node ports (RFC 7239 6): a bracketed IPv6 with and without one, an
+   * obfuscated one, none after the colon, one out of range */
+  const struct {
+    const char *node, *host;
+    int port;
+  } nodes[] = {
+      {"for=\"[2001:db8::7]\"", "2001:db8::7", -1}, {"for=\"[::1]:_a1\"", "::1", -1},
+      {"for=192.0.2.1:_gazonk", "192.0.2.1", -1},    {"for=192.0.2.1:", "192.0.2.1", -1},
+      {"for=\"[::1]:65535\"", "::1", 65535},       {"for=192.0.2.1:65536", "", -1},
+      {"for=\"[::1\"", "", -1},
+  };
+  for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+    CHECK(forwarded_rfc7239_client(nodes[i].node, strlen(nodes[i].node), &trusted, &fc, proto, sizeof proto) == 0);
+    CHECK_STR(fc.host, nodes[i].host);
+    CHECK(fc.port == nodes[i].port);
+  }
 
   char v[8];
   /* the first entry: the protocol the client used before any proxy */
