@@ -100,6 +100,14 @@ static void origin_form(const char **t, size_t *len) {
   *t = slash;
 }
 
+/* RFC 9112 3.2: a path, or "*" for OPTIONS only (what HTTP/2 and HTTP/3
+ * clients are held to by nghttp2). */
+static int check_target(const struct h1_request_head *head, const char *target, size_t len) {
+  if (len == 1 && target[0] == '*')
+    return head->method_len == 7 && memcmp(head->method, "OPTIONS", 7) == 0 ? 0 : 400;
+  return len > 0 && target[0] == '/' ? 0 : 400;
+}
+
 /* A WebSocket handshake: the app decides (accept, close or an HTTP
  * response); the connection ends with the WebSocket either way. */
 static int begin_websocket(struct h1_conn *h, const struct h1_request_head *head) {
@@ -125,6 +133,8 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   const char *target = head->target;
   size_t tlen = head->target_len;
   origin_form(&target, &tlen);
+  int status = check_target(head, target, tlen);
+  if (status) return status;
   if (asgi_stream_set_method(s, head->method, head->method_len) != 0 ||
       asgi_stream_set_target(s, target, tlen) != 0) {
     PyErr_Clear();
@@ -132,7 +142,7 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   }
   if (asgi_stream_header_bytes(s) > server_config()->max_header_bytes) return 431;
   if (head->upgrade && h->ws.upgrade) {
-    int status = begin_websocket(h, head);
+    status = begin_websocket(h, head);
     if (status) return status;
     asgi_stream_start_app(s);
     return 0;

@@ -457,12 +457,14 @@ static bool host_matches(const char *pattern, const char *host) {
 }
 
 /* The most specific route: one naming the host beats one that doesn't,
- * then the longest path prefix. */
+ * then the longest path prefix. "OPTIONS *" asks about the server as a
+ * whole (RFC 9110 9.3.7), so the route that serves "/" answers it. */
 static struct up_pool *route(struct xchg *x) {
   const struct gw_conf *conf = x->rt->conf;
   char host[256];
   host_of(hdr_value(&x->req, x->i_authority), host, sizeof host);
   const char *path = hdr_value(&x->req, x->i_path);
+  if (strcmp(path, "*") == 0) path = "/";
   long best = -1;
   size_t best_score = 0;
   for (size_t i = 0; i < conf->n_routes; i++) {
@@ -512,7 +514,12 @@ static int check_head(struct xchg *x, const char **why) {
   if (x->i_method < 0 || x->i_path < 0) return *why = "missing method or path", 400;
   if (x->i_authority < 0) return *why = "missing Host", 400;
   const char *path = hdr_value(&x->req, x->i_path);
-  if (path[0] != '/' && strcmp(path, "*") != 0) return *why = "request target must be a path", 400;
+  if (strcmp(path, "*") == 0) {
+    if (strcmp(hdr_value(&x->req, x->i_method), "OPTIONS") != 0)
+      return *why = "the request target * is only for OPTIONS", 400;
+  } else if (path[0] != '/') {
+    return *why = "request target must be a path", 400;
+  }
   return 0;
 }
 

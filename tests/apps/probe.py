@@ -73,7 +73,7 @@ async def app(scope, receive, send):
     path = scope["path"]
     q = _query(scope)
 
-    if path.startswith("/scope"):
+    if path.startswith("/scope") or path == "*":  # "OPTIONS *" too
         body = await _read_body(receive)
         s = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string", "state")}
         s["headers"] = [[k.decode("latin1"), v.decode("latin1")] for k, v in scope["headers"]]

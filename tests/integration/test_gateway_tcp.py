@@ -690,6 +690,24 @@ def test_an_upgrade_offer_not_taken_leaves_the_connection_serving(gateway, worke
         assert "Re-using existing connection" in r.stderr and "Upgrade: h2c" in r.stderr, r.stderr[-1500:]
 
 
+def test_the_asterisk_target_is_for_options_only(gateway, worker):
+    """"OPTIONS *" asks about the server as a whole (RFC 9110 9.3.7): the
+    gateway routes it as "/" and the app sees the path "*", over HTTP/1.1
+    and HTTP/2 (straight to the worker too). "*" with any other method, or
+    a target that is no path, is a 400 (HTTP/2 clients get a stream error
+    from nghttp2 before we see it). The gateway used to answer "OPTIONS *"
+    with a 404 (no route) and pass "GET *" on."""
+    for url in (gateway.plain_url(), gateway.tls_url(), worker.url()):
+        for flags in (["--http1.1"], ["--http2"] if url.startswith("https") else ["--http2-prior-knowledge"]):
+            s = curl_json("-k", *flags, "-X", "OPTIONS", "--request-target", "*", url)
+            assert (s["method"], s["path"]) == ("OPTIONS", "*"), (url, flags, s)
+            assert s["http_version"] == ("2" if "--http1.1" not in flags else "1.1"), (url, flags, s)
+        for target in ("*", "pid", "pid?x=1"):
+            r = curl("-k", "--http1.1", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                     "--request-target", target, url)
+            assert r.stdout == "400", (url, target, r.stdout, r.stderr)
+
+
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""
