@@ -757,8 +757,10 @@ int asgi_validate_headers(PyObject *headers) {
     for (Py_ssize_t j = 0; j < nl; j++) {
       unsigned char ch = (unsigned char)name[j];
       if (ch <= ' ' || ch == ':' || ch >= 0x7f) {
+        PyObject *shown = PyBytes_FromStringAndSize(name, nl); /* %R: any byte shows */
+        if (shown) PyErr_Format(PyExc_ValueError, "invalid character in header name %R", shown);
+        Py_XDECREF(shown);
         Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "invalid character in header name %.*s", (int)nl, name);
         return -1;
       }
     }
@@ -920,8 +922,10 @@ static void app_finished(struct asgi_stream *s, PyObject *exc) {
     server_count_request();
     return;
   }
+  /* A response already complete stands, whatever the app did after it
+   * (the error is logged above), as with uvicorn. */
   bool complete = s->resp_body_done && !(s->resp_wants_trailers && s->resp_trailers == NULL);
-  if (!s->disconnected && !(complete && exc == NULL)) {
+  if (!s->disconnected && !complete) {
     if (exc == NULL) log_error("ASGI callable returned without completing the response");
     if (!s->resp_started)
       set_internal_error(s); /* nothing was promised yet: a clean 500 */
@@ -985,7 +989,9 @@ static PyObject *runner_send(runner_obj *r, PyObject *arg) {
 static PyObject *runner_iternext(runner_obj *r) { return runner_send(r, Py_None); }
 
 static PyObject *runner_throw(runner_obj *r, PyObject *args) {
-  PyObject *result = PyObject_Call(PyObject_GetAttr(r->coro, K.throw_), args, NULL);
+  PyObject *throw_ = PyObject_GetAttr(r->coro, K.throw_);
+  PyObject *result = throw_ ? PyObject_Call(throw_, args, NULL) : NULL;
+  Py_XDECREF(throw_);
   if (result != NULL) return result;
   /* StopIteration from throw() means the app returned. */
   if (PyErr_ExceptionMatches(PyExc_StopIteration)) {

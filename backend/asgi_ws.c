@@ -504,7 +504,7 @@ static PyObject *ws_close(struct asgi_stream *s, PyObject *msg) {
   if (PyErr_Occurred()) return NULL;
   long code = code_obj ? PyLong_AsLong(code_obj) : WS_NORMAL;
   if (code == -1 && PyErr_Occurred()) return NULL;
-  if (!ws_close_code_valid((unsigned)code)) {
+  if (code < 0 || code > 4999 || !ws_close_code_valid((unsigned)code)) { /* 2**32 + 1000 is not 1000 */
     PyErr_Format(PyExc_ValueError, "websocket.close: %ld is not a close code one may send", code);
     return NULL;
   }

@@ -54,6 +54,23 @@ def _query(scope):
     return out
 
 
+_START = {"type": "http.response.start", "status": 200, "headers": []}
+_BODY = {"type": "http.response.body", "body": b"done"}
+MISUSES = {  # what /misuse sends, by ?how=
+    "crlf": [{**_START, "headers": [(b"x-a", b"ok\r\nset-cookie: injected=1")]}, _BODY],
+    "nul": [{**_START, "headers": [(b"x-a", b"a\x00b")]}, _BODY],
+    "name": [{**_START, "headers": [(b"x a", b"v")]}, _BODY],
+    "str": [{**_START, "headers": [("x-a", "v")]}, _BODY],
+    "triple": [{**_START, "headers": [(b"x-a", b"v", b"w")]}, _BODY],
+    "status": [{**_START, "status": 1000}, _BODY],
+    "no-status": [{"type": "http.response.start"}, _BODY],
+    "body-first": [_BODY],
+    "start-twice": [_START, _START, _BODY],
+    "not-a-dict": ["http.response.start"],
+    "no-type": [{"status": 200}],
+    "websocket-type": [{"type": "websocket.accept"}],
+    "after-end": [_START, _BODY, _BODY],
+}
 DISCONNECTS = []
 INFLIGHT = [0, 0]  # now, max
 HEALTH = [200]  # what /health answers; /health/set?status=N changes it
@@ -138,6 +155,11 @@ async def app(scope, receive, send):
         raise RuntimeError("probe: failing after the response started")
     elif path == "/no-response":
         return
+    elif path == "/misuse":
+        # An app breaking the ASGI contract in one way (?how=); the worker
+        # must refuse the message with a clear error.
+        for message in MISUSES[q["how"]]:
+            await send(message)
     elif path == "/slow":
         # Waits for the client to go away, and records that it noticed.
         delay = float(q.get("delay", "30"))

@@ -9,6 +9,7 @@ scope, by path.
   /reject            close before accepting (the server answers 403)
   /raise-before      raise before accepting (500)
   /raise-after       accept, then raise (close 1011)
+  /misuse?how=H      break the ASGI contract in way H (WS_MISUSES)
   /hold              accept and wait for the disconnect; its code is recorded
   /slow-echo         accept, sleep a second while the client sends, then echo
                      everything in order (messages pile up in the server)
@@ -21,6 +22,19 @@ scope, by path.
 import asyncio
 import json
 
+_ACCEPT = {"type": "websocket.accept"}
+WS_MISUSES = {  # what /misuse sends, by ?how=: each breaks the ASGI contract
+    "subprotocol-bytes": [{**_ACCEPT, "subprotocol": b"chat"}],
+    "header-crlf": [{**_ACCEPT, "headers": [(b"x-a", b"1\r\nx-injected: yes")]}],
+    "send-before-accept": [{"type": "websocket.send", "text": "early"}],
+    "http-type": [{"type": "http.response.start", "status": 200}],
+    "body-without-start": [{"type": "websocket.http.response.body", "body": b""}],
+    "accept-twice": [_ACCEPT, _ACCEPT],
+    "send-nothing": [_ACCEPT, {"type": "websocket.send"}],
+    "close-1005": [_ACCEPT, {"type": "websocket.close", "code": 1005}],
+    "close-4294968296": [_ACCEPT, {"type": "websocket.close", "code": 2**32 + 1000}],
+    "deny-after-accept": [_ACCEPT, {"type": "websocket.http.response.start", "status": 403}],
+}
 DISCONNECTS = []
 SESSIONS = []
 ECHO_ENDED = None  # an asyncio.Event, made on the loop that uses it
@@ -135,6 +149,11 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
         await asyncio.sleep(1)
         return await echo_rest(receive, send)
+    if path == "/misuse":
+        await receive()
+        for message in WS_MISUSES[scope["query_string"].decode().removeprefix("how=")]:
+            await send(message)
+        return
     if path == "/hold":
         await receive()
         await send({"type": "websocket.accept"})

@@ -349,6 +349,40 @@ def test_worker_denials_and_app_errors(worker):
     assert s.recv(100).startswith(b"HTTP/1.1 400")
 
 
+# /misuse?how=: the answer (an HTTP status before accepting, a close code
+# after) and the error the worker logs for it.
+WS_MISUSES = {
+    "subprotocol-bytes": (500, "TypeError: websocket.accept: subprotocol must be a str"),
+    "header-crlf": (500, "ValueError: header value contains CR, LF or NUL"),
+    "send-before-accept": (500, "RuntimeError: websocket.send before websocket.accept"),
+    "http-type": (500, "RuntimeError: unexpected ASGI message type 'http.response.start' for a websocket scope"),
+    "body-without-start": (500, "RuntimeError: websocket.http.response.body without websocket.http.response.start"),
+    "accept-twice": (1011, "RuntimeError: websocket.accept after the handshake was answered"),
+    "send-nothing": (1011, "TypeError: websocket.send needs \"bytes\" or a str \"text\""),
+    "close-1005": (1011, "ValueError: websocket.close: 1005 is not a close code one may send"),
+    "close-4294968296": (1011, "ValueError: websocket.close: 4294968296 is not a close code one may send"),
+    "deny-after-accept": (1011, "RuntimeError: websocket.http.response.start after the handshake"),
+}
+
+
+@pytest.mark.parametrize("how", WS_MISUSES)
+def test_worker_app_breaking_the_websocket_contract_gets_a_clear_error(worker, how):
+    """send() in a websocket scope refuses what ASGI does not allow, with
+    an error naming it in the log: before accepting, the handshake gets a
+    500 (and no injected header); after, the WebSocket closes with 1011.
+    2**32 + 1000 used to pass as 1000 (cut to 32 bits)."""
+    answer, error = WS_MISUSES[how]
+    before = worker.log().count(error)
+    r = RawWebSocket(worker.port, f"/misuse?how={how}")
+    if answer >= 1000:
+        assert r.status == 101, (how, r.head)
+        frames = r.frames_until_close()
+        assert close_code(frames[-1][1]) == answer, (how, frames)
+    else:
+        assert r.status == answer and b"x-injected" not in r.head.lower(), (how, r.head)
+    assert eventually(lambda: worker.log().count(error) == before + 1), (how, worker.log()[-3000:])
+
+
 @pytest.mark.parametrize("frame,code", [
     (client_frame(1, b"unmasked", mask=False), 1002),
     (client_frame(1, b"bad \xff utf-8"), 1007),

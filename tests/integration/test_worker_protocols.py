@@ -12,7 +12,7 @@ import h2.events
 import httpx
 import pytest
 
-from h3env import Worker, curl, curl_json, run
+from h3env import Worker, curl, curl_json, eventually, run
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,54 @@ def test_app_exception_after_start_resets_the_stream(worker):
     assert reset == 2  # INTERNAL_ERROR
     r = curl("--http1.1", worker.url("/error-after"))
     assert r.returncode != 0  # chunked body cut short
+
+
+# /misuse?how=: each way an app breaks the ASGI contract, the status the
+# client gets (None: the response had started, so the stream is cut) and
+# the error logged for it.
+MISUSES = {
+    "crlf": (500, "ValueError: header value contains CR, LF or NUL"),
+    "nul": (500, "ValueError: header value contains CR, LF or NUL"),
+    "name": (500, "ValueError: invalid character in header name b'x a'"),
+    "str": (500, "TypeError: header names and values must be bytes"),
+    "triple": (500, "TypeError: each header must be a [name, value] pair"),
+    "status": (500, "ValueError: invalid HTTP status 1000"),
+    "no-status": (500, "KeyError: 'http.response.start needs a status'"),
+    "body-first": (500, "RuntimeError: http.response.body sent before http.response.start"),
+    "not-a-dict": (500, "TypeError: send() takes a message dict"),
+    "no-type": (500, "KeyError: 'message has no \"type\"'"),
+    "websocket-type": (500, "RuntimeError: unexpected ASGI message type 'websocket.accept' for an http scope"),
+    "start-twice": (None, "RuntimeError: http.response.start sent twice"),
+    "after-end": (200, "RuntimeError: http.response.body sent after the response ended"),
+}
+
+
+@pytest.mark.parametrize("how", MISUSES)
+def test_an_app_breaking_the_asgi_contract_gets_a_clear_error(worker, how):
+    """send() refuses what ASGI does not allow (a header that would split
+    the response, a status out of range, messages out of order) with an
+    error that names it, and the app's exception is logged. Before the
+    response started the client gets a 500; after, the stream is cut; once
+    the response is complete it stands. HTTP/1.1 keeps its connection for
+    the next request when the answer was whole (curl sends both URLs on
+    one)."""
+    status, error = MISUSES[how]
+    url = worker.url(f"/misuse?how={how}")
+    before = worker.log().count(error)
+    r = curl("--http1.1", "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", url,
+             "-o", "/dev/null", worker.url("/pid"))
+    codes = r.stdout.split()
+    if status is None:
+        assert codes == ["000", "1", "200", "1"] and "Empty reply" in r.stderr, (how, r.stdout, r.stderr)
+    else:
+        assert codes == [str(status), "1", "200", "0"], (how, r.stdout, r.stderr)  # one connection
+    headers, body, _, reset = h2_request(worker.port, f"/misuse?how={how}")
+    if status is None:
+        assert reset == 2 and not headers, (how, headers, reset)  # INTERNAL_ERROR
+    else:
+        assert headers[b":status"] == str(status).encode() and reset is None, (how, headers, reset)
+        assert b"set-cookie" not in headers and (status != 200 or body == b"done"), (how, headers, body)
+    assert eventually(lambda: worker.log().count(error) == before + 2), (how, worker.log()[-3000:])
 
 
 def test_head_has_no_body(worker):
