@@ -70,6 +70,10 @@ MISUSES = {  # what /misuse sends, by ?how=
     "no-type": [{"status": 200}],
     "websocket-type": [{"type": "websocket.accept"}],
     "after-end": [_START, _BODY, _BODY],
+    "trailers-unannounced": [_START, _BODY, {"type": "http.response.trailers", "headers": []}],
+    "trailers-twice": [{**_START, "trailers": True}, _BODY, {"type": "http.response.trailers"},
+                       {"type": "http.response.trailers"}],
+    "receive-twice": [],
 }
 DISCONNECTS = []
 INFLIGHT = [0, 0]  # now, max
@@ -158,6 +162,9 @@ async def app(scope, receive, send):
     elif path == "/misuse":
         # An app breaking the ASGI contract in one way (?how=); the worker
         # must refuse the message with a clear error.
+        if q["how"] == "receive-twice":
+            await receive()  # the request; the next two wait for the disconnect
+            await asyncio.gather(receive(), receive())
         for message in MISUSES[q["how"]]:
             await send(message)
     elif path == "/slow":

@@ -162,6 +162,10 @@ MISUSES = {
     "websocket-type": (500, "RuntimeError: unexpected ASGI message type 'websocket.accept' for an http scope"),
     "start-twice": (None, "RuntimeError: http.response.start sent twice"),
     "after-end": (200, "RuntimeError: http.response.body sent after the response ended"),
+    "trailers-unannounced": (200, "RuntimeError: http.response.trailers sent without trailers=True in "
+                                  "http.response.start"),
+    "trailers-twice": (200, "RuntimeError: http.response.trailers sent twice"),
+    "receive-twice": (500, "RuntimeError: receive() awaited twice at the same time"),
 }
 
 
