@@ -800,6 +800,66 @@ int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const 
   return 0;
 }
 
+/* A Content-Length value: digits between optional blanks, at most 18 of
+ * them (so no overflow). */
+static int parse_length(const char *v, Py_ssize_t len, uint64_t *out) {
+  while (len > 0 && (*v == ' ' || *v == '\t')) v++, len--;
+  while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t')) len--;
+  if (len == 0 || len > 18) return -1;
+  uint64_t n = 0;
+  for (Py_ssize_t i = 0; i < len; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    n = n * 10 + (uint64_t)(v[i] - '0');
+  }
+  *out = n;
+  return 0;
+}
+
+static void bad_length(const char *value, Py_ssize_t len) {
+  PyObject *shown = PyBytes_FromStringAndSize(value, len);
+  if (shown) PyErr_Format(PyExc_ValueError, "invalid Content-Length in the response: %R", shown);
+  Py_XDECREF(shown);
+}
+
+/* The app's own Content-Length, if it gives one: one field of digits.
+ * More than one (even equal) is refused, as nghttp2 refuses it upstream. */
+static int declared_length(struct asgi_stream *s, PyObject *headers) {
+  PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
+  if (seq == NULL) return -1;
+  int rc = 0;
+  for (Py_ssize_t i = 0; rc == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) rc = -1;
+    else if (nl != 14 || strncasecmp(name, "content-length", 14) != 0) continue;
+    else if (s->resp_has_length)
+      PyErr_SetString(PyExc_ValueError, "more than one Content-Length in the response"), rc = -1;
+    else if (parse_length(value, vl, &s->resp_length) != 0)
+      bad_length(value, vl), rc = -1;
+    else
+      s->resp_has_length = true;
+  }
+  Py_DECREF(seq);
+  return rc;
+}
+
+/* The body must be as long as the app's Content-Length says: a longer one
+ * would run into the next response on an HTTP/1.1 connection, a shorter
+ * one would leave the client waiting for the rest. The app hears of it
+ * from send(), and the stream is cut. */
+static int check_declared_length(const struct asgi_stream *s, size_t n, bool more_body) {
+  if (!s->resp_has_length || s->is_head || s->status < 200 || s->status == 204 || s->status == 304)
+    return 0; /* no body goes out with these, whatever the length says */
+  unsigned long long total = s->resp_sent + n, declared = s->resp_length;
+  if (total > declared)
+    PyErr_Format(PyExc_RuntimeError, "response body longer than its Content-Length of %llu bytes",
+                 declared);
+  else if (!more_body && total < declared)
+    PyErr_Format(PyExc_RuntimeError, "response body ended at %llu of its Content-Length of %llu bytes",
+                 total, declared);
+  return PyErr_Occurred() ? -1 : 0;
+}
+
 PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   if (s->resp_started) {
     PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
@@ -818,7 +878,8 @@ PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   }
   PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
   if (headers == NULL && PyErr_Occurred()) return NULL;
-  if (headers != NULL && asgi_validate_headers(headers) != 0) return NULL;
+  if (headers != NULL && (asgi_validate_headers(headers) != 0 || declared_length(s, headers) != 0))
+    return NULL;
   PyObject *trailers = PyDict_GetItemWithError(msg, K.trailers);
   if (trailers == NULL && PyErr_Occurred()) return NULL;
   s->status = (int)code;
@@ -843,13 +904,17 @@ PyObject *asgi_send_body(struct asgi_stream *s, PyObject *msg) {
   if (more == NULL && PyErr_Occurred()) return NULL;
   bool more_body = more != NULL && PyObject_IsTrue(more) == 1;
   if (s->disconnected) return Py_NewRef(ready_none); /* ASGI 2.3: a no-op */
+  PyObject *bytes = NULL;
   if (body != NULL && body != Py_None) {
-    PyObject *bytes = PyBytes_Check(body) ? Py_NewRef(body) : PyBytes_FromObject(body);
+    bytes = PyBytes_Check(body) ? Py_NewRef(body) : PyBytes_FromObject(body);
     if (bytes == NULL) return NULL;
-    int rc = PyBytes_GET_SIZE(bytes) > 0 ? asgi_out_push(s, bytes) : 0;
-    Py_DECREF(bytes);
-    if (rc != 0) return NULL;
   }
+  size_t n = bytes ? (size_t)PyBytes_GET_SIZE(bytes) : 0;
+  int rc = check_declared_length(s, n, more_body);
+  if (rc == 0 && n > 0) rc = asgi_out_push(s, bytes);
+  Py_XDECREF(bytes);
+  if (rc != 0) return NULL;
+  s->resp_sent += n;
   if (!more_body) s->resp_body_done = true;
   if (s->conn) s->conn->proto->resume_send(s->conn, s);
   return asgi_send_backpressure(s);

@@ -44,6 +44,9 @@ struct asgi_stream {
   bool resp_started;     /* http.response.start received */
   bool resp_wants_trailers;
   bool resp_body_done;   /* more_body=False received */
+  bool resp_has_length;  /* the app gave a Content-Length: */
+  uint64_t resp_length;  /* this one */
+  uint64_t resp_sent;    /* body bytes the app has sent so far */
   bool head_sent;        /* the protocol took status and headers */
   bool resp_complete;    /* the protocol sent everything */
   PyObject **out;        /* ring of bytes objects */

@@ -176,7 +176,7 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
              refused ? "refused" : "reset", nghttp2_http2_strerror(error_code));
     /* REFUSED_STREAM (and GOAWAY's unprocessed streams) promise the
      * backend did nothing with it. */
-    xchg_up_failed(x, x->up.headers_sent && !refused, 502, why);
+    xchg_up_failed(x, !x->up.headers_sent || refused ? UP_UNSEEN : UP_ANSWERED, 502, why);
   }
   if (srv) up_server_settle(srv);
   want_flush(c);
@@ -328,7 +328,7 @@ static void conn_broken(struct up_conn *c, const char *why, bool failed) {
     if (srv) up_server_stream_done(srv, false);
     char msg[192];
     snprintf(msg, sizeof msg, "upstream %s: %s", x->upstream_addr, why);
-    xchg_up_failed(x, x->up.headers_sent, 502, msg);
+    xchg_up_failed(x, x->up.headers_sent ? UP_BROKEN : UP_UNSEEN, 502, msg);
   }
   if (srv) up_server_settle(srv);
   gw_flush_cancel(&c->flush);

@@ -271,22 +271,29 @@ static void drain_surplus_conns(struct up_server *s) {
   }
 }
 
-/* Servers a request may go to; avoid is the one that just failed it. */
-static size_t candidates(struct up_pool *p, struct up_server *avoid, struct up_server **out,
-                         size_t max) {
+static bool answered_already(const struct xchg *x, const struct up_server *s) {
+  for (uint8_t i = 0; i < x->n_answered; i++)
+    if (x->answered[i] == s) return true;
+  return false;
+}
+
+/* Servers a request may go to. A retry avoids the server that just failed
+ * it, unless it is the only one left, and never goes back to one whose
+ * app failed it. */
+static size_t candidates(struct up_pool *p, const struct xchg *x, struct up_server **out, size_t max) {
   uint64_t now = gw_now_us();
+  struct up_server *avoid = x->attempts > 1 ? x->server : NULL, *s;
   size_t n = 0;
-  struct up_server *s;
   TAILQ_FOREACH(s, &p->servers, link) {
-    if (n < max && s != avoid && server_usable(s, now)) out[n++] = s;
+    if (n < max && s != avoid && server_usable(s, now) && !answered_already(x, s)) out[n++] = s;
   }
-  if (n == 0 && avoid && server_usable(avoid, now)) out[n++] = avoid; /* the only one left */
+  if (n == 0 && avoid && server_usable(avoid, now) && !answered_already(x, avoid)) out[n++] = avoid;
   return n;
 }
 
 static struct up_server *pick_server(struct up_pool *p, struct xchg *x) {
   struct up_server *cand[256];
-  size_t n = candidates(p, x->attempts > 1 ? x->server : NULL, cand, 256);
+  size_t n = candidates(p, x, cand, 256);
   if (n == 0) return NULL;
   if (p->conf->balance == BALANCE_ROUND_ROBIN) return cand[p->rr++ % n];
   if (n == 1) return cand[0];
@@ -355,7 +362,7 @@ static void kick(struct up_pool *p) {
       /* Its server can't take it (yet): any other server with room? */
       struct up_server *o;
       TAILQ_FOREACH(o, &p->servers, link) {
-        if (server_usable(o, gw_now_us()) && (c = best_conn(o)) != NULL) break;
+        if (server_usable(o, gw_now_us()) && !answered_already(x, o) && (c = best_conn(o)) != NULL) break;
       }
       if (c == NULL) {
         if (s == NULL || !server_usable(s, gw_now_us())) {

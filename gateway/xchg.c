@@ -759,7 +759,7 @@ static bool idempotent(struct xchg *x) {
   return false;
 }
 
-void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why_in) {
+void xchg_up_failed(struct xchg *x, enum up_reach reach, int status, const char *why_in) {
   char why[sizeof x->last_why];
   snprintf(why, sizeof why, "%s", why_in); /* why_in may be x->last_why itself */
   x->up = (struct xchg_up){0};
@@ -771,7 +771,9 @@ void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why_in
    * GOAWAY, connection failed), or the method is idempotent; and we still
    * hold every body byte sent. */
   if (x->state != XS_RESPONDING && x->req_replayable && x->attempts <= up_pool_retries(x->pool) &&
-      (!reached || idempotent(x))) {
+      (reach == UP_UNSEEN || idempotent(x)) &&
+      (reach != UP_ANSWERED || x->n_answered < XCHG_ANSWERED_MAX)) {
+    if (reach == UP_ANSWERED) x->answered[x->n_answered++] = x->server;
     x->last_status = status;
     snprintf(x->last_why, sizeof x->last_why, "%s", why);
     size_t replay = evbuffer_get_length(x->req_replay);

@@ -61,6 +61,10 @@ struct xchg_up {
   bool body_deferred;      /* the data source waits for more request body */
 };
 
+/* Servers whose app failed one request that it remembers, to try none
+ * of them again for it. */
+enum { XCHG_ANSWERED_MAX = 4 };
+
 struct xchg {
   uint64_t id;
   struct gw_runtime *rt;
@@ -112,6 +116,10 @@ struct xchg {
   struct up_pool *pool;
   struct up_server *server; /* the server of the current or last attempt */
   uint8_t attempts;
+  /* Servers that reset the request (their app failed): never tried again
+   * for it. Compared only, never followed. */
+  const struct up_server *answered[XCHG_ANSWERED_MAX];
+  uint8_t n_answered;
   int last_status;          /* why the previous attempt failed, for the final answer */
   char last_why[160];
   bool pinned;              /* must go to x->server (health probes) */
@@ -157,10 +165,18 @@ const char *xchg_protocol_name(const struct xchg *x);
 void xchg_up_resp_head(struct xchg *x);
 void xchg_up_resp_data(struct xchg *x, const uint8_t *data, size_t len);
 void xchg_up_resp_end(struct xchg *x);
+/* How far a failed upstream attempt got, which decides where, if at all,
+ * the request may go again. */
+enum up_reach {
+  UP_UNSEEN,   /* the backend never saw it (refused, past a GOAWAY, no connection) */
+  UP_BROKEN,   /* it may have seen it, and the connection broke (a process died) */
+  UP_ANSWERED, /* a live backend reset the stream: its app failed, and would again */
+};
 /* The upstream attempt failed and the upstream has let go of the exchange.
- * reached: the backend may have seen the request. Retries when it safely
- * can, else makes the error response. */
-void xchg_up_failed(struct xchg *x, bool reached, int status, const char *why);
+ * Retries when it safely can: an unseen request anywhere, an idempotent
+ * one after a break anywhere, after an answer on another server only (as
+ * nginx tries each server once). Else makes the error response. */
+void xchg_up_failed(struct xchg *x, enum up_reach reach, int status, const char *why);
 /* Nowhere to send it (no server left): the error response, no retry. */
 void xchg_up_give_up(struct xchg *x, int status, const char *why);
 /* Moves up to max request body bytes into buf for the upstream. */

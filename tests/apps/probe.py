@@ -74,6 +74,10 @@ MISUSES = {  # what /misuse sends, by ?how=
     "trailers-twice": [{**_START, "trailers": True}, _BODY, {"type": "http.response.trailers"},
                        {"type": "http.response.trailers"}],
     "receive-twice": [],
+    "length-longer": [{**_START, "headers": [(b"content-length", b"3")]}, _BODY],
+    "length-shorter": [{**_START, "headers": [(b"content-length", b"10")]}, _BODY],
+    "length-twice": [{**_START, "headers": [(b"content-length", b"4"), (b"Content-Length", b"4")]}, _BODY],
+    "length-bogus": [{**_START, "headers": [(b"content-length", b"4x")]}, _BODY],
 }
 DISCONNECTS = []
 INFLIGHT = [0, 0]  # now, max

@@ -708,6 +708,37 @@ def test_the_asterisk_target_is_for_options_only(gateway, worker):
             assert r.stdout == "400", (url, target, r.stdout, r.stderr)
 
 
+def test_a_server_whose_app_failed_the_request_is_not_tried_again(worker):
+    """A live backend that resets a stream it took (INTERNAL_ERROR: here the
+    app raised after http.response.start) has answered. The gateway may try
+    an idempotent request on another server, as nginx tries each server
+    once, but never on one whose app already failed it: with one server the
+    app runs once and the client gets a 502; with two, twice. It used to
+    run three times on one server (retries: 2), and would have gone back
+    to the first of two."""
+    other = Worker("probe:app")
+    error = "RuntimeError: http.response.start sent twice"
+
+    def runs():
+        return worker.log().count(error) + other.log().count(error)
+    try:
+        for servers, expected in ((f"127.0.0.1:{worker.port}", 1),
+                                  (f"127.0.0.1:{worker.port}, 127.0.0.1:{other.port}", 2)):
+            g = Gateway(BASIC_CONFIG, servers=servers, response_timeout="5s")
+            try:
+                before = runs()
+                r = curl("-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/misuse?how=start-twice"))
+                assert r.stdout == "502", (servers, r.stdout, r.stderr)
+                assert eventually(lambda: runs() >= before + expected), (servers, runs() - before)
+                time.sleep(0.3)  # a retry would be in by now: the answer came after it
+                assert runs() == before + expected, (servers, runs() - before)
+                assert "reset the stream (INTERNAL_ERROR)" in g.log(), g.log()[-2000:]
+            finally:
+                g.stop()
+    finally:
+        other.stop()
+
+
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""

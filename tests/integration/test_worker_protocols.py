@@ -166,6 +166,13 @@ MISUSES = {
                                   "http.response.start"),
     "trailers-twice": (200, "RuntimeError: http.response.trailers sent twice"),
     "receive-twice": (500, "RuntimeError: receive() awaited twice at the same time"),
+    # The body must match the app's own Content-Length: more would run into
+    # the next response on the connection, less would leave the client
+    # waiting (both used to happen over HTTP/1.1).
+    "length-longer": (None, "RuntimeError: response body longer than its Content-Length of 3 bytes"),
+    "length-shorter": (None, "RuntimeError: response body ended at 4 of its Content-Length of 10 bytes"),
+    "length-twice": (500, "ValueError: more than one Content-Length in the response"),
+    "length-bogus": (500, "ValueError: invalid Content-Length in the response: b'4x'"),
 }
 
 
