@@ -876,6 +876,10 @@ PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
     PyErr_Format(PyExc_ValueError, "invalid HTTP status %ld", code);
     return NULL;
   }
+  if (code < 200) { /* an HTTP/1.1 client would wait for the final one forever */
+    PyErr_Format(PyExc_ValueError, "HTTP status %ld is informational, not a response's status", code);
+    return NULL;
+  }
   PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
   if (headers == NULL && PyErr_Occurred()) return NULL;
   if (headers != NULL && (asgi_validate_headers(headers) != 0 || declared_length(s, headers) != 0))

@@ -63,6 +63,7 @@ MISUSES = {  # what /misuse sends, by ?how=
     "str": [{**_START, "headers": [("x-a", "v")]}, _BODY],
     "triple": [{**_START, "headers": [(b"x-a", b"v", b"w")]}, _BODY],
     "status": [{**_START, "status": 1000}, _BODY],
+    "status-103": [{**_START, "status": 103}, _BODY],
     "no-status": [{"type": "http.response.start"}, _BODY],
     "body-first": [_BODY],
     "start-twice": [_START, _START, _BODY],

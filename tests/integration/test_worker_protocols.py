@@ -155,6 +155,7 @@ MISUSES = {
     "str": (500, "TypeError: header names and values must be bytes"),
     "triple": (500, "TypeError: each header must be a [name, value] pair"),
     "status": (500, "ValueError: invalid HTTP status 1000"),
+    "status-103": (500, "ValueError: HTTP status 103 is informational, not a response's status"),
     "no-status": (500, "KeyError: 'http.response.start needs a status'"),
     "body-first": (500, "RuntimeError: http.response.body sent before http.response.start"),
     "not-a-dict": (500, "TypeError: send() takes a message dict"),
