@@ -743,37 +743,48 @@ int asgi_out_push(struct asgi_stream *s, PyObject *bytes) {
   return 0;
 }
 
+/* One field the app sends: a token for a name, and a value that cannot
+ * end the line early (that would split the response). */
+static int check_field(const char *name, Py_ssize_t nl, const char *value, Py_ssize_t vl) {
+  bool bad_name = nl == 0;
+  for (Py_ssize_t j = 0; j < nl && !bad_name; j++) {
+    unsigned char ch = (unsigned char)name[j];
+    bad_name = ch <= ' ' || ch == ':' || ch >= 0x7f;
+  }
+  if (bad_name) {
+    PyObject *shown = PyBytes_FromStringAndSize(name, nl); /* %R: any byte shows */
+    if (shown) PyErr_Format(PyExc_ValueError, "invalid header name %R", shown);
+    Py_XDECREF(shown);
+    return -1;
+  }
+  for (Py_ssize_t j = 0; j < vl; j++) {
+    if (value[j] == '\r' || value[j] == '\n' || value[j] == '\0') {
+      PyErr_SetString(PyExc_ValueError, "header value contains CR, LF or NUL");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 int asgi_validate_headers(PyObject *headers) {
   PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
   if (seq == NULL) return -1;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-  for (Py_ssize_t i = 0; i < n; i++) {
+  size_t size = 0;
+  int rc = 0;
+  for (Py_ssize_t i = 0; rc == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
     const char *name, *value;
     Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
-      Py_DECREF(seq);
-      return -1;
-    }
-    for (Py_ssize_t j = 0; j < nl; j++) {
-      unsigned char ch = (unsigned char)name[j];
-      if (ch <= ' ' || ch == ':' || ch >= 0x7f) {
-        PyObject *shown = PyBytes_FromStringAndSize(name, nl); /* %R: any byte shows */
-        if (shown) PyErr_Format(PyExc_ValueError, "invalid character in header name %R", shown);
-        Py_XDECREF(shown);
-        Py_DECREF(seq);
-        return -1;
-      }
-    }
-    for (Py_ssize_t j = 0; j < vl; j++) {
-      if (value[j] == '\r' || value[j] == '\n' || value[j] == '\0') {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "header value contains CR, LF or NUL");
-        return -1;
-      }
-    }
+    rc = asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl);
+    if (rc == 0) rc = check_field(name, nl, value, vl);
+    size += (size_t)nl + (size_t)vl + 32;
   }
   Py_DECREF(seq);
-  return 0;
+  if (rc == 0 && size > ASGI_HEAD_MAX) {
+    PyErr_Format(PyExc_ValueError, "header fields too large: %zu bytes (counted as HTTP/2 does), at most %d",
+                 size, ASGI_HEAD_MAX);
+    rc = -1;
+  }
+  return rc;
 }
 
 int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const char **value,
@@ -996,10 +1007,9 @@ static void app_finished(struct asgi_stream *s, PyObject *exc) {
   bool complete = s->resp_body_done && !(s->resp_wants_trailers && s->resp_trailers == NULL);
   if (!s->disconnected && !complete) {
     if (exc == NULL) log_error("ASGI callable returned without completing the response");
-    if (!s->resp_started)
-      set_internal_error(s); /* nothing was promised yet: a clean 500 */
-    else if (s->conn)
-      s->conn->proto->abort_stream(s->conn, s); /* after http.response.start: reset */
+    /* A clean 500 while the head is still ours (even after the app's
+     * http.response.start); once it has gone out, the stream is cut. */
+    set_internal_error(s);
   }
   if (s->conn) s->conn->proto->app_finished(s->conn, s);
   server_count_request();
@@ -1166,6 +1176,7 @@ void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *te
   }
   s->status = status;
   Py_XSETREF(s->resp_headers, headers);
+  s->resp_has_length = false; /* the app's, if it gave one, is void */
   Py_CLEAR(s->resp_trailers);
   s->resp_wants_trailers = false;
   s->resp_started = true;

@@ -108,6 +108,12 @@ bool asgi_stream_head_ready(const struct asgi_stream *s);
 int asgi_stream_status(const struct asgi_stream *s);
 /* The app's header list (items are 2-sequences of bytes), borrowed. */
 PyObject *asgi_stream_headers(const struct asgi_stream *s);
+/* What a response head or trailer section may weigh, as HTTP/2 counts it
+ * (name + value + 32 per field); send() refuses more. nghttp2 sends no
+ * header block over 64 KiB (this leaves room for :status and the
+ * gateway's own fields), and nginx takes 4-8 KiB from its upstreams. */
+enum { ASGI_HEAD_MAX = 65536 - 1024 };
+
 void asgi_stream_mark_head_sent(struct asgi_stream *s);
 bool asgi_stream_head_sent(const struct asgi_stream *s);
 size_t asgi_stream_queued_body(const struct asgi_stream *s);

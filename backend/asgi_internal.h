@@ -78,6 +78,8 @@ void asgi_resolve(PyObject **waiter, PyObject *value);
 void asgi_wake_receiver(struct asgi_stream *s);
 /* The app's send() blocks while this much is queued. */
 PyObject *asgi_send_backpressure(struct asgi_stream *s);
+/* 0, or -1 with a Python error naming what is wrong with the fields an app
+ * sends (a name that is no token, a value with CR, LF or NUL, too many). */
 int asgi_validate_headers(PyObject *headers);
 PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg);
 PyObject *asgi_send_body(struct asgi_stream *s, PyObject *msg);

@@ -220,6 +220,19 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   return 0;
 }
 
+/* nghttp2 leaves a stream open when the response's HEADERS (or trailers)
+ * could not go out, say a header block over its 64 KiB: the client would
+ * wait for it forever. send() refuses such heads; this is the backstop. */
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int error,
+                             void *user) {
+  struct conn *c = user;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  log_warn("conn %llu stream %d: response header fields not sent (%s): resetting the stream",
+           (unsigned long long)c->id, frame->hd.stream_id, nghttp2_strerror(error));
+  nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
+  return 0;
+}
+
 /* ---------------------------------------------------------------------------
  * Response.
  */
@@ -273,24 +286,30 @@ static bool hop_by_hop(const char *name, size_t len) {
   return false;
 }
 
-/* Turns an ASGI header list into nghttp2 name/value pairs with lower-case
- * names (Django, for one, sends "Content-Type"). The names are copied into
- * lower, which must outlive the submit call. Returns the count or -1. */
-static ssize_t build_nv(PyObject *list, nghttp2_nv *nva, size_t max, char *lower,
-                        size_t lower_size) {
+/* Room for any field list send() let through (ASGI_HEAD_MAX, at least 32
+ * bytes a field), and :status. Single-threaded, and nghttp2 copies what
+ * it is given, so one set serves every submit. */
+enum { MAX_RESPONSE_FIELDS = ASGI_HEAD_MAX / 32 + 1 };
+static nghttp2_nv out_nva[MAX_RESPONSE_FIELDS + 1];
+static char out_names[ASGI_HEAD_MAX]; /* the names, lower-cased */
+
+/* Turns an ASGI header list into nghttp2 name/value pairs from nva on,
+ * with lower-case names (Django, for one, sends "Content-Type"). Returns
+ * the count, or -1 for a list that does not fit (send() refuses those). */
+static ssize_t build_nv(PyObject *list, nghttp2_nv *nva) {
   PyObject *seq = PySequence_Fast(list, "headers must be a sequence");
   if (seq == NULL) return -1;
   Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-  size_t n = 0, used = 0;
-  for (Py_ssize_t i = 0; i < count && n < max; i++) {
+  size_t n = 0, used = 0, max = MAX_RESPONSE_FIELDS + 1 - (size_t)(nva - out_nva);
+  for (Py_ssize_t i = 0; i < count; i++) {
     const char *name, *value;
     Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) {
+    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0 ||
+        n == max || used + (size_t)nl > sizeof out_names) {
       Py_DECREF(seq);
       return -1;
     }
-    if (used + (size_t)nl > lower_size) break;
-    char *lname = lower + used;
+    char *lname = out_names + used;
     for (Py_ssize_t j = 0; j < nl; j++) {
       char ch = name[j];
       lname[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
@@ -305,27 +324,22 @@ static ssize_t build_nv(PyObject *list, nghttp2_nv *nva, size_t max, char *lower
   return (ssize_t)n;
 }
 
-enum { MAX_RESPONSE_FIELDS = 256, NAME_SCRATCH = 16384 };
-
 static int h2_submit_trailers(nghttp2_session *session, int32_t id, PyObject *trailers) {
-  nghttp2_nv nva[MAX_RESPONSE_FIELDS];
-  static char lower[NAME_SCRATCH];
-  ssize_t n = build_nv(trailers, nva, MAX_RESPONSE_FIELDS, lower, sizeof lower);
+  ssize_t n = build_nv(trailers, out_nva);
   if (n < 0) {
     PyErr_Clear();
     return -1;
   }
-  return nghttp2_submit_trailer(session, id, nva, (size_t)n);
+  return nghttp2_submit_trailer(session, id, out_nva, (size_t)n);
 }
 
 static void submit_head(struct conn *c, struct asgi_stream *s) {
   nghttp2_session *session = h2(c)->session;
-  nghttp2_nv nva[MAX_RESPONSE_FIELDS + 1];
-  static char lower[NAME_SCRATCH];
+  nghttp2_nv *nva = out_nva;
   char status[4];
-  http_status_digits(asgi_stream_status(s), status); /* send_start checked 100..999 */
+  http_status_digits(asgi_stream_status(s), status); /* send_start checked 200..999 */
   nva[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
-  ssize_t n = build_nv(asgi_stream_headers(s), nva + 1, MAX_RESPONSE_FIELDS, lower, sizeof lower);
+  ssize_t n = build_nv(asgi_stream_headers(s), nva + 1);
   if (n < 0) {
     PyErr_Clear();
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, asgi_stream_id(s),
@@ -341,6 +355,7 @@ static void submit_head(struct conn *c, struct asgi_stream *s) {
   if (rc != 0) {
     log_warn("conn %llu stream %d: submit response: %s", (unsigned long long)c->id,
              asgi_stream_id(s), nghttp2_strerror(rc));
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, asgi_stream_id(s), NGHTTP2_INTERNAL_ERROR);
     return;
   }
   if (no_body) {
@@ -476,6 +491,7 @@ int h2_conn_start(struct conn *c) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
   if (h2_guard_option_new(&opt, c->peer_trusted) != 0) {
     nghttp2_session_callbacks_del(cbs);
     goto err_free;

@@ -6,6 +6,9 @@ usage: faulty_h2.py PORT MODE
   reset-mid  answer with a head and some body, then RST_STREAM
   die-mid    answer with a head and some body, then drop the connection
   refuse     answer every stream with RST_STREAM REFUSED_STREAM
+  fail       answer every stream with RST_STREAM INTERNAL_ERROR, as an
+             HTTP/2 server whose app failed before its response
+Each request it takes is printed: "request /path".
 """
 import socket
 import sys
@@ -33,8 +36,11 @@ def serve(conn, mode):
                 if not isinstance(ev, h2.events.RequestReceived):
                     continue
                 sid = ev.stream_id
+                print("request", dict(ev.headers)[b":path"].decode(), flush=True)
                 if mode == "refuse":
                     h2c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif mode == "fail":
+                    h2c.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 elif mode in ("reset-mid", "die-mid"):
                     h2c.send_headers(sid, [(":status", "200"), ("content-length", "100000")])
                     h2c.send_data(sid, b"x" * 1000)

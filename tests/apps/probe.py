@@ -60,6 +60,8 @@ MISUSES = {  # what /misuse sends, by ?how=
     "crlf": [{**_START, "headers": [(b"x-a", b"ok\r\nset-cookie: injected=1")]}, _BODY],
     "nul": [{**_START, "headers": [(b"x-a", b"a\x00b")]}, _BODY],
     "name": [{**_START, "headers": [(b"x a", b"v")]}, _BODY],
+    "name-empty": [{**_START, "headers": [(b"", b"v")]}, _BODY],
+    "head-too-large": [{**_START, "headers": [(b"x-big-%d" % i, b"v" * 1000) for i in range(100)]}, _BODY],
     "str": [{**_START, "headers": [("x-a", "v")]}, _BODY],
     "triple": [{**_START, "headers": [(b"x-a", b"v", b"w")]}, _BODY],
     "status": [{**_START, "status": 1000}, _BODY],
@@ -77,6 +79,8 @@ MISUSES = {  # what /misuse sends, by ?how=
     "receive-twice": [],
     "length-longer": [{**_START, "headers": [(b"content-length", b"3")]}, _BODY],
     "length-shorter": [{**_START, "headers": [(b"content-length", b"10")]}, _BODY],
+    "length-shorter-late": [{**_START, "headers": [(b"content-length", b"10")]},
+                            {"type": "http.response.body", "body": b"do", "more_body": True}, _BODY],
     "length-twice": [{**_START, "headers": [(b"content-length", b"4"), (b"Content-Length", b"4")]}, _BODY],
     "length-bogus": [{**_START, "headers": [(b"content-length", b"4x")]}, _BODY],
 }
@@ -161,6 +165,7 @@ async def app(scope, receive, send):
     elif path == "/error-after":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.sleep(0.1)  # the head goes out: a 500 is no longer possible
         raise RuntimeError("probe: failing after the response started")
     elif path == "/no-response":
         return
@@ -172,6 +177,8 @@ async def app(scope, receive, send):
             await asyncio.gather(receive(), receive())
         for message in MISUSES[q["how"]]:
             await send(message)
+            if message.get("more_body"):
+                await asyncio.sleep(0.1)  # the head goes out with the first part
     elif path == "/slow":
         # Waits for the client to go away, and records that it noticed.
         delay = float(q.get("delay", "30"))
