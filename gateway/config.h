@@ -151,6 +151,14 @@ struct gw_conf {
   size_t n_routes;
 };
 
+/* The largest header block the gateway's HTTP/2 sessions may send: heads up
+ * to max_header_bytes pass (nghttp2 stops at 64 KiB by default), with room
+ * for the fields the gateway adds. */
+static inline size_t gw_send_block_limit(const struct gw_conf *conf) {
+  size_t limit = (size_t)conf->max_header_bytes + 16384;
+  return limit > 65536 ? limit : 65536;
+}
+
 /* Loads and checks a config file. On error returns NULL and writes
  * "file:line:column: message" into err. */
 struct gw_conf *conf_load(const char *path, char *err, size_t err_size);

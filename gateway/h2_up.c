@@ -30,7 +30,6 @@
 enum {
   OUT_HIGH_WATER = 256 * 1024,
   OUT_LOW_WATER = 64 * 1024,
-  MAX_FIELDS = 512,
 };
 
 struct conn_streams {
@@ -67,18 +66,22 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
   (void)user;
   struct xchg *x = stream_xchg(session, frame->hd.stream_id);
   if (x == NULL || frame->hd.type != NGHTTP2_HEADERS) return 0;
-  if (x->state == XS_RESPONDING || x->state == XS_DONE) {
-    hdr_add(&x->resp_trailers, (const char *)name, nlen, (const char *)value, vlen);
-    return 0;
-  }
   if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
     int status = 0;
     for (size_t i = 0; i < vlen && i < 3; i++) status = status * 10 + (value[i] - '0');
     x->status = status;
     return 0;
   }
-  if (x->resp.n >= MAX_FIELDS) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-  hdr_add(&x->resp, (const char *)name, nlen, (const char *)value, vlen);
+  bool trailers = x->state == XS_RESPONDING || x->state == XS_DONE;
+  struct hdr_list *fields = trailers ? &x->resp_trailers : &x->resp;
+  /* A backend's head is held to the clients' limit, counted as HTTP/2
+   * does; nginx (proxy_buffer_size) and HAProxy (bufsize) bound it too. */
+  if (fields->bytes + (size_t)fields->n * 32 + nlen + vlen + 32 > x->rt->conf->max_header_bytes) {
+    x->up.head_too_large = true;
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets the stream */
+  }
+  if (hdr_add(fields, (const char *)name, nlen, (const char *)value, vlen) < 0)
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   return 0;
 }
 
@@ -171,12 +174,18 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
     xchg_up_detach(x);
   } else {
     bool refused = error_code == NGHTTP2_REFUSED_STREAM;
-    char why[128];
-    snprintf(why, sizeof why, "upstream %s %s the stream (%s)", x->upstream_addr,
-             refused ? "refused" : "reset", nghttp2_http2_strerror(error_code));
-    /* REFUSED_STREAM (and GOAWAY's unprocessed streams) promise the
-     * backend did nothing with it. */
-    xchg_up_failed(x, !x->up.headers_sent || refused ? UP_UNSEEN : UP_ANSWERED, 502, why);
+    char why[160];
+    if (x->up.head_too_large) { /* the backend's answer, and not one to ask for again */
+      snprintf(why, sizeof why, "upstream %s sent response header fields over limits.max_header_bytes",
+               x->upstream_addr);
+      xchg_up_give_up(x, 502, why);
+    } else {
+      snprintf(why, sizeof why, "upstream %s %s the stream (%s)", x->upstream_addr,
+               refused ? "refused" : "reset", nghttp2_http2_strerror(error_code));
+      /* REFUSED_STREAM (and GOAWAY's unprocessed streams) promise the
+       * backend did nothing with it. */
+      xchg_up_failed(x, !x->up.headers_sent || refused ? UP_UNSEEN : UP_ANSWERED, 502, why);
+    }
   }
   if (srv) up_server_settle(srv);
   want_flush(c);
@@ -364,6 +373,7 @@ struct up_conn *up_conn_open(struct up_server *srv) {
   nghttp2_option_new(&opt);
   nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+  nghttp2_option_set_max_send_header_block_length(opt, gw_send_block_limit(conf));
   int rc = nghttp2_session_client_new3(&c->session, callbacks(), c, opt, mem_cache_nghttp2());
   nghttp2_option_del(opt);
   if (rc != 0) goto err_free;
@@ -428,6 +438,21 @@ static int websocket_allowed(struct up_conn *c) {
              : -1;
 }
 
+/* Room for a request's fields as nghttp2 takes them (it copies them): one
+ * array for the process, grown to the largest head seen, which
+ * limits.max_header_count bounds. */
+static nghttp2_nv *request_nva(size_t n) {
+  static nghttp2_nv *nva;
+  static size_t cap;
+  if (n > cap) {
+    nghttp2_nv *grown = realloc(nva, n * sizeof *nva);
+    if (grown == NULL) return NULL;
+    nva = grown;
+    cap = n;
+  }
+  return nva;
+}
+
 int up_conn_submit(struct up_conn *c, struct xchg *x) {
   if (!up_conn_has_room(c)) return -1;
   if (x->websocket) {
@@ -439,7 +464,8 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
       return 0;
     }
   }
-  nghttp2_nv nva[MAX_FIELDS + 5];
+  nghttp2_nv *nva = request_nva(x->req.n + 5);
+  if (nva == NULL) return -1;
   size_t n = 0;
   int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, x->i_path, x->i_protocol};
   size_t n_pseudo = x->i_protocol >= 0 ? 5 : 4;
@@ -449,7 +475,7 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
                             (uint8_t *)x->req.arena + h->value_off, h->name_len, h->value_len,
                             NGHTTP2_NV_FLAG_NONE};
   }
-  for (uint32_t i = 0; i < x->req.n && n < MAX_FIELDS; i++) {
+  for (uint32_t i = 0; i < x->req.n; i++) {
     const struct hdr *h = &x->req.v[i];
     if ((h->flags & HDR_DROPPED) || x->req.arena[h->name_off] == ':') continue;
     nva[n++] = (nghttp2_nv){(uint8_t *)x->req.arena + h->name_off,

@@ -59,6 +59,7 @@ struct xchg_up {
   int32_t stream_id;
   bool headers_sent;       /* our HEADERS frame left for the backend */
   bool body_deferred;      /* the data source waits for more request body */
+  bool head_too_large;     /* the response's fields passed limits.max_header_bytes */
 };
 
 /* Servers whose app failed one request that it remembers, to try none

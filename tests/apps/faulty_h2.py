@@ -8,6 +8,7 @@ usage: faulty_h2.py PORT MODE
   refuse     answer every stream with RST_STREAM REFUSED_STREAM
   fail       answer every stream with RST_STREAM INTERNAL_ERROR, as an
              HTTP/2 server whose app failed before its response
+  big-head   answer /KB with a head of about KB kilobytes (fields of 1000)
 Each request it takes is printed: "request /path".
 """
 import socket
@@ -41,6 +42,11 @@ def serve(conn, mode):
                     h2c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                 elif mode == "fail":
                     h2c.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                elif mode == "big-head":
+                    kb = int(dict(ev.headers)[b":path"].decode().strip("/"))
+                    fields = [(f"x-big-{i}", "v" * 1000) for i in range(kb)]
+                    h2c.send_headers(sid, [(":status", "200"), *fields, ("content-length", "2")])
+                    h2c.send_data(sid, b"ok", end_stream=True)
                 elif mode in ("reset-mid", "die-mid"):
                     h2c.send_headers(sid, [(":status", "200"), ("content-length", "100000")])
                     h2c.send_data(sid, b"x" * 1000)

@@ -159,6 +159,23 @@ def test_too_many_header_fields_get_431(worker):
         g.stop()
 
 
+def test_a_raised_max_header_count_forwards_every_field(worker):
+    """Under a max_header_count of 1000, a request with 600 fields reaches
+    the app whole. The upstream request used to stop at 512 fields and drop
+    the rest without a word."""
+    cfg = BASIC_CONFIG.replace("log:\n", "limits:\n  max_header_count: 1000\nlog:\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    try:
+        fields = b"".join(b"X-Field-%d: v%d\r\n" % (i, i) for i in range(600))
+        answer = raw_http(g.plain_port, b"GET /scope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + fields + b"\r\n")
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        seen = [v for k, v in json.loads(body)["headers"] if k.startswith("x-field-")]
+        assert seen == [f"v{i}" for i in range(600)], len(seen)
+    finally:
+        g.stop()
+
+
 def test_no_route_is_404():
     w = Worker("probe:app")
     cfg = BASIC_CONFIG.replace("path_prefix: /\n", "path_prefix: /api/\n")
@@ -254,6 +271,32 @@ def test_backend_failing_mid_response_breaks_the_response(mode):
         assert r.returncode not in (0, 28), r
     finally:
         g.stop()
+        p.stop()
+
+
+def test_a_backend_head_is_held_to_max_header_bytes():
+    """A backend's response head counts against limits.max_header_bytes as
+    the clients' do (as nginx's proxy_buffer_size bounds it): over it the
+    client gets a 502 that says so, not the head. Under a raised limit a
+    100 KB head reaches HTTP/2 clients too (nghttp2 sends no block over
+    64 KiB unless told). Before, there was no limit, and an HTTP/2
+    client's stream hung on a head over 64 KiB."""
+    p, port = faulty("big-head")
+    try:
+        for limit, kb, status in (("64k", 60, "200"), ("64k", 100, "502"), ("200k", 100, "200")):
+            g = Gateway(NO_EJECT_CONFIG + f"limits: {{{{max_header_bytes: {limit}}}}}\n",
+                        servers=f"127.0.0.1:{port}", response_timeout="5s")
+            try:
+                for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+                    r = curl(*flags, "-D", "-", "-o", "/dev/null", "-w", "%{http_code}", g.plain_url(f"/{kb}"),
+                             timeout=10)
+                    assert r.stdout.endswith(status), (limit, kb, flags, r.stdout[-300:], r.stderr)
+                    assert (r.stdout.count("x-big-") == kb) == (status == "200"), (limit, kb, flags)
+                if status == "502":
+                    assert "sent response header fields over limits.max_header_bytes" in g.log(), g.log()[-2000:]
+            finally:
+                g.stop()
+    finally:
         p.stop()
 
 
