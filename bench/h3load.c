@@ -46,6 +46,8 @@ struct options {
   size_t body_len;
   bool sha256, quiet;
   const char *token_file;
+  const char *cacert; /* verify the server's certificate against these (PEM) */
+  const char *sni;    /* the name sent in SNI (and verified), instead of the URL's host */
   const char *output; /* the body of the last response is written here */
   int hold_s;         /* keep connections open (idle) this long after their requests */
   int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
@@ -840,7 +842,9 @@ static int conn_open(struct conn *c, const struct addrinfo *ai) {
   if (gnutls_init(&c->tls, GNUTLS_CLIENT | GNUTLS_NO_END_OF_EARLY_DATA) < 0) return -1;
   gnutls_priority_set_direct(c->tls, "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE", NULL);
   gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, G.cred);
-  gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, O.host, strlen(O.host));
+  const char *name = O.sni ? O.sni : O.host;
+  gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, name, strlen(name));
+  if (O.cacert) gnutls_session_set_verify_cert(c->tls, name, 0); /* the handshake fails otherwise */
   static const gnutls_datum_t h3 = {(unsigned char *)"h3", 2};
   gnutls_alpn_set_protocols(c->tls, &h3, 1, GNUTLS_ALPN_MANDATORY);
   if (ngtcp2_crypto_gnutls_configure_client_session(c->tls) != 0) return -1;
@@ -912,7 +916,7 @@ static int add_extra_header(const char *arg) {
 static void usage(void) {
   fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
         "              [-H 'Name: value']... [--sha256] [-o FILE] [--token-file FILE]\n"
-        "              [--timeout SECONDS] [--hold SECONDS] [-q]\n"
+        "              [--timeout SECONDS] [--hold SECONDS] [-q] [--cacert PEM] [--sni NAME]\n"
         "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
@@ -928,6 +932,7 @@ int main(int argc, char **argv) {
       {"output", required_argument, NULL, 'o'}, {"hold", required_argument, NULL, 'L'},
       {"header", required_argument, NULL, 'H'},
       {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
+      {"cacert", required_argument, NULL, 'A'}, {"sni", required_argument, NULL, 'N'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:H:", opts, NULL)) != -1) {
@@ -960,6 +965,8 @@ int main(int argc, char **argv) {
       break;
     case 'W': O.ws_messages = atoi(optarg); break;
     case 'Z': O.ws_size = strtoull(optarg, NULL, 10); break;
+    case 'A': O.cacert = optarg; break;
+    case 'N': O.sni = optarg; break;
     default: usage(); return 2;
     }
   }
@@ -976,6 +983,10 @@ int main(int argc, char **argv) {
   }
   G.base = event_base_new();
   gnutls_certificate_allocate_credentials(&G.cred);
+  if (O.cacert && gnutls_certificate_set_x509_trust_file(G.cred, O.cacert, GNUTLS_X509_FMT_PEM) <= 0) {
+    fprintf(stderr, "h3load: no certificate to trust in %s\n", O.cacert);
+    return 2;
+  }
   G.latencies = calloc((size_t)O.n * (size_t)(O.ws_messages > 0 ? O.ws_messages : 1),
                        sizeof *G.latencies);
   G.conns = calloc((size_t)O.c, sizeof *G.conns);

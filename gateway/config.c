@@ -140,9 +140,19 @@ static int listen_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *nod
   return 0;
 }
 
+static const struct key_spec cert_keys[] = {
+    KEY("certificate", K_PATH, struct conf_cert, certificate, .required = true),
+    KEY("key", K_PATH, struct conf_cert, key, .required = true),
+    END_KEYS,
+};
+static const struct map_spec cert_spec = {"certificates entry", cert_keys, sizeof(struct conf_cert),
+                                          NULL, NULL};
+
 static const struct key_spec tls_keys[] = {
     KEY("certificate", K_PATH, struct conf_listen, certificate, .required = true),
     KEY("key", K_PATH, struct conf_listen, key, .required = true),
+    KEY("certificates", K_LIST, struct conf_listen, sni_certs, .sub = &cert_spec,
+        .count_offset = offsetof(struct conf_listen, n_sni_certs)),
     END_KEYS,
 };
 /* tls: is a mapping whose keys land in conf_listen itself (offset 0). */
@@ -800,9 +810,15 @@ static void free_strs(char **v, size_t n) {
 void conf_free(struct gw_conf *c) {
   if (c == NULL) return;
   for (size_t i = 0; i < c->n_listens; i++) {
-    free(c->listens[i].address);
-    free(c->listens[i].certificate);
-    free(c->listens[i].key);
+    struct conf_listen *l = &c->listens[i];
+    free(l->address);
+    free(l->certificate);
+    free(l->key);
+    for (size_t j = 0; j < l->n_sni_certs; j++) {
+      free(l->sni_certs[j].certificate);
+      free(l->sni_certs[j].key);
+    }
+    free(l->sni_certs);
   }
   free(c->listens);
   for (size_t i = 0; i < c->n_upstreams; i++) {

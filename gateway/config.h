@@ -24,12 +24,21 @@ enum access_log_format {
   ACCESS_LOG_JSON,
 };
 
+/* A certificate chain and its key, as paths resolved against the config
+ * file's folder. */
+struct conf_cert {
+  char *certificate;
+  char *key;
+};
+
 struct conf_listen {
   char *address;            /* as written, for messages */
   struct h3g_hostport addr;
   bool tls;
-  char *certificate;        /* resolved against the config file's folder */
+  char *certificate;        /* the default one; resolved against the config file's folder */
   char *key;
+  struct conf_cert *sni_certs; /* more, each served to clients whose SNI names it */
+  size_t n_sni_certs;
   bool http3;               /* QUIC on the same port (default on; always off without TLS) */
   uint32_t http3_port;      /* 0: the listener's own port */
   bool alt_svc;             /* advertise h3 on this listener (default on) */

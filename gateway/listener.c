@@ -18,6 +18,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "down.h"
 #include "gw.h"
@@ -67,7 +68,8 @@ int listener_share_ticket_keys(void) {
   return 0;
 }
 
-static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t size) {
+static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, const char *certificate, const char *key,
+                             char *err, size_t size) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == NULL) {
     openssl_error(err, size, "cannot create a TLS context for", conf->address);
@@ -82,16 +84,16 @@ static SSL_CTX *make_ssl_ctx(const struct conf_listen *conf, char *err, size_t s
    * data read ahead during the handshake sits inside OpenSSL, and
    * libevent 2.1's TLS bufferevent waits for the socket instead (a request
    * sent with the client's Finished then hangs). */
-  if (SSL_CTX_use_certificate_chain_file(ctx, conf->certificate) != 1) {
-    openssl_error(err, size, "cannot load certificate", conf->certificate);
+  if (SSL_CTX_use_certificate_chain_file(ctx, certificate) != 1) {
+    openssl_error(err, size, "cannot load certificate", certificate);
     goto err_free;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, conf->key, SSL_FILETYPE_PEM) != 1) {
-    openssl_error(err, size, "cannot load key", conf->key);
+  if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    openssl_error(err, size, "cannot load key", key);
     goto err_free;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
-    openssl_error(err, size, "key does not match certificate", conf->certificate);
+    openssl_error(err, size, "key does not match certificate", certificate);
     goto err_free;
   }
   SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
@@ -106,12 +108,69 @@ err_free:
   return NULL;
 }
 
+/* The contexts of a listener's further certificates, one per certificate,
+ * for SNI to choose from. */
+struct sni_set {
+  size_t n;
+  SSL_CTX *ctx[];
+};
+
+/* Before the certificate is chosen: the default one if the client names no
+ * host or a host it covers, else the first further one that covers it
+ * (its subjectAltName or CN, wildcards too), else the default again. */
+static int select_certificate(SSL *ssl, int *alert, void *arg) {
+  (void)alert;
+  const struct sni_set *set = arg;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == NULL || X509_check_host(SSL_get_certificate(ssl), name, 0, 0, NULL) == 1)
+    return SSL_TLSEXT_ERR_OK;
+  for (size_t i = 0; i < set->n; i++) {
+    if (X509_check_host(SSL_CTX_get0_certificate(set->ctx[i]), name, 0, 0, NULL) == 1) {
+      SSL_set_SSL_CTX(ssl, set->ctx[i]);
+      break;
+    }
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static int prepare_sni(struct listener *l, const struct conf_listen *conf, char *err, size_t err_size) {
+  l->sni = calloc(1, sizeof *l->sni + conf->n_sni_certs * sizeof l->sni->ctx[0]);
+  if (l->sni == NULL) {
+    snprintf(err, err_size, "listen %s: out of memory", conf->address);
+    return -1;
+  }
+  for (size_t i = 0; i < conf->n_sni_certs; i++) {
+    const struct conf_cert *cert = &conf->sni_certs[i];
+    if ((l->sni->ctx[i] = make_ssl_ctx(conf, cert->certificate, cert->key, err, err_size)) == NULL)
+      return -1;
+    l->sni->n++;
+  }
+  SSL_CTX_set_tlsext_servername_callback(l->ssl_ctx, select_certificate);
+  SSL_CTX_set_tlsext_servername_arg(l->ssl_ctx, l->sni);
+  return 0;
+}
+
+void listener_free_tls(struct listener *l) {
+  if (l->ssl_ctx) SSL_CTX_free(l->ssl_ctx);
+  l->ssl_ctx = NULL;
+  for (size_t i = 0; l->sni && i < l->sni->n; i++) SSL_CTX_free(l->sni->ctx[i]);
+  free(l->sni);
+  l->sni = NULL;
+}
+
 int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
                      char *err, size_t err_size) {
   memset(l, 0, sizeof *l);
   l->conf = conf;
   l->fd = -1;
-  if (conf->tls && (l->ssl_ctx = make_ssl_ctx(conf, err, err_size)) == NULL) return -1;
+  if (conf->tls) {
+    l->ssl_ctx = make_ssl_ctx(conf, conf->certificate, conf->key, err, err_size);
+    if (l->ssl_ctx == NULL) return -1;
+    if (conf->n_sni_certs > 0 && prepare_sni(l, conf, err, err_size) != 0) {
+      listener_free_tls(l);
+      return -1;
+    }
+  }
   if (gconf->alt_svc && conf->alt_svc && conf->http3) {
     unsigned port = conf->http3_port ? conf->http3_port : conf->addr.port;
     snprintf(l->alt_svc, sizeof l->alt_svc, "h3=\":%u\"; ma=%llu", port,
@@ -166,7 +225,7 @@ void listener_free(struct listener *l) {
   if (l->quic) quic_listener_close(l);
   if (l->ev) event_free(l->ev);
   if (l->fd >= 0) close(l->fd);
-  if (l->ssl_ctx) SSL_CTX_free(l->ssl_ctx);
+  listener_free_tls(l);
   free(l);
 }
 

@@ -10,7 +10,8 @@
 struct listener {
   const struct conf_listen *conf;
   int fd;
-  SSL_CTX *ssl_ctx;
+  SSL_CTX *ssl_ctx;      /* the default certificate's */
+  struct sni_set *sni;   /* the further certificates', chosen by SNI; NULL: none */
   struct event *ev;
   bool paused;          /* max_connections reached */
   bool h3_running;      /* a QUIC endpoint serves this port: advertise it */
@@ -22,6 +23,8 @@ struct listener {
  * 0, or -1 with a message in err. */
 int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
                      char *err, size_t err_size);
+/* Frees what listener_prepare made for TLS. */
+void listener_free_tls(struct listener *l);
 /* In the master, before forking: TLS contexts made from now on share one
  * set of session-ticket keys. 0 or -1. */
 int listener_share_ticket_keys(void);

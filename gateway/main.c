@@ -333,7 +333,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "h3gate: %s\n", err);
         return 1;
       }
-      if (l.ssl_ctx) SSL_CTX_free(l.ssl_ctx);
+      listener_free_tls(&l);
     }
     printf("h3gate: configuration file %s test is successful\n", M.config_path);
     conf_free(conf);

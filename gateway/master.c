@@ -539,7 +539,7 @@ static void reload(void) {
       conf_free(conf);
       return;
     }
-    if (l.ssl_ctx) SSL_CTX_free(l.ssl_ctx);
+    listener_free_tls(&l);
   }
   h3g_log_min_level = conf->log_level;
   if (h3g_log_open(conf->error_log) != 0) log_error("cannot open error log %s", conf->error_log);

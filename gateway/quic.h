@@ -55,10 +55,17 @@ struct rate_limit {
   uint64_t last_us;
 };
 
+/* A certificate and key, and the certificate parsed, to match SNI names. */
+struct quic_cert {
+  gnutls_certificate_credentials_t cred;
+  gnutls_x509_crt_t crt;
+};
+
 /* Shared TLS state of an endpoint: credentials, session tickets, 0-RTT
  * anti-replay. */
 struct quic_tls {
-  gnutls_certificate_credentials_t cred;
+  struct quic_cert *certs; /* [0] the default, then those chosen by SNI */
+  size_t n_certs;
   gnutls_datum_t ticket_key;
   gnutls_anti_replay_t anti_replay;
   gnutls_priority_t priority;

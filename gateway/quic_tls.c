@@ -14,6 +14,7 @@
 #include <sys/random.h>
 #include <time.h>
 #include <gnutls/crypto.h>
+#include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
 #include "config.h"
@@ -147,24 +148,39 @@ static void derive(const uint8_t secret[32], const char *label, uint8_t out[32])
   gnutls_hmac_fast(GNUTLS_MAC_SHA256, secret, 32, label, strlen(label), out);
 }
 
+/* Loads certs[n_certs]: a credentials set of its own (GnuTLS would choose
+ * among several in one set by SNI, but by exact name only), and the leaf
+ * certificate parsed, for our own choice. */
+static int load_certificate(struct quic_tls *t, const char *certificate, const char *key, char *err,
+                            size_t err_size) {
+  struct quic_cert *qc = &t->certs[t->n_certs];
+  gnutls_datum_t der = {0};
+  int rc = gnutls_certificate_allocate_credentials(&qc->cred);
+  if (rc >= 0) t->n_certs++;
+  if (rc >= 0) rc = gnutls_certificate_set_x509_key_file(qc->cred, certificate, key, GNUTLS_X509_FMT_PEM);
+  if (rc >= 0) rc = gnutls_certificate_get_crt_raw(qc->cred, 0, 0, &der);
+  if (rc >= 0) rc = gnutls_x509_crt_init(&qc->crt);
+  if (rc >= 0) rc = gnutls_x509_crt_import(qc->crt, &der, GNUTLS_X509_FMT_DER);
+  if (rc >= 0) return 0;
+  snprintf(err, err_size, "HTTP/3: cannot load %s / %s: %s", certificate, key, gnutls_strerror(rc));
+  return -1;
+}
+
 int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_t secret[32],
                   char *err, size_t err_size) {
   memset(t, 0, sizeof *t);
-  int rc = gnutls_certificate_allocate_credentials(&t->cred);
-  if (rc == 0)
-    rc = gnutls_certificate_set_x509_key_file(t->cred, cl->certificate, cl->key, GNUTLS_X509_FMT_PEM);
-  if (rc < 0) {
-    snprintf(err, err_size, "HTTP/3: cannot load %s / %s: %s", cl->certificate, cl->key,
-             gnutls_strerror(rc));
-    goto err;
-  }
+  t->certs = calloc(1 + cl->n_sni_certs, sizeof *t->certs);
+  if (t->certs == NULL || load_certificate(t, cl->certificate, cl->key, err, err_size) != 0) goto err;
+  for (size_t i = 0; i < cl->n_sni_certs; i++)
+    if (load_certificate(t, cl->sni_certs[i].certificate, cl->sni_certs[i].key, err, err_size) != 0)
+      goto err;
   /* GnuTLS session ticket keys are 64 bytes. */
   t->ticket_key.data = gnutls_malloc(64);
   t->ticket_key.size = 64;
   if (t->ticket_key.data == NULL) goto err;
   derive(secret, "h3gate session ticket key 1", t->ticket_key.data);
   derive(secret, "h3gate session ticket key 2", t->ticket_key.data + 32);
-  rc = gnutls_priority_init(&t->priority,
+  int rc = gnutls_priority_init(&t->priority,
                             "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE", NULL);
   if (rc < 0) {
     snprintf(err, err_size, "HTTP/3: TLS priorities: %s", gnutls_strerror(rc));
@@ -186,7 +202,13 @@ err:
 }
 
 void quic_tls_free(struct quic_tls *t) {
-  if (t->cred) gnutls_certificate_free_credentials(t->cred);
+  for (size_t i = 0; i < t->n_certs; i++) {
+    gnutls_certificate_free_credentials(t->certs[i].cred);
+    if (t->certs[i].crt) gnutls_x509_crt_deinit(t->certs[i].crt);
+  }
+  free(t->certs);
+  t->certs = NULL;
+  t->n_certs = 0;
   if (t->ticket_key.data) {
     memset(t->ticket_key.data, 0, t->ticket_key.size);
     gnutls_free(t->ticket_key.data);
@@ -204,6 +226,25 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
   return qc->conn;
 }
 
+/* Once the ClientHello is read: the certificate for the name the client
+ * asks for, as the TCP listener chooses (the default one if it covers the
+ * name or none is asked for, else the first that covers it, wildcards
+ * too, else the default). */
+static int select_certificate(gnutls_session_t s) {
+  const ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
+  const struct quic_tls *t = &((const struct quic_conn *)ref->user_data)->ep->tls;
+  char name[256];
+  size_t len = sizeof name - 1;
+  unsigned type;
+  if (gnutls_server_name_get(s, name, &len, &type, 0) < 0 || type != GNUTLS_NAME_DNS) return 0;
+  name[len] = '\0';
+  if (gnutls_x509_crt_check_hostname(t->certs[0].crt, name)) return 0;
+  for (size_t i = 1; i < t->n_certs; i++)
+    if (gnutls_x509_crt_check_hostname(t->certs[i].crt, name))
+      return gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->certs[i].cred);
+  return 0;
+}
+
 int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_t err_size) {
   struct quic_tls *t = &qc->ep->tls;
   unsigned flags = GNUTLS_SERVER | GNUTLS_NO_AUTO_SEND_TICKET | GNUTLS_NO_END_OF_EARLY_DATA;
@@ -217,7 +258,7 @@ int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_
   static const gnutls_datum_t h3 = {(unsigned char *)"h3", 2};
   if ((rc = gnutls_priority_set(s, t->priority)) < 0 ||
       (rc = gnutls_session_ticket_enable_server(s, &t->ticket_key)) < 0 ||
-      (rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->cred)) < 0 ||
+      (rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->certs[0].cred)) < 0 ||
       (rc = gnutls_alpn_set_protocols(s, &h3, 1, GNUTLS_ALPN_MANDATORY)) < 0) {
     snprintf(err, err_size, "TLS session: %s", gnutls_strerror(rc));
     gnutls_deinit(s);
@@ -232,6 +273,7 @@ int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_
     gnutls_anti_replay_enable(s, t->anti_replay);
     gnutls_record_set_max_early_data_size(s, 0xffffffffu);
   }
+  if (t->n_certs > 1) gnutls_handshake_set_post_client_hello_function(s, select_certificate);
   qc->conn_ref.get_conn = get_conn;
   qc->conn_ref.user_data = qc;
   gnutls_session_set_ptr(s, &qc->conn_ref);

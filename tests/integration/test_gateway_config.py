@@ -59,9 +59,14 @@ def test_good_config_passes():
     (GOOD + "quic:\n  qlog_dir: no-such-folder\n", 11, 13, 'no-such-folder: No such file or directory'),
     (GOOD + "quic:\n  qlog_dir: gateway.yaml\n", 11, 13, "gateway.yaml is not a folder"),
     (GOOD + "quic:\n  qlog_dir: .\n", None, None, None),
+    (GOOD.replace("key: key.pem}", "key: key.pem, certificates: [{certificate: cert.pem}]}"), 3, 63,
+     'certificates entry needs the key "key"'),
+    (GOOD.replace("key: key.pem}", "key: key.pem, certificates: [{certificate: cert.pem, key: key.pem}]}"),
+     None, None, None),
 ], ids=["unknown-key", "bad-duration", "out-of-range", "undefined-upstream", "key-order-ok",
         "not-a-list", "bad-port", "bad-prefix", "duplicate-key", "yaml-syntax", "empty",
-        "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok"])
+        "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok",
+        "sni-cert-without-key", "sni-cert-ok"])
 def test_errors_name_file_line_column(text, line, col, message):
     r, path = check(text)
     if message is None:  # keys in any order are fine
@@ -81,6 +86,12 @@ def test_bad_certificate_is_reported():
     r, path = check(GOOD, with_cert=False)
     assert r.returncode == 1
     assert "cannot load certificate" in r.stderr and "cert.pem" in r.stderr
+
+
+def test_a_bad_sni_certificate_is_reported():
+    r, path = check(GOOD.replace("key: key.pem}", "key: key.pem, certificates: [{certificate: nope.pem, key: key.pem}]}"))
+    assert r.returncode == 1
+    assert "cannot load certificate" in r.stderr and "nope.pem" in r.stderr, r.stderr
 
 
 def test_missing_config_file():

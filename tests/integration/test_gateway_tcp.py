@@ -5,17 +5,19 @@ deliberately faulty backends."""
 import hashlib
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from h3env import (APPS, BASIC_CONFIG, PYTHON, Gateway, Process, Worker, curl, curl_json,
-                   eventually, free_port, log_time, raw_http, run, wait_port)
+from h3env import (APPS, BASIC_CONFIG, BIN, PYTHON, Gateway, Process, Worker, curl, curl_json,
+                   eventually, free_port, log_time, make_cert, raw_http, run, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -778,6 +780,65 @@ def test_a_server_whose_app_failed_the_request_is_not_tried_again():
     finally:
         for p, _ in servers:
             p.stop()
+
+
+def self_signed(directory, name, *more_names):
+    """NAME.pem and NAME.key in directory, for name and more_names."""
+    sans = ",".join(f"DNS:{n}" for n in (name, *more_names))
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", f"{directory}/{name}.key", "-out", f"{directory}/{name}.pem", "-days", "30",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName={sans}"], check=True)
+    return f"{directory}/{name}.pem"
+
+
+def served_certificate(port, name):
+    """The DER certificate a TLS handshake naming name in SNI gets."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as s:
+            return s.getpeercert(binary_form=True)
+
+
+SNI_TLS = """    tls:
+      certificate: cert.pem
+      key: key.pem
+      certificates:
+        - {{certificate: a.test.pem, key: a.test.key}}
+        - {{certificate: b.test.pem, key: b.test.key}}
+"""
+
+
+def test_sni_chooses_the_certificate_over_tcp_and_quic(worker):
+    """tls.certificates: more certificates on one listener, each served to
+    clients whose SNI names one of its names (wildcards too), over TLS and
+    QUIC alike; the default one for any other name. Each client trusts only
+    the certificate it should get, so a wrong one fails the handshake."""
+    d = tempfile.mkdtemp(prefix="h3gw-sni-")
+    make_cert(d)  # the default: localhost, 127.0.0.1
+    self_signed(d, "a.test")
+    self_signed(d, "b.test", "*.b.test")
+    cfg = BASIC_CONFIG.replace("    tls: {{certificate: cert.pem, key: key.pem}}\n", SNI_TLS)
+    g = Gateway(cfg, directory=d, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        port = g.tls_port
+        for name, trusted in (("a.test", "a.test"), ("b.test", "b.test"), ("x.b.test", "b.test"),
+                              ("localhost", "cert"), ("a.test", "b.test")):
+            right = trusted == name or (name, trusted) == ("x.b.test", "b.test") or name == "localhost"
+            for flags in (["--http1.1"], ["--http2"]):
+                r = curl(*flags, "--cacert", f"{d}/{trusted}.pem", "--resolve", f"{name}:{port}:127.0.0.1",
+                         "-o", "/dev/null", "-w", "%{http_code}", f"https://{name}:{port}/pid")
+                assert (r.stdout == "200") == right, (name, trusted, flags, r.stdout, r.stderr)
+            r = run([BIN / "h3load", "-n", "1", "--cacert", f"{d}/{trusted}.pem", "--sni", name,
+                     f"https://127.0.0.1:{port}/pid"], timeout=30)
+            assert (", 1 succeeded" in r.stdout) == right, (name, trusted, r.stdout, r.stderr)
+        # A name no certificate covers, or none, gets the default.
+        default = ssl.PEM_cert_to_DER_cert(pathlib.Path(f"{d}/cert.pem").read_text())
+        assert served_certificate(port, "c.test") == default
+        assert served_certificate(port, None) == default
+        assert served_certificate(port, "a.test") != default
+    finally:
+        g.stop()
 
 
 def scope_of_chunked_post_with_trailers(port):
