@@ -299,6 +299,24 @@ int asgi_stream_set_authority(struct asgi_stream *s, const char *v, size_t len) 
   return append_header(s, K.host_header, v, len);
 }
 
+unsigned asgi_stream_host_fields(const struct asgi_stream *s) { return s->host_fields; }
+
+int asgi_stream_override_host(struct asgi_stream *s, const char *v, size_t len) {
+  PyObject *value = PyBytes_FromStringAndSize(v, (Py_ssize_t)len);
+  PyObject *pair = value ? PyTuple_Pack(2, K.host_header, value) : NULL;
+  Py_XDECREF(value);
+  if (pair == NULL) return -1;
+  Py_ssize_t i = 0, n = PyList_GET_SIZE(s->headers);
+  while (i < n && !PyObject_RichCompareBool(PyTuple_GET_ITEM(PyList_GET_ITEM(s->headers, i), 0),
+                                            K.host_header, Py_EQ))
+    i++;
+  /* the Host line's place, or first, where :authority goes */
+  int rc = i < n ? PyList_SetItem(s->headers, i, pair) : PyList_Insert(s->headers, 0, pair);
+  if (i == n) Py_DECREF(pair); /* SetItem stole it; Insert did not */
+  s->has_authority = true;
+  return rc;
+}
+
 static bool name_is(const char *name, size_t nlen, const char *lit, size_t litlen) {
   return nlen == litlen && memcmp(name, lit, nlen) == 0;
 }
@@ -326,6 +344,7 @@ static int join_value(PyObject **slot, const char *value, size_t vlen) {
 int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
                            const char *value, size_t vlen) {
   s->header_bytes += nlen + vlen + 32; /* RFC 9113 6.5.2 accounting */
+  if (NAME_IS("host")) s->host_fields++;
   /* With :authority present the host header is redundant (RFC 9113 8.3.1). */
   if (s->has_authority && NAME_IS("host")) return 0;
   PyObject *n = PyBytes_FromStringAndSize(name, (Py_ssize_t)nlen);

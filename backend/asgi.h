@@ -71,6 +71,11 @@ int asgi_stream_set_method(struct asgi_stream *s, const char *m, size_t len);
 int asgi_stream_set_target(struct asgi_stream *s, const char *t, size_t len);
 int asgi_stream_set_scheme(struct asgi_stream *s, const char *v, size_t len);
 int asgi_stream_set_authority(struct asgi_stream *s, const char *v, size_t len);
+/* The authority of an absolute-form target (http://HOST/...), which stands
+ * for the Host field the client sent, if any (RFC 9112 3.2.2). */
+int asgi_stream_override_host(struct asgi_stream *s, const char *v, size_t len);
+/* How many Host fields the request had. */
+unsigned asgi_stream_host_fields(const struct asgi_stream *s);
 /* name must be lower-case. */
 int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
                            const char *value, size_t vlen);

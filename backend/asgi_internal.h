@@ -25,6 +25,7 @@ struct asgi_stream {
   size_t header_bytes;
   PyObject *xff, *xfp, *fwd, *via; /* last value of each, bytes */
   bool has_authority;
+  unsigned host_fields;    /* Host lines the client sent */
   bool te_trailers;
   bool expect_continue;
   bool is_head;

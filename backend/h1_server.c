@@ -82,22 +82,26 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
   return 0;
 }
 
-/* "http://host/path?q" → "/path?q"; origin-form is left alone. */
-static void origin_form(const char **t, size_t *len) {
+/* "http://host/path?q" → "/path?q", and *authority "host"; origin-form is
+ * left alone (*authority NULL). */
+static void origin_form(const char **t, size_t *len, const char **authority, size_t *alen) {
+  *authority = NULL;
   if (*len == 0 || (*t)[0] == '/' || (*t)[0] == '*') return;
   const char *scheme_end = memchr(*t, ':', *len);
   if (scheme_end == NULL || (size_t)(scheme_end - *t) + 3 > *len || scheme_end[1] != '/' ||
       scheme_end[2] != '/')
     return;
-  const char *host = scheme_end + 3, *end = *t + *len;
-  const char *slash = memchr(host, '/', (size_t)(end - host));
-  if (slash == NULL) {
+  const char *host = scheme_end + 3, *end = *t + *len, *host_end = host;
+  while (host_end < end && *host_end != '/' && *host_end != '?') host_end++;
+  *authority = host;
+  *alen = (size_t)(host_end - host);
+  if (host_end == end || *host_end == '?') { /* "http://host" or "http://host?q": the path is "/" */
     *t = "/";
     *len = 1;
     return;
   }
-  *len = (size_t)(end - slash);
-  *t = slash;
+  *len = (size_t)(end - host_end);
+  *t = host_end;
 }
 
 /* RFC 9112 3.2: a path, or "*" for OPTIONS only (what HTTP/2 and HTTP/3
@@ -130,13 +134,18 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   h->version_minor = head->version_minor;
   h->keep_alive = head->keep_alive && !h->conn->draining;
   if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
-  const char *target = head->target;
-  size_t tlen = head->target_len;
-  origin_form(&target, &tlen);
+  const char *target = head->target, *authority;
+  size_t tlen = head->target_len, alen = 0;
+  origin_form(&target, &tlen, &authority, &alen);
   int status = check_target(head, target, tlen);
   if (status) return status;
+  /* RFC 9112 3.2: one Host, and an HTTP/1.1 request must have it (an
+   * absolute-form target's authority stands in for it) */
+  unsigned hosts = asgi_stream_host_fields(s);
+  if (hosts > 1 || (hosts == 0 && head->version_minor >= 1 && authority == NULL)) return 400;
   if (asgi_stream_set_method(s, head->method, head->method_len) != 0 ||
-      asgi_stream_set_target(s, target, tlen) != 0) {
+      asgi_stream_set_target(s, target, tlen) != 0 ||
+      (authority && alen > 0 && asgi_stream_override_host(s, authority, alen) != 0)) {
     PyErr_Clear();
     return 503;
   }

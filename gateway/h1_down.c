@@ -25,6 +25,7 @@
 #include "down.h"
 #include "h1_parser.h"
 #include "http_status.h"
+#include "listener.h"
 #include "log.h"
 #include "ws_frame.h"
 #include "xchg.h"
@@ -88,6 +89,28 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
 
 static void request_timeout(struct down_conn *c);
 
+/* :path, and :authority from an absolute-form target, whose authority wins
+ * over Host (RFC 9112 3.2.2): "http://host/p?q" is "/p?q", "http://host?q"
+ * is "/?q". */
+static int add_target(struct xchg *x, const char *t, size_t tlen) {
+  size_t scheme = tlen > 7 && strncasecmp(t, "http://", 7) == 0    ? 7
+                  : tlen > 8 && strncasecmp(t, "https://", 8) == 0 ? 8
+                                                                   : 0;
+  if (scheme == 0) return xchg_req_field(x, ":path", 5, t, tlen);
+  const char *auth = t + scheme, *end = t + tlen, *rest = auth;
+  while (rest < end && *rest != '/' && *rest != '?') rest++;
+  int rc = xchg_req_field(x, ":authority", 10, auth, (size_t)(rest - auth));
+  if (rc) return rc;
+  if (rest < end && *rest == '/') return xchg_req_field(x, ":path", 5, rest, (size_t)(end - rest));
+  char *path = malloc((size_t)(end - rest) + 1);
+  if (path == NULL) return 503;
+  path[0] = '/';
+  memcpy(path + 1, rest, (size_t)(end - rest));
+  rc = xchg_req_field(x, ":path", 5, path, (size_t)(end - rest) + 1);
+  free(path);
+  return rc;
+}
+
 static int on_head(void *ctx, const struct h1_request_head *head) {
   struct h1d *h = ctx;
   int rc = ensure_xchg(h);
@@ -99,22 +122,16 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   x->proto = head->version_minor == 0 ? XCHG_HTTP_1_0 : XCHG_HTTP_1_1;
   if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
   h->is_head = head->method_len == 4 && memcmp(head->method, "HEAD", 4) == 0;
-  const char *t = head->target;
-  size_t tlen = head->target_len;
-  /* absolute-form: its authority wins over Host (RFC 9112 3.2.2) */
-  if (tlen > 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
-    const char *auth = strstr(t, "://") + 3;
-    const char *slash = memchr(auth, '/', tlen - (size_t)(auth - t));
-    size_t alen = slash ? (size_t)(slash - auth) : tlen - (size_t)(auth - t);
-    if ((rc = xchg_req_field(x, ":authority", 10, auth, alen))) return rc;
-    t = slash ? slash : "/";
-    tlen = slash ? tlen - (size_t)(slash - head->target) : 1;
-  }
   if ((rc = xchg_req_field(x, ":method", 7, head->method, head->method_len)) ||
-      (rc = xchg_req_field(x, ":path", 5, t, tlen)))
+      (rc = add_target(x, head->target, head->target_len)))
     return rc;
-  if (head->version_minor >= 1 && hdr_find(&x->req, "host", 4, 0) < 0 && x->i_authority < 0)
-    return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+  if (hdr_find(&x->req, "host", 4, 0) < 0 && x->i_authority < 0) {
+    if (head->version_minor >= 1) return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+    /* HTTP/1.0 may name none: the listener's address stands for it, as
+     * nginx's server name does. */
+    const char *a = h->c->listener->conf->address;
+    if ((rc = xchg_req_field(x, ":authority", 10, a, strlen(a)))) return rc;
+  }
   if (head->upgrade && h->ws.upgrade) {
     /* The bytes after this head are the client's frames: the request
      * "body" lasts as long as the WebSocket. */

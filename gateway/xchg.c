@@ -231,6 +231,9 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
     if (x->req_content_length >= 0 && x->req_content_length != v) return 400;
     x->req_content_length = v;
     if (conf->max_body_size && (uint64_t)v > conf->max_body_size) return 413;
+  } else if (name_eq(name, nlen, "host")) {
+    if (x->saw_host) return 400; /* RFC 9112 3.2: one Host, or the hosts may disagree */
+    x->saw_host = true;
   } else if (name_eq(name, nlen, "expect")) {
     if (vlen == 12 && strncasecmp(value, "100-continue", 12) == 0) x->expect_continue = true;
     x->req.v[idx].flags |= HDR_DROPPED; /* we answer 100 ourselves */
@@ -500,6 +503,15 @@ static int websocket_from_upgrade(struct xchg *x, const char **why) {
   return 0;
 }
 
+/* An HTTP/2 or HTTP/3 request whose Host names another host than its
+ * :authority is malformed (RFC 9113 8.3.1, RFC 9114 4.3.1). Over HTTP/1.1
+ * :authority comes from an absolute-form target, which Host yields to. */
+static bool host_differs(const struct xchg *x) {
+  if (x->proto != XCHG_HTTP_2 && x->proto != XCHG_HTTP_3) return false;
+  int host = hdr_find(&x->req, "host", 4, 0);
+  return host >= 0 && strcasecmp(hdr_value(&x->req, host), hdr_value(&x->req, x->i_authority)) != 0;
+}
+
 /* 0, or the status a malformed or unserviceable head gets (why says why). */
 static int check_head(struct xchg *x, const char **why) {
   if (x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "CONNECT") == 0) {
@@ -513,6 +525,7 @@ static int check_head(struct xchg *x, const char **why) {
   }
   if (x->i_method < 0 || x->i_path < 0) return *why = "missing method or path", 400;
   if (x->i_authority < 0) return *why = "missing Host", 400;
+  if (host_differs(x)) return *why = "Host and :authority differ", 400;
   const char *path = hdr_value(&x->req, x->i_path);
   if (strcmp(path, "*") == 0) {
     if (strcmp(hdr_value(&x->req, x->i_method), "OPTIONS") != 0)

@@ -841,6 +841,60 @@ def test_sni_chooses_the_certificate_over_tcp_and_quic(worker):
         g.stop()
 
 
+def h2_status(port, headers):
+    """One raw HTTP/2 GET /scope with exactly these fields; its :status."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                                                normalize_outbound_headers=False))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=True)
+    s.sendall(conn.data_to_send())
+    try:
+        while data := s.recv(65536):
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    return dict(ev.headers)[b":status"].decode()
+                if isinstance(ev, h2.events.StreamReset):
+                    return f"reset {ev.error_code}"
+            s.sendall(conn.data_to_send())
+    finally:
+        s.close()
+    return None
+
+
+def test_which_host_a_request_names(gateway, worker):
+    """RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is a 400
+    (at the gateway and the worker; both used to take two, and the worker
+    one without); an HTTP/1.0 one may name none (the gateway uses its
+    listener's address). An absolute-form target's authority stands for
+    Host (3.2.2), also at the worker, which used to keep the Host field.
+    Over HTTP/2 a Host that differs from :authority is malformed (RFC 9113
+    8.3.1); an equal one passes."""
+    def status_and_scope(port, request):
+        head, _, body = raw_http(port, request).partition(b"\r\n\r\n")
+        return head.split(b" ")[1].decode(), body
+
+    for port in (gateway.plain_port, worker.port):
+        for request in (b"GET /pid HTTP/1.1\r\nConnection: close\r\n\r\n",
+                        b"GET /pid HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"):
+            assert status_and_scope(port, request)[0] == "400", (port, request)
+        status, body = status_and_scope(port, b"GET /scope HTTP/1.0\r\n\r\n")
+        assert status == "200", (port, body[:200])
+        status, body = status_and_scope(port, b"GET http://named.example/scope HTTP/1.1\r\nHost: other.example\r\n"
+                                              b"Connection: close\r\n\r\n")
+        hosts = [v for k, v in json.loads(body)["headers"] if k == "host"]
+        assert (status, hosts) == ("200", ["named.example"]), (port, status, hosts)
+    hosts = [v for k, v in json.loads(status_and_scope(gateway.plain_port, b"GET /scope HTTP/1.0\r\n\r\n")[1])["headers"]
+             if k == "host"]
+    assert hosts == [f"127.0.0.1:{gateway.plain_port}"], hosts
+    base = [(":method", "GET"), (":path", "/scope"), (":scheme", "http"), (":authority", "a.example")]
+    assert h2_status(gateway.plain_port, base + [("host", "b.example")]) == "400"
+    assert h2_status(gateway.plain_port, base + [("host", "A.example")]) == "200"
+
+
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""
