@@ -762,6 +762,14 @@ int asgi_out_push(struct asgi_stream *s, PyObject *bytes) {
   return 0;
 }
 
+/* Raises exc with fmt, whose one %R shows p[0..len) as Python shows bytes
+ * (any byte legible). */
+static void raise_showing(PyObject *exc, const char *fmt, const char *p, Py_ssize_t len) {
+  PyObject *shown = PyBytes_FromStringAndSize(p, len);
+  if (shown) PyErr_Format(exc, fmt, shown);
+  Py_XDECREF(shown);
+}
+
 /* One field the app sends: a token for a name, and a value that cannot
  * end the line early (that would split the response). */
 static int check_field(const char *name, Py_ssize_t nl, const char *value, Py_ssize_t vl) {
@@ -771,9 +779,7 @@ static int check_field(const char *name, Py_ssize_t nl, const char *value, Py_ss
     bad_name = ch <= ' ' || ch == ':' || ch >= 0x7f;
   }
   if (bad_name) {
-    PyObject *shown = PyBytes_FromStringAndSize(name, nl); /* %R: any byte shows */
-    if (shown) PyErr_Format(PyExc_ValueError, "invalid header name %R", shown);
-    Py_XDECREF(shown);
+    raise_showing(PyExc_ValueError, "invalid header name %R", name, nl);
     return -1;
   }
   for (Py_ssize_t j = 0; j < vl; j++) {
@@ -845,12 +851,6 @@ static int parse_length(const char *v, Py_ssize_t len, uint64_t *out) {
   return 0;
 }
 
-static void bad_length(const char *value, Py_ssize_t len) {
-  PyObject *shown = PyBytes_FromStringAndSize(value, len);
-  if (shown) PyErr_Format(PyExc_ValueError, "invalid Content-Length in the response: %R", shown);
-  Py_XDECREF(shown);
-}
-
 /* The app's own Content-Length, if it gives one: one field of digits.
  * More than one (even equal) is refused, as nghttp2 refuses it upstream. */
 static int declared_length(struct asgi_stream *s, PyObject *headers) {
@@ -865,7 +865,7 @@ static int declared_length(struct asgi_stream *s, PyObject *headers) {
     else if (s->resp_has_length)
       PyErr_SetString(PyExc_ValueError, "more than one Content-Length in the response"), rc = -1;
     else if (parse_length(value, vl, &s->resp_length) != 0)
-      bad_length(value, vl), rc = -1;
+      raise_showing(PyExc_ValueError, "invalid Content-Length in the response: %R", value, vl), rc = -1;
     else
       s->resp_has_length = true;
   }
