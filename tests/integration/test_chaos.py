@@ -34,6 +34,7 @@ from h3env import BASIC_CONFIG, Gateway, Worker, curl_json, eventually, free_por
 SEED = int(os.environ.get("H3G_CHAOS_SEED", "1"))
 DURATION = 12.0          # seconds of chaos
 MAX_ROUNDS = 400         # per chaos thread, whatever the time
+MAX_CANARY_ROUNDS = 2000
 BIG = 4_000_000          # bytes of the downloads and uploads that are cut short
 
 
@@ -250,7 +251,9 @@ def check_until(g, deadline, results, h1, h2c):
     size = 100_000
     want = hashlib.sha256(bytes(range(256)) * (size // 256) + bytes(range(size % 256))).hexdigest()
     last_h3 = 0.0
-    while time.monotonic() < deadline:
+    for _ in range(MAX_CANARY_ROUNDS):
+        if time.monotonic() >= deadline:
+            break
         for name, client in (("h1", h1), ("h2", h2c)):
             try:
                 status, body = client.get("/pid")
