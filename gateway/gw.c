@@ -157,3 +157,16 @@ void gw_bev_send(struct bufferevent *bev) {
 void gw_bev_written(struct bufferevent *bev) {
   if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_disable(bev, EV_WRITE);
 }
+
+void *gw_nv_scratch(size_t n, size_t elem) {
+  static void *buf;
+  static size_t cap;
+  if (n > SIZE_MAX / elem) return NULL;
+  if (n * elem > cap) {
+    void *grown = realloc(buf, n * elem);
+    if (grown == NULL) return NULL;
+    buf = grown;
+    cap = n * elem;
+  }
+  return buf;
+}

@@ -81,6 +81,11 @@ void gw_bev_direct(struct bufferevent *bev);
 void gw_bev_send(struct bufferevent *bev);
 /* From the write callback: libevent emptied the output, so stop watching. */
 void gw_bev_written(struct bufferevent *bev);
+/* Room for n name/value pairs of elem bytes each, to hand a head to
+ * nghttp2 or nghttp3 (their submit calls copy it): one buffer for the
+ * process, grown to the largest head seen, so no head is cut short. NULL
+ * when memory runs out. Valid until the next call. */
+void *gw_nv_scratch(size_t n, size_t elem);
 uint64_t gw_now_us(void);
 /* The same clock at the kernel tick's resolution (1-4 ms), read without the
  * TSC: for stamps taken per chunk that only timeouts compare (on a VM a

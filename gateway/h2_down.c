@@ -31,7 +31,6 @@
 
 enum {
   OUT_HIGH_WATER = 256 * 1024,
-  MAX_RESPONSE_FIELDS = 256,
 };
 
 struct h2d;
@@ -201,9 +200,10 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
  */
 static int submit_trailers(struct h2d_strm *s) {
   struct xchg *x = s->x;
-  nghttp2_nv nva[MAX_RESPONSE_FIELDS];
+  nghttp2_nv *nva = gw_nv_scratch(x->resp_trailers.n, sizeof *nva);
+  if (nva == NULL) return -1;
   size_t n = 0;
-  for (uint32_t i = 0; i < x->resp_trailers.n && n < MAX_RESPONSE_FIELDS; i++) {
+  for (uint32_t i = 0; i < x->resp_trailers.n; i++) {
     const struct hdr *f = &x->resp_trailers.v[i];
     nva[n++] = (nghttp2_nv){(uint8_t *)x->resp_trailers.arena + f->name_off,
                             (uint8_t *)x->resp_trailers.arena + f->value_off, f->name_len,
@@ -240,13 +240,18 @@ static ssize_t read_resp_body(nghttp2_session *session, int32_t id, uint8_t *buf
 static void on_resp_head(struct xchg *x) {
   struct h2d_strm *s = x->down_ctx;
   struct h2d *h = s->h;
-  nghttp2_nv nva[MAX_RESPONSE_FIELDS + 2];
+  nghttp2_nv *nva = gw_nv_scratch(x->resp.n + 2, sizeof *nva); /* + :status and alt-svc */
+  if (nva == NULL) {
+    nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+    down_want_flush(h->c);
+    return;
+  }
   char status[4];
   http_status_digits(x->status, status); /* the upstream module checked 200..999 */
   size_t n = 0;
   nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
   bool has_alt_svc = false;
-  for (uint32_t i = 0; i < x->resp.n && n < MAX_RESPONSE_FIELDS; i++) {
+  for (uint32_t i = 0; i < x->resp.n; i++) {
     const struct hdr *f = &x->resp.v[i];
     const char *name = x->resp.arena + f->name_off;
     if ((f->flags & HDR_DROPPED) || name[0] == ':') continue;

@@ -438,21 +438,6 @@ static int websocket_allowed(struct up_conn *c) {
              : -1;
 }
 
-/* Room for a request's fields as nghttp2 takes them (it copies them): one
- * array for the process, grown to the largest head seen, which
- * limits.max_header_count bounds. */
-static nghttp2_nv *request_nva(size_t n) {
-  static nghttp2_nv *nva;
-  static size_t cap;
-  if (n > cap) {
-    nghttp2_nv *grown = realloc(nva, n * sizeof *nva);
-    if (grown == NULL) return NULL;
-    nva = grown;
-    cap = n;
-  }
-  return nva;
-}
-
 int up_conn_submit(struct up_conn *c, struct xchg *x) {
   if (!up_conn_has_room(c)) return -1;
   if (x->websocket) {
@@ -464,7 +449,7 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
       return 0;
     }
   }
-  nghttp2_nv *nva = request_nva(x->req.n + 5);
+  nghttp2_nv *nva = gw_nv_scratch(x->req.n + 5, sizeof *nva);
   if (nva == NULL) return -1;
   size_t n = 0;
   int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, x->i_path, x->i_protocol};

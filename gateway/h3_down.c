@@ -27,7 +27,6 @@
 
 enum {
   BLOCK_SIZE = 16384,
-  MAX_RESPONSE_FIELDS = 256,
 };
 
 /* ---------------------------------------------------------------------------
@@ -336,9 +335,10 @@ static const nghttp3_callbacks h3_callbacks = {
  */
 static int submit_trailers(struct h3_strm *s) {
   struct xchg *x = s->x;
-  nghttp3_nv nva[MAX_RESPONSE_FIELDS];
+  nghttp3_nv *nva = gw_nv_scratch(x->resp_trailers.n, sizeof *nva);
+  if (nva == NULL) return -1;
   size_t n = 0;
-  for (uint32_t i = 0; i < x->resp_trailers.n && n < MAX_RESPONSE_FIELDS; i++) {
+  for (uint32_t i = 0; i < x->resp_trailers.n; i++) {
     const struct hdr *f = &x->resp_trailers.v[i];
     nva[n++] = (nghttp3_nv){(uint8_t *)x->resp_trailers.arena + f->name_off,
                             (uint8_t *)x->resp_trailers.arena + f->value_off, f->name_len,
@@ -374,12 +374,17 @@ static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
 
 static void on_resp_head(struct xchg *x) {
   struct h3_strm *s = x->down_ctx;
-  nghttp3_nv nva[MAX_RESPONSE_FIELDS + 1];
+  nghttp3_nv *nva = gw_nv_scratch(x->resp.n + 1, sizeof *nva); /* + :status */
+  if (nva == NULL) {
+    quic_conn_shutdown_stream(s->qc, s->id, NGHTTP3_H3_INTERNAL_ERROR);
+    quic_conn_want_flush(s->qc);
+    return;
+  }
   char status[4];
   http_status_digits(x->status, status);
   size_t n = 0;
   nva[n++] = (nghttp3_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP3_NV_FLAG_NONE};
-  for (uint32_t i = 0; i < x->resp.n && n <= MAX_RESPONSE_FIELDS; i++) {
+  for (uint32_t i = 0; i < x->resp.n; i++) {
     const struct hdr *f = &x->resp.v[i];
     const char *name = x->resp.arena + f->name_off;
     if ((f->flags & HDR_DROPPED) || name[0] == ':') continue;

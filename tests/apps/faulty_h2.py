@@ -8,7 +8,8 @@ usage: faulty_h2.py PORT MODE
   refuse     answer every stream with RST_STREAM REFUSED_STREAM
   fail       answer every stream with RST_STREAM INTERNAL_ERROR, as an
              HTTP/2 server whose app failed before its response
-  big-head   answer /KB with a head of about KB kilobytes (fields of 1000)
+  big-head   answer /N with N fields of 1000 bytes (about N KB), /NxS with
+             N fields of S bytes
 Each request it takes is printed: "request /path".
 """
 import socket
@@ -43,8 +44,8 @@ def serve(conn, mode):
                 elif mode == "fail":
                     h2c.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 elif mode == "big-head":
-                    kb = int(dict(ev.headers)[b":path"].decode().strip("/"))
-                    fields = [(f"x-big-{i}", "v" * 1000) for i in range(kb)]
+                    count, _, size = dict(ev.headers)[b":path"].decode().strip("/").partition("x")
+                    fields = [(f"x-big-{i}", "v" * int(size or 1000)) for i in range(int(count))]
                     h2c.send_headers(sid, [(":status", "200"), *fields, ("content-length", "2")])
                     h2c.send_data(sid, b"ok", end_stream=True)
                 elif mode in ("reset-mid", "die-mid"):

@@ -298,6 +298,18 @@ def test_a_backend_head_is_held_to_max_header_bytes():
                     assert "sent response header fields over limits.max_header_bytes" in g.log(), g.log()[-2000:]
             finally:
                 g.stop()
+        # Many small fields (300 Set-Cookie-like lines) all reach HTTP/2 and
+        # HTTP/3 clients; the gateway used to send the first 256.
+        g = Gateway(NO_EJECT_CONFIG, servers=f"127.0.0.1:{port}", response_timeout="5s")
+        try:
+            for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+                r = curl(*flags, "-D", "-", "-o", "/dev/null", g.plain_url("/300x10"), timeout=10)
+                assert r.stdout.count("x-big-") == 300, (flags, r.stdout.count("x-big-"))
+            r = run(["gtlsclient", "--exit-on-all-streams-close", "--no-quic-dump", "--no-http-dump", "--timeout=10s",
+                     "127.0.0.1", str(g.tls_port), f"https://127.0.0.1:{g.tls_port}/300x10"], timeout=30)
+            assert (r.stdout + r.stderr).count("x-big-") == 300, (r.stdout + r.stderr).count("x-big-")
+        finally:
+            g.stop()
     finally:
         p.stop()
 
