@@ -95,7 +95,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   s->x->client_port = c->peer_port;
   LIST_INSERT_HEAD(&h->streams, s, link);
   h->n_streams++;
-  down_set_timer(c, 0, NULL);
+  if (!h->goaway) down_set_timer(c, 0, NULL); /* not the final GOAWAY's timer */
   nghttp2_session_set_stream_user_data(session, s->id, s);
   return 0;
 }
@@ -393,12 +393,25 @@ static void h2_flush(struct down_conn *c) {
     down_close(c, false);
 }
 
+/* Graceful shutdown in two steps (RFC 9113 6.8): a GOAWAY that refuses
+ * nothing yet (2^31-1) tells the client to open no more streams; a round
+ * trip later the real one names the last stream taken. A request the
+ * client sent meanwhile is served, not refused. */
+enum { GOAWAY_GRACE_MS = 1000 };
+
+static void final_goaway(struct down_conn *c) {
+  struct h2d *h = h2d(c);
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR, NULL, 0);
+  down_want_flush(c);
+}
+
 static void h2_shutdown(struct down_conn *c) {
   struct h2d *h = h2d(c);
   if (h->goaway) return;
   h->goaway = true;
-  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
-                        nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR, NULL, 0);
+  nghttp2_submit_shutdown_notice(h->session);
+  down_set_timer(c, GOAWAY_GRACE_MS, final_goaway);
   down_want_flush(c);
 }
 

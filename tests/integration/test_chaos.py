@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import socket
 import ssl
 import struct
@@ -118,8 +119,10 @@ def h2_streams_then_drop(g, rng):
         path = {"download": f"/download?size={BIG}", "upload": "/upload", "pid": "/pid"}[kind]
         conn.send_headers(sid, [(":method", "POST" if kind == "upload" else "GET"), (":path", path),
                                 (":scheme", "http"), (":authority", "x")], end_stream=kind != "upload")
-        if kind == "upload":
-            conn.send_data(sid, os.urandom(rng.randrange(1, 16000)))
+        if kind == "upload":  # within the windows, which the server's SETTINGS have not set yet
+            room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if room > 0:
+                conn.send_data(sid, os.urandom(rng.randrange(1, 16000) % room + 1))
         ids.append(sid)
     s.sendall(conn.data_to_send())
     try:
@@ -166,6 +169,16 @@ H1_ACTIONS = [h1_abort_upload, h1_abort_download, h1_partial_head, h1_pipeline_a
               h1_leave_slow_request, ws_leave_without_close]
 
 
+def reloads(g, deadline, done):
+    """SIGHUP every 2 s, as a deploy does: the canary must not notice."""
+    for _ in range(int(DURATION / 2)):
+        time.sleep(2)
+        if time.monotonic() >= deadline:
+            break
+        g.signal(signal.SIGHUP)
+        done["reload"] = done.get("reload", 0) + 1
+
+
 def chaos(g, rng, actions, deadline, done):
     rounds = 0
     while time.monotonic() < deadline and rounds < MAX_ROUNDS:
@@ -180,15 +193,41 @@ def chaos(g, rng, actions, deadline, done):
 
 # --- the canary -------------------------------------------------------------
 class H2Canary:
-    """One HTTP/2 connection for the whole run, one GET /pid at a time."""
+    """GET after GET on one HTTP/2 connection, as a browser does: after a
+    GOAWAY (a reload's) the next request goes on a new connection. A stream
+    the GOAWAY refused is sent again there and counted. So is one cut by
+    python-h2 itself, which takes no frame after any GOAWAY, even the first
+    of a graceful two (it refuses nothing)."""
 
     def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.port, self.sock, self.refused = port, None, 0
+
+    def connect(self):
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
+        self.goaway = None
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
 
     def get(self, path):
+        if self.sock is None or self.goaway is not None or self.conn.state_machine.state.name == "CLOSED":
+            self.close()  # a GOAWAY came (its event may have followed our stream's end)
+            self.connect()
+        answer = self.exchange(path)
+        if answer is None:  # refused by a GOAWAY: not processed, so safe to send again
+            self.refused += 1
+            self.close()
+            self.connect()
+            answer = self.exchange(path)
+        if answer is None:
+            raise ConnectionError("refused twice")
+        return answer
+
+    def exchange(self, path):
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")],
                                end_stream=True)
@@ -197,9 +236,25 @@ class H2Canary:
         while True:
             data = self.sock.recv(65536)
             if not data:
-                raise ConnectionError("the canary's HTTP/2 connection closed")
-            for ev in self.conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                if self.goaway is not None and sid > self.goaway:
+                    return None
+                raise ConnectionError("the canary's HTTP/2 connection closed mid-stream")
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                # python-h2 after a GOAWAY (in this read, or before): see the class
+                if self.conn.state_machine.state.name != "CLOSED":
+                    raise
+                self.goaway = 0
+                return None
+            for ev in events:
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    if ev.error_code != 0:
+                        raise ConnectionError(f"GOAWAY with error {ev.error_code}")
+                    self.goaway = ev.last_stream_id
+                    if sid > ev.last_stream_id:
+                        return None
+                elif isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
                     status = dict(ev.headers)[b":status"]
                 elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
                     body += ev.data
@@ -213,38 +268,71 @@ class H2Canary:
 
 
 class H1Canary:
-    """One keep-alive HTTP/1.1 connection for the whole run."""
+    """GET after GET on a keep-alive HTTP/1.1 connection, as curl does: a
+    new connection after "connection: close", and one retry when the server
+    closed an idle connection just as the request went out (RFC 9112
+    9.3.1: no byte of an answer came, and GET is idempotent)."""
 
     def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
+        self.port, self.sock, self.buf, self.retried = port, None, b"", 0
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+        self.sock = None
 
     def get(self, path):
-        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        for attempt in range(2):
+            if self.sock is None:
+                self.sock, self.buf = socket.create_connection(("127.0.0.1", self.port), timeout=10), b""
+            try:
+                self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+                return self.answer()
+            except ConnectionAbortedError:
+                if attempt:
+                    raise
+                self.retried += 1
+                self.close()
+            except BrokenPipeError:
+                if attempt:
+                    raise
+                self.retried += 1
+                self.close()
+
+    def answer(self):
         while b"\r\n\r\n" not in self.buf:
-            self.read()
+            self.read(first=not self.buf)
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        length = int([line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")][0])
+        fields = {line.split(b":")[0].strip().lower(): line.split(b":", 1)[1].strip()
+                  for line in head.split(b"\r\n")[1:]}
+        length = int(fields[b"content-length"])
         while len(self.buf) < length:
             self.read()
         body, self.buf = self.buf[:length], self.buf[length:]
+        if fields.get(b"connection", b"").lower() == b"close":
+            self.close()
         return head.split(b" ")[1], body
 
-    def read(self):
-        data = self.sock.recv(65536)
+    def read(self, first=False):
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
-            raise ConnectionError("the canary's HTTP/1.1 connection closed")
+            if first:  # closed before any byte of the answer: may be retried
+                raise ConnectionAbortedError("closed before answering")
+            raise ConnectionError("the canary's HTTP/1.1 connection closed mid-answer")
         self.buf += data
 
 
-def canary(g, deadline, results):
+def canary(g, deadline, results, retries):
     h1, h2c = H1Canary(g.plain_port), H2Canary(g.plain_port)
     try:
         check_until(g, deadline, results, h1, h2c)
     finally:
-        h1.sock.close()
-        h2c.sock.close()
+        h1.close()
+        h2c.close()
+        retries.update(h1=h1.retried, h2=h2c.refused)
 
 
 def check_until(g, deadline, results, h1, h2c):
@@ -288,28 +376,42 @@ def held(admin_port):
     return {key: v for key, v in metrics(admin_port).items() if key[0] in names and v}
 
 
+def caught(fn, errors):
+    """fn, with whatever it raises kept in errors (a thread's exception
+    would otherwise only be printed)."""
+    def run_it(*args):
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: B902 - reported by the test
+            errors.append(f"{fn.__name__}: {e!r}")
+    return run_it
+
+
 def test_misbehaving_clients_never_harm_the_others():
     worker = Worker("probe:app", workers=2)
     admin = free_port()
     g = Gateway(CHAOS_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s", admin_port=admin)
     try:
         deadline = time.monotonic() + DURATION
-        done, results = {}, []
-        threads = [threading.Thread(target=chaos, args=(g, random.Random(SEED * 100 + i), actions, deadline, done))
+        done, results, retries, errors = {}, [], {}, []
+        threads = [threading.Thread(target=caught(chaos, errors),
+                                    args=(g, random.Random(SEED * 100 + i), actions, deadline, done))
                    for i, actions in enumerate([H1_ACTIONS, H1_ACTIONS, [h2_streams_then_drop],
                                                 [h3_killed_mid_download]])]
-        threads.append(threading.Thread(target=canary, args=(g, deadline, results)))
+        threads.append(threading.Thread(target=caught(canary, errors), args=(g, deadline, results, retries)))
+        threads.append(threading.Thread(target=caught(reloads, errors), args=(g, deadline, done)))
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=DURATION + 120)
             assert not t.is_alive(), "a chaos thread did not finish"
-        print(f"seed {SEED}: {done}; canary answers: {len(results)}")
+        print(f"seed {SEED}: {done}; canary answers: {len(results)}, retried: {retries}")
+        assert not errors, errors
         failed = [r for r in results if r[1] is not True]
         assert not failed, (SEED, failed[:5], done)
         for proto in ("h1", "h2", "h3"):
             assert sum(1 for name, _ in results if name == proto) >= 3, (proto, len(results))
-        assert len(done) == len(H1_ACTIONS) + 2, done  # every kind of misbehaviour ran
+        assert len(done) == len(H1_ACTIONS) + 3, done  # every kind of misbehaviour ran, and reloads
         # Every client has gone: nothing may stay held for them (lingering
         # closes end within 2 s, QUIC connections at the idle timeout).
         assert eventually(lambda: not held(admin), timeout=20), held(admin)

@@ -907,6 +907,50 @@ def test_which_host_a_request_names(gateway, worker):
     assert h2_status(gateway.plain_port, base + [("host", "A.example")]) == "200"
 
 
+def test_a_reload_serves_requests_already_on_their_way(worker):
+    """Graceful shutdown in two steps (RFC 9113 6.8): a reload first sends a
+    GOAWAY that refuses nothing (2^31-1), and only a second later one that
+    names the last stream taken. A request the client sent before it read
+    the first is served. With a single GOAWAY it was refused: the client
+    saw last-stream-id 1 and no answer for stream 3."""
+    import h2.config
+    import h2.connection
+    import hpack
+    from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
+
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    try:
+        s = socket.create_connection(("127.0.0.1", g.plain_port), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        head = [(":method", "GET"), (":path", "/pid"), (":scheme", "http"), (":authority", "x")]
+        conn.send_headers(1, head, end_stream=True)
+        s.sendall(conn.data_to_send())
+        time.sleep(0.5)  # stream 1 answered, unread
+        g.signal(signal.SIGHUP)
+        assert g.wait_log("configuration reloaded"), g.log()[-2000:]
+        conn.send_headers(3, head, end_stream=True)  # on its way before the client reads the GOAWAY
+        s.sendall(conn.data_to_send())
+        data, deadline = b"", time.monotonic() + 5
+        while time.monotonic() < deadline and (chunk := s.recv(65536)):
+            data += chunk
+        s.close()
+        # Read the frames ourselves: python-h2 takes nothing after a GOAWAY.
+        frames, decoder, statuses, goaways = [], hpack.Decoder(), {}, []
+        while len(data) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            frame.parse_body(memoryview(data[9:9 + length]))
+            data = data[9 + length:]
+            if isinstance(frame, HeadersFrame):
+                statuses[frame.stream_id] = dict(decoder.decode(frame.data))[":status"]
+            elif isinstance(frame, GoAwayFrame):
+                goaways.append(frame.last_stream_id)
+        assert statuses == {1: "200", 3: "200"}, (statuses, goaways)
+        assert goaways[0] == 2**31 - 1 and goaways[-1] == 3, goaways
+    finally:
+        g.stop()
+
+
 def scope_of_chunked_post_with_trailers(port):
     """POST /scope, chunked, whose trailer section carries fields a client
     may not set through a proxy; returns the scope the app saw."""
