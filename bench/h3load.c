@@ -50,6 +50,7 @@ struct options {
   const char *sni;    /* the name sent in SNI (and verified), instead of the URL's host */
   const char *output; /* the body of the last response is written here */
   int hold_s;         /* keep connections open (idle) this long after their requests */
+  int pause_ms;       /* between a connection's requests, this long with its socket unread */
   int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
   size_t ws_size;     /* bytes per message */
   nghttp3_nv extra[MAX_EXTRA_HEADERS]; /* -H "name: value", names lower-cased */
@@ -183,6 +184,26 @@ static void record_sha(struct stream *s) {
 
 static void ws_session_done(struct stream *s, uint64_t err);
 
+static void resume_after_pause(evutil_socket_t fd, short what, void *arg) {
+  (void)fd; (void)what;
+  struct conn *c = arg;
+  if (c->closed) return;
+  issue(c);
+  conn_write(c); /* the request leaves before anything that came meanwhile is read */
+  event_add(c->ev_read, NULL);
+}
+
+/* --pause: the next request goes out after a while in which nothing is
+ * read, as a request already on its way when the server's frames (a
+ * GOAWAY, say) arrive. Said on stdout, so a test can act in the pause. */
+static void pause_then_issue(struct conn *c) {
+  printf("h3load: pausing %d ms before the next request, not reading\n", O.pause_ms);
+  fflush(stdout);
+  event_del(c->ev_read);
+  struct timeval tv = {O.pause_ms / 1000, (O.pause_ms % 1000) * 1000};
+  event_base_once(G.base, -1, EV_TIMEOUT, resume_after_pause, c, &tv);
+}
+
 static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *user, void *su) {
   (void)h3; (void)sid;
   struct conn *c = user;
@@ -205,7 +226,8 @@ static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *us
   if (s->hash) gnutls_hash_deinit(s->hash, NULL);
   if (s->out) fclose(s->out);
   free(s);
-  issue(c);
+  if (O.pause_ms > 0 && c->to_issue > 0) pause_then_issue(c);
+  else issue(c);
   return 0;
 }
 
@@ -916,7 +938,7 @@ static int add_extra_header(const char *arg) {
 static void usage(void) {
   fputs("usage: h3load [-n N] [-c C] [-m M] [-d FILE | --upload-size BYTES] [--method M]\n"
         "              [-H 'Name: value']... [--sha256] [-o FILE] [--token-file FILE]\n"
-        "              [--timeout SECONDS] [--hold SECONDS] [-q] [--cacert PEM] [--sni NAME]\n"
+        "              [--timeout SECONDS] [--hold SECONDS] [--pause MS] [-q] [--cacert PEM] [--sni NAME]\n"
         "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
@@ -933,6 +955,7 @@ int main(int argc, char **argv) {
       {"header", required_argument, NULL, 'H'},
       {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
       {"cacert", required_argument, NULL, 'A'}, {"sni", required_argument, NULL, 'N'},
+      {"pause", required_argument, NULL, 'P'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:H:", opts, NULL)) != -1) {
@@ -967,6 +990,7 @@ int main(int argc, char **argv) {
     case 'Z': O.ws_size = strtoull(optarg, NULL, 10); break;
     case 'A': O.cacert = optarg; break;
     case 'N': O.sni = optarg; break;
+    case 'P': O.pause_ms = atoi(optarg); break;
     default: usage(); return 2;
     }
   }

@@ -442,7 +442,8 @@ int h3_conn_setup(struct quic_conn *qc) {
       quic_conn_open_uni(qc, &qenc) != 0 || quic_conn_open_uni(qc, &qdec) != 0 ||
       nghttp3_conn_bind_qpack_streams(qc->h3, qenc, qdec) != 0)
     return -1;
-  if (qc->goaway) nghttp3_conn_shutdown(qc->h3);
+  if (qc->goaway) nghttp3_conn_submit_shutdown_notice(qc->h3);
+  if (qc->goaway && qc->goaway_final_ns == 0) nghttp3_conn_shutdown(qc->h3);
   return 0;
 }
 
@@ -495,6 +496,10 @@ void h3_block(struct quic_conn *qc, int64_t stream_id) {
 
 void h3_shutdown_write(struct quic_conn *qc, int64_t stream_id) {
   if (qc->h3) nghttp3_conn_shutdown_stream_write(qc->h3, stream_id);
+}
+
+void h3_goaway_notice(struct quic_conn *qc) {
+  if (qc->h3) nghttp3_conn_submit_shutdown_notice(qc->h3);
 }
 
 void h3_goaway(struct quic_conn *qc) {

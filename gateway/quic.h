@@ -116,7 +116,8 @@ struct quic_conn {
   bool draining;                   /* peer closed: wait, then free */
   bool dead;
   bool blocked;                    /* waits for the socket to take more */
-  bool goaway;
+  bool goaway;                     /* shutting down: the first GOAWAY, refusing nothing, went */
+  uint64_t goaway_final_ns;        /* when the second, real one goes (0: it has) */
   bool early_data_ok;
   int qlog_fd;                     /* quic.qlog_dir: this connection's qlog, or -1 */
   char peer_ip[64];
@@ -188,6 +189,9 @@ ssize_t h3_writev(struct quic_conn *qc, int64_t *stream_id, int *fin, ngtcp2_vec
 void h3_wrote(struct quic_conn *qc, int64_t stream_id, size_t n);
 void h3_block(struct quic_conn *qc, int64_t stream_id);
 void h3_shutdown_write(struct quic_conn *qc, int64_t stream_id);
+/* Graceful shutdown's two GOAWAYs (RFC 9114 5.2): the notice, then the
+ * one that names the first stream not taken. */
+void h3_goaway_notice(struct quic_conn *qc);
 void h3_goaway(struct quic_conn *qc);
 bool h3_idle(const struct quic_conn *qc);
 void h3_conn_free(struct quic_conn *qc);

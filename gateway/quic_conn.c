@@ -386,6 +386,7 @@ void quic_conn_read(struct quic_conn *qc, const ngtcp2_path *path, const ngtcp2_
  */
 static void update_timer(struct quic_conn *qc) {
   ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(qc->conn);
+  if (qc->goaway_final_ns && qc->goaway_final_ns < expiry) expiry = qc->goaway_final_ns;
   uint64_t now = quic_now_ns();
   uint64_t ns = expiry > now ? expiry - now : 0;
   struct timeval tv = {(time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000)};
@@ -507,7 +508,7 @@ static void conn_flush(struct flushable *f) {
   ngtcp2_conn_update_pkt_tx_time(qc->conn, ts);
   if (blocked) quic_ep_wait_writable(qc->ep, qc);
   update_timer(qc);
-  if (!blocked && qc->goaway && h3_idle(qc)) start_closing(qc);
+  if (!blocked && qc->goaway && qc->goaway_final_ns == 0 && h3_idle(qc)) start_closing(qc);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
@@ -518,12 +519,27 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     conn_free_later(qc); /* the closing/draining period is over */
     return;
   }
-  int rv = ngtcp2_conn_handle_expiry(qc->conn, quic_now_ns());
+  uint64_t now = quic_now_ns();
+  if (qc->goaway_final_ns && now >= qc->goaway_final_ns) {
+    qc->goaway_final_ns = 0;
+    h3_goaway(qc);
+  }
+  int rv = ngtcp2_conn_handle_expiry(qc->conn, now);
   if (rv != 0) {
     handle_error(qc, rv);
     return;
   }
   conn_flush(&qc->flush);
+}
+
+/* How long the first GOAWAY stands before the second: a few round trips
+ * (RFC 9114 5.2), and a second at least, as HTTP/2 waits, so requests
+ * already on their way arrive and are served. */
+static uint64_t goaway_grace_ns(struct quic_conn *qc) {
+  ngtcp2_conn_stat stat;
+  ngtcp2_conn_get_conn_stat(qc->conn, &stat);
+  uint64_t grace = 3 * stat.smoothed_rtt;
+  return grace > NGTCP2_SECONDS ? grace : NGTCP2_SECONDS;
 }
 
 /* ---------------------------------------------------------------------------
@@ -587,7 +603,8 @@ void quic_conn_close_now(struct quic_conn *qc, uint64_t app_error) {
 void quic_conn_shutdown(struct quic_conn *qc) {
   if (qc->dead || qc->closing || qc->draining || qc->goaway) return;
   qc->goaway = true;
-  if (qc->h3) h3_goaway(qc);
+  qc->goaway_final_ns = quic_now_ns() + goaway_grace_ns(qc);
+  if (qc->h3) h3_goaway_notice(qc);
   ngtcp2_connection_close_error_set_application_error(&qc->ccerr, H3_NO_ERROR, NULL, 0);
   quic_conn_want_flush(qc);
 }

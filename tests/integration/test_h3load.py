@@ -5,6 +5,8 @@ NEW_TOKEN reuse that skips Retry, and the field-section limit."""
 import hashlib
 import json
 import re
+import signal
+import subprocess
 
 import pytest
 
@@ -147,3 +149,27 @@ def test_qpack_settings_with_and_without_a_dynamic_table(worker, tmp_path):
     assert encoder_without <= 4, sent  # each stream's type byte, no insertion
     assert encoder_with >= 4 * 125, sent  # the cookie, once per connection
     assert per_request_without - per_request_with >= 100, sent
+
+def test_a_graceful_stop_serves_requests_already_on_their_way(worker):
+    """Graceful shutdown in two steps over HTTP/3 (RFC 9114 5.2): a stop
+    first sends a GOAWAY that refuses nothing, and only a second (or three
+    round trips) later the one naming the first stream not taken; the
+    connection closes after that. h3load --pause sends its second request
+    half a second after the stop began, without having read anything
+    meanwhile: it is served. With a single GOAWAY (and a close as soon as
+    the connection was idle) it was lost: "1 succeeded, 1 errored"."""
+    g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET,
+                retry="never")
+    p = subprocess.Popen([BIN / "h3load", "--timeout", "30", "-n", "2", "-c", "1", "-m", "1", "--pause", "500",
+                          f"https://127.0.0.1:{g.tls_port}/pid"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "pausing" in p.stdout.readline()  # the first answer is in; the socket goes unread
+        g.signal(signal.SIGTERM)
+        assert g.wait_log("stopping"), g.log()[-2000:]
+        out = p.stdout.read()
+        assert p.wait(timeout=60) == 0, out
+        assert "2 succeeded, 0 failed, 0 errored" in out, out
+        assert g.stop() == 0  # it exits once the connection has closed
+    finally:
+        p.kill()
+        g.stop()
