@@ -100,6 +100,7 @@ struct conn {
   gnutls_session_t tls;
   ngtcp2_crypto_conn_ref ref;
   int to_issue, inflight;
+  bool paused;   /* --pause: the socket is left unread */
   int64_t qpack_encoder_stream;
   bool ready, closed;
   ngtcp2_connection_close_error ccerr;
@@ -188,6 +189,7 @@ static void resume_after_pause(evutil_socket_t fd, short what, void *arg) {
   (void)fd; (void)what;
   struct conn *c = arg;
   if (c->closed) return;
+  c->paused = false;
   issue(c);
   conn_write(c); /* the request leaves before anything that came meanwhile is read */
   event_add(c->ev_read, NULL);
@@ -199,6 +201,7 @@ static void resume_after_pause(evutil_socket_t fd, short what, void *arg) {
 static void pause_then_issue(struct conn *c) {
   printf("h3load: pausing %d ms before the next request, not reading\n", O.pause_ms);
   fflush(stdout);
+  c->paused = true; /* on_read stops at once, though it may be in its loop now */
   event_del(c->ev_read);
   struct timeval tv = {O.pause_ms / 1000, (O.pause_ms % 1000) * 1000};
   event_base_once(G.base, -1, EV_TIMEOUT, resume_after_pause, c, &tv);
@@ -736,7 +739,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct conn *c = arg;
   static uint8_t buf[65536];
-  for (int i = 0; i < 64 && !c->closed; i++) {
+  for (int i = 0; i < 64 && !c->closed && !c->paused; i++) {
     struct iovec iov = {buf, sizeof buf};
     char ctrl[CMSG_SPACE(sizeof(int))];
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,

@@ -161,7 +161,7 @@ def test_a_graceful_stop_serves_requests_already_on_their_way(worker):
     g = Gateway(H3_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET,
                 retry="never")
     p = subprocess.Popen([BIN / "h3load", "--timeout", "30", "-n", "2", "-c", "1", "-m", "1", "--pause", "500",
-                          f"https://127.0.0.1:{g.tls_port}/pid"], stdout=subprocess.PIPE, text=True)
+                          f"https://127.0.0.1:{g.tls_port}/pid"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "pausing" in p.stdout.readline()  # the first answer is in; the socket goes unread
         g.signal(signal.SIGTERM)
