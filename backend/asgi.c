@@ -264,7 +264,8 @@ int asgi_stream_set_target(struct asgi_stream *s, const char *t, size_t len) {
   size_t path_len = q ? (size_t)(q - t) : len;
   Py_XDECREF(s->raw_path);
   Py_XDECREF(s->query);
-  s->raw_path = PyBytes_FromStringAndSize(t, (Py_ssize_t)path_len);
+  /* an empty path (absolute-form "http://host?q") is "/" */
+  s->raw_path = path_len ? PyBytes_FromStringAndSize(t, (Py_ssize_t)path_len) : PyBytes_FromString("/");
   s->query = q ? PyBytes_FromStringAndSize(q + 1, (Py_ssize_t)(len - path_len - 1))
                : Py_NewRef(K.empty_bytes);
   s->header_bytes += len;

@@ -82,28 +82,6 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
   return 0;
 }
 
-/* "http://host/path?q" → "/path?q", and *authority "host"; origin-form is
- * left alone (*authority NULL). */
-static void origin_form(const char **t, size_t *len, const char **authority, size_t *alen) {
-  *authority = NULL;
-  if (*len == 0 || (*t)[0] == '/' || (*t)[0] == '*') return;
-  const char *scheme_end = memchr(*t, ':', *len);
-  if (scheme_end == NULL || (size_t)(scheme_end - *t) + 3 > *len || scheme_end[1] != '/' ||
-      scheme_end[2] != '/')
-    return;
-  const char *host = scheme_end + 3, *end = *t + *len, *host_end = host;
-  while (host_end < end && *host_end != '/' && *host_end != '?') host_end++;
-  *authority = host;
-  *alen = (size_t)(host_end - host);
-  if (host_end == end || *host_end == '?') { /* "http://host" or "http://host?q": the path is "/" */
-    *t = "/";
-    *len = 1;
-    return;
-  }
-  *len = (size_t)(end - host_end);
-  *t = host_end;
-}
-
 /* RFC 9112 3.2: a path, or "*" for OPTIONS only (what HTTP/2 and HTTP/3
  * clients are held to by nghttp2). */
 static int check_target(const struct h1_request_head *head, const char *target, size_t len) {
@@ -134,10 +112,11 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   h->version_minor = head->version_minor;
   h->keep_alive = head->keep_alive && !h->conn->draining;
   if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
-  const char *target = head->target, *authority;
+  const char *target = head->target, *authority = NULL;
   size_t tlen = head->target_len, alen = 0;
-  origin_form(&target, &tlen, &authority, &alen);
-  int status = check_target(head, target, tlen);
+  /* absolute-form: the rest is the target ("" or "?q" stand for "/") */
+  bool absolute = h1_absolute_form(target, tlen, &authority, &alen, &target, &tlen);
+  int status = absolute && (tlen == 0 || target[0] == '?') ? 0 : check_target(head, target, tlen);
   if (status) return status;
   /* RFC 9112 3.2: one Host, and an HTTP/1.1 request must have it (an
    * absolute-form target's authority stands in for it) */

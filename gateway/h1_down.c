@@ -90,23 +90,20 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
 static void request_timeout(struct down_conn *c);
 
 /* :path, and :authority from an absolute-form target, whose authority wins
- * over Host (RFC 9112 3.2.2): "http://host/p?q" is "/p?q", "http://host?q"
- * is "/?q". */
+ * over Host: "http://host/p?q" is "/p?q", "http://host?q" is "/?q". */
 static int add_target(struct xchg *x, const char *t, size_t tlen) {
-  size_t scheme = tlen > 7 && strncasecmp(t, "http://", 7) == 0    ? 7
-                  : tlen > 8 && strncasecmp(t, "https://", 8) == 0 ? 8
-                                                                   : 0;
-  if (scheme == 0) return xchg_req_field(x, ":path", 5, t, tlen);
-  const char *auth = t + scheme, *end = t + tlen, *rest = auth;
-  while (rest < end && *rest != '/' && *rest != '?') rest++;
-  int rc = xchg_req_field(x, ":authority", 10, auth, (size_t)(rest - auth));
+  const char *auth, *rest;
+  size_t alen, rlen;
+  if (!h1_absolute_form(t, tlen, &auth, &alen, &rest, &rlen))
+    return xchg_req_field(x, ":path", 5, t, tlen);
+  int rc = xchg_req_field(x, ":authority", 10, auth, alen);
   if (rc) return rc;
-  if (rest < end && *rest == '/') return xchg_req_field(x, ":path", 5, rest, (size_t)(end - rest));
-  char *path = malloc((size_t)(end - rest) + 1);
+  if (rlen > 0 && rest[0] == '/') return xchg_req_field(x, ":path", 5, rest, rlen);
+  char *path = malloc(rlen + 1);
   if (path == NULL) return 503;
   path[0] = '/';
-  memcpy(path + 1, rest, (size_t)(end - rest));
-  rc = xchg_req_field(x, ":path", 5, path, (size_t)(end - rest) + 1);
+  memcpy(path + 1, rest, rlen);
+  rc = xchg_req_field(x, ":path", 5, path, rlen + 1);
   free(path);
   return rc;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static struct h1_parser *parser_of(llhttp_t *l) { return l->data; }
 
@@ -238,4 +239,19 @@ bool h1_parser_in_message(const struct h1_parser *p) { return p->in_message; }
 
 int h1_parser_finish(struct h1_parser *p) {
   return llhttp_finish(&p->llhttp) == HPE_OK ? 0 : -1;
+}
+
+bool h1_absolute_form(const char *target, size_t len, const char **authority, size_t *alen,
+                      const char **rest, size_t *rlen) {
+  size_t scheme = len >= 7 && strncasecmp(target, "http://", 7) == 0    ? 7
+                  : len >= 8 && strncasecmp(target, "https://", 8) == 0 ? 8
+                                                                        : 0;
+  if (scheme == 0) return false;
+  const char *host = target + scheme, *end = target + len, *host_end = host;
+  while (host_end < end && *host_end != '/' && *host_end != '?') host_end++;
+  *authority = host;
+  *alen = (size_t)(host_end - host);
+  *rest = host_end;
+  *rlen = (size_t)(end - host_end);
+  return true;
 }

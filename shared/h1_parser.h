@@ -87,4 +87,11 @@ bool h1_parser_in_message(const struct h1_parser *p);
 /* The client closed its side: ends a body that runs until EOF. */
 int h1_parser_finish(struct h1_parser *p);
 
+/* An absolute-form target ("http://host/p?q", RFC 9112 3.2.2), whose
+ * authority stands for Host: true, with the authority and the rest, which
+ * is empty or starts with '/' or '?' (then the path is "/" before it).
+ * False for any other form. */
+bool h1_absolute_form(const char *target, size_t len, const char **authority, size_t *alen,
+                      const char **rest, size_t *rlen);
+
 #endif

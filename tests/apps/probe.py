@@ -226,4 +226,4 @@ async def app(scope, receive, send):
                                 (b"X-Multi", b"b"), (b"Connection", b"keep-alive")]})
         await send({"type": "http.response.body", "body": b"created"})
     else:
-        await _json(send, {"error": "not found", "path": path}, status=404)
+        await _json(send, {"error": "not found", "path": path, "query": scope["query_string"].decode("latin1")}, status=404)

@@ -899,6 +899,10 @@ def test_which_host_a_request_names(gateway, worker):
                                               b"Connection: close\r\n\r\n")
         hosts = [v for k, v in json.loads(body)["headers"] if k == "host"]
         assert (status, hosts) == ("200", ["named.example"]), (port, status, hosts)
+        status, body = status_and_scope(port, b"GET http://named.example?x=1/2 HTTP/1.1\r\nHost: other.example\r\n"
+                                              b"Connection: close\r\n\r\n")
+        assert status == "404" and json.loads(body) == {"error": "not found", "path": "/", "query": "x=1/2"}, \
+            (port, status, body)
     hosts = [v for k, v in json.loads(status_and_scope(gateway.plain_port, b"GET /scope HTTP/1.0\r\n\r\n")[1])["headers"]
              if k == "host"]
     assert hosts == [f"127.0.0.1:{gateway.plain_port}"], hosts

@@ -142,5 +142,25 @@ int main(void) {
   for (int i = 0; i < 12; i++) snprintf(many + strlen(many), sizeof many - strlen(many), "X-%d: 1\r\n", i);
   strcat(many, "\r\n");
   CHECK(parse(many, &s) == 431);
+
+  /* Absolute-form targets (RFC 9112 3.2.2): the authority, and the rest. */
+  const struct {
+    const char *target, *authority, *rest;
+  } forms[] = {
+      {"http://a.example/p?q", "a.example", "/p?q"}, {"HTTPS://a.example:8443", "a.example:8443", ""},
+      {"http://a.example?x=1/2", "a.example", "?x=1/2"}, {"http://", "", ""},
+  };
+  for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+    const char *auth, *rest;
+    size_t alen, rlen;
+    CHECK(h1_absolute_form(forms[i].target, strlen(forms[i].target), &auth, &alen, &rest, &rlen));
+    CHECK(alen == strlen(forms[i].authority) && memcmp(auth, forms[i].authority, alen) == 0);
+    CHECK(rlen == strlen(forms[i].rest) && memcmp(rest, forms[i].rest, rlen) == 0);
+  }
+  const char *a, *r;
+  size_t al, rl;
+  CHECK(!h1_absolute_form("/p", 2, &a, &al, &r, &rl));
+  CHECK(!h1_absolute_form("ftp://a/p", 9, &a, &al, &r, &rl));
+  CHECK(!h1_absolute_form("*", 1, &a, &al, &r, &rl));
   CHECK_DONE();
 }
