@@ -345,9 +345,11 @@ static int join_value(PyObject **slot, const char *value, size_t vlen) {
 int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
                            const char *value, size_t vlen) {
   s->header_bytes += nlen + vlen + 32; /* RFC 9113 6.5.2 accounting */
-  if (NAME_IS("host")) s->host_fields++;
-  /* With :authority present the host header is redundant (RFC 9113 8.3.1). */
-  if (s->has_authority && NAME_IS("host")) return 0;
+  if (NAME_IS("host")) {
+    s->host_fields++;
+    /* With :authority present the host header is redundant (RFC 9113 8.3.1). */
+    if (s->has_authority) return 0;
+  }
   PyObject *n = PyBytes_FromStringAndSize(name, (Py_ssize_t)nlen);
   if (n == NULL) return -1;
   int rc = append_header(s, n, value, vlen);
@@ -792,7 +794,39 @@ static int check_field(const char *name, Py_ssize_t nl, const char *value, Py_ss
   return 0;
 }
 
-int asgi_validate_headers(PyObject *headers) {
+/* A Content-Length value: digits between optional blanks, at most 18 of
+ * them (so no overflow). */
+static int parse_length(const char *v, Py_ssize_t len, uint64_t *out) {
+  while (len > 0 && (*v == ' ' || *v == '\t')) v++, len--;
+  while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t')) len--;
+  if (len == 0 || len > 18) return -1;
+  uint64_t n = 0;
+  for (Py_ssize_t i = 0; i < len; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    n = n * 10 + (uint64_t)(v[i] - '0');
+  }
+  *out = n;
+  return 0;
+}
+
+/* The app's own Content-Length, into s: one field of digits. More than
+ * one (even equal) is refused, as nghttp2 refuses it upstream. */
+static int note_length(struct asgi_stream *s, const char *value, Py_ssize_t vl) {
+  if (s->resp_has_length) {
+    PyErr_SetString(PyExc_ValueError, "more than one Content-Length in the response");
+    return -1;
+  }
+  if (parse_length(value, vl, &s->resp_length) != 0) {
+    raise_showing(PyExc_ValueError, "invalid Content-Length in the response: %R", value, vl);
+    return -1;
+  }
+  s->resp_has_length = true;
+  return 0;
+}
+
+/* One pass over the fields an app sends: each checked, the whole weighed,
+ * and, for a response head (length_of), its Content-Length noted. */
+static int scan_fields(PyObject *headers, struct asgi_stream *length_of) {
   PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
   if (seq == NULL) return -1;
   size_t size = 0;
@@ -802,6 +836,8 @@ int asgi_validate_headers(PyObject *headers) {
     Py_ssize_t nl, vl;
     rc = asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl);
     if (rc == 0) rc = check_field(name, nl, value, vl);
+    if (rc == 0 && length_of && nl == 14 && strncasecmp(name, "content-length", 14) == 0)
+      rc = note_length(length_of, value, vl);
     size += (size_t)nl + (size_t)vl + 32;
   }
   Py_DECREF(seq);
@@ -812,6 +848,8 @@ int asgi_validate_headers(PyObject *headers) {
   }
   return rc;
 }
+
+int asgi_validate_headers(PyObject *headers) { return scan_fields(headers, NULL); }
 
 int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const char **value,
                      Py_ssize_t *vlen) {
@@ -835,43 +873,6 @@ int asgi_header_item(PyObject *item, const char **name, Py_ssize_t *nlen, const 
   *value = PyBytes_AS_STRING(v);
   *vlen = PyBytes_GET_SIZE(v);
   return 0;
-}
-
-/* A Content-Length value: digits between optional blanks, at most 18 of
- * them (so no overflow). */
-static int parse_length(const char *v, Py_ssize_t len, uint64_t *out) {
-  while (len > 0 && (*v == ' ' || *v == '\t')) v++, len--;
-  while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t')) len--;
-  if (len == 0 || len > 18) return -1;
-  uint64_t n = 0;
-  for (Py_ssize_t i = 0; i < len; i++) {
-    if (v[i] < '0' || v[i] > '9') return -1;
-    n = n * 10 + (uint64_t)(v[i] - '0');
-  }
-  *out = n;
-  return 0;
-}
-
-/* The app's own Content-Length, if it gives one: one field of digits.
- * More than one (even equal) is refused, as nghttp2 refuses it upstream. */
-static int declared_length(struct asgi_stream *s, PyObject *headers) {
-  PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
-  if (seq == NULL) return -1;
-  int rc = 0;
-  for (Py_ssize_t i = 0; rc == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
-    const char *name, *value;
-    Py_ssize_t nl, vl;
-    if (asgi_header_item(PySequence_Fast_GET_ITEM(seq, i), &name, &nl, &value, &vl) != 0) rc = -1;
-    else if (nl != 14 || strncasecmp(name, "content-length", 14) != 0) continue;
-    else if (s->resp_has_length)
-      PyErr_SetString(PyExc_ValueError, "more than one Content-Length in the response"), rc = -1;
-    else if (parse_length(value, vl, &s->resp_length) != 0)
-      raise_showing(PyExc_ValueError, "invalid Content-Length in the response: %R", value, vl), rc = -1;
-    else
-      s->resp_has_length = true;
-  }
-  Py_DECREF(seq);
-  return rc;
 }
 
 /* The body must be as long as the app's Content-Length says: a longer one
@@ -913,8 +914,7 @@ PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   }
   PyObject *headers = PyDict_GetItemWithError(msg, K.headers);
   if (headers == NULL && PyErr_Occurred()) return NULL;
-  if (headers != NULL && (asgi_validate_headers(headers) != 0 || declared_length(s, headers) != 0))
-    return NULL;
+  if (headers != NULL && scan_fields(headers, s) != 0) return NULL;
   PyObject *trailers = PyDict_GetItemWithError(msg, K.trailers);
   if (trailers == NULL && PyErr_Occurred()) return NULL;
   s->status = (int)code;
