@@ -220,19 +220,6 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
   return 0;
 }
 
-/* nghttp2 leaves a stream open when the response's HEADERS (or trailers)
- * could not go out, say a header block over its 64 KiB: the client would
- * wait for it forever. send() refuses such heads; this is the backstop. */
-static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int error,
-                             void *user) {
-  struct conn *c = user;
-  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-  log_warn("conn %llu stream %d: response header fields not sent (%s): resetting the stream",
-           (unsigned long long)c->id, frame->hd.stream_id, nghttp2_strerror(error));
-  nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
-  return 0;
-}
-
 /* ---------------------------------------------------------------------------
  * Response.
  */
@@ -491,7 +478,7 @@ int h2_conn_start(struct conn *c) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
-  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, h2_guard_reset_unsent_headers);
   if (h2_guard_option_new(&opt, c->peer_trusted) != 0) {
     nghttp2_session_callbacks_del(cbs);
     goto err_free;

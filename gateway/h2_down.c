@@ -167,20 +167,6 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
   return 0;
 }
 
-/* nghttp2 leaves a stream open when its response HEADERS (or trailers)
- * could not go out (a block over the send limit): the client would wait
- * for it forever. The backend's head limit keeps them small; this is the
- * backstop. */
-static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int error,
-                             void *user) {
-  (void)user;
-  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-  log_warn("HTTP/2 stream %d: response header fields not sent (%s): resetting the stream",
-           frame->hd.stream_id, nghttp2_strerror(error));
-  nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
-  return 0;
-}
-
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
   struct h2d *h = user;
   if (frame->hd.type == NGHTTP2_DATA) h2_abuse_refund(&h->abuse, frame);
@@ -308,7 +294,7 @@ static nghttp2_session_callbacks *callbacks(void) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
-  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, h2_guard_reset_unsent_headers);
   return cbs;
 }
 

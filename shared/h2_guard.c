@@ -1,5 +1,7 @@
 #include "h2_guard.h"
 
+#include "log.h"
+
 enum {
   ABUSE_BURST = 1000,  /* frames that do no request work, at once */
   ABUSE_RATE = 100,    /* and per second after that */
@@ -82,4 +84,14 @@ bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*
   a->last_ms = now_ms;
   a->tokens -= 1;
   return a->tokens < 0;
+}
+
+int h2_guard_reset_unsent_headers(nghttp2_session *session, const nghttp2_frame *frame, int error,
+                                  void *user) {
+  (void)user;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  log_warn("HTTP/2 stream %d: response header fields not sent (%s): resetting the stream",
+           frame->hd.stream_id, nghttp2_strerror(error));
+  nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
+  return 0;
 }

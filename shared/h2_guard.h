@@ -35,6 +35,12 @@ enum {
 int h2_guard_option_new(nghttp2_option **out, bool trusted_peer);
 /* Sends our SETTINGS and opens the connection window. */
 int h2_guard_submit_settings(nghttp2_session *session, const struct h2_server_settings *s);
+/* An on_frame_not_send callback. nghttp2 leaves a stream open when its
+ * response HEADERS (or trailers) could not go out, a block over the send
+ * limit say, and the client would wait for it forever: this resets it.
+ * The servers keep their heads under the limit; this is the backstop. */
+int h2_guard_reset_unsent_headers(nghttp2_session *session, const nghttp2_frame *frame, int error,
+                                  void *user);
 
 struct h2_abuse {
   double tokens;
