@@ -1,7 +1,8 @@
 /* libFuzzer target: the small parsers of text that comes from outside:
  * the worker's X-Forwarded-For, Forwarded and Via readers (from any peer
  * on a trusted network), and the config's durations, sizes, addresses and
- * network lists (from the config file). The first input byte picks one.
+ * network lists (from the config file), and the split of an absolute-form
+ * request target. The first input byte picks one.
  *
  * Beyond what the sanitizers catch it checks that a client host found is
  * NUL-terminated inside its buffer and a port in range, and that a parsed
@@ -13,6 +14,7 @@
 #include "addr.h"
 #include "cidr.h"
 #include "forwarded.h"
+#include "h1_parser.h"
 #include "units.h"
 #include "require.h"
 
@@ -40,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size) {
   struct forwarded_client client;
   char proto[16], via[16];
   uint64_t n;
-  switch (input[0] % 7) {
+  switch (input[0] % 8) {
   case 0:
     check_client(forwarded_xff_client(field, len, &trusted, &client), &client);
     break;
@@ -71,6 +73,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *input, size_t size) {
     const char *bad;
     (void)cidr_list_parse(text, &list, &bad);
     (void)cidr_list_match_text(&trusted, field, len);
+    break;
+  }
+  case 7: {
+    const char *authority, *rest;
+    size_t alen, rlen;
+    if (h1_absolute_form(field, len, &authority, &alen, &rest, &rlen)) {
+      /* the two pieces lie inside the target, in order, and end it */
+      REQUIRE(authority >= field && authority + alen == rest && rest + rlen == field + len);
+      REQUIRE(rlen == 0 || rest[0] == '/' || rest[0] == '?');
+    }
     break;
   }
   }
