@@ -156,6 +156,8 @@ void listener_free_tls(struct listener *l) {
   for (size_t i = 0; l->sni && i < l->sni->n; i++) SSL_CTX_free(l->sni->ctx[i]);
   free(l->sni);
   l->sni = NULL;
+  quic_certs_free(l->h3_certs);
+  l->h3_certs = NULL;
 }
 
 int listener_prepare(struct listener *l, const struct conf_listen *conf, const struct gw_conf *gconf,
@@ -166,7 +168,8 @@ int listener_prepare(struct listener *l, const struct conf_listen *conf, const s
   if (conf->tls) {
     l->ssl_ctx = make_ssl_ctx(conf, conf->certificate, conf->key, err, err_size);
     if (l->ssl_ctx == NULL) return -1;
-    if (conf->n_sni_certs > 0 && prepare_sni(l, conf, err, err_size) != 0) {
+    if ((conf->n_sni_certs > 0 && prepare_sni(l, conf, err, err_size) != 0) ||
+        (conf->http3 && (l->h3_certs = quic_certs_load(conf, err, err_size)) == NULL)) {
       listener_free_tls(l);
       return -1;
     }

@@ -16,6 +16,7 @@ struct listener {
   bool paused;          /* max_connections reached */
   bool h3_running;      /* a QUIC endpoint serves this port: advertise it */
   struct quic_endpoint *quic;
+  struct quic_certs *h3_certs; /* the certificates again, for QUIC (GnuTLS); NULL without HTTP/3 */
   char alt_svc[96];
 };
 

@@ -243,7 +243,7 @@ static void begin_stop(int sig) {
   }
   admin_stop();
   down_shutdown_all(false);
-  quic_shutdown_all();
+  quic_shutdown_all(false);
   M.stop_deadline_us = gw_now_us() + gw.rt->conf->graceful_timeout_ms * 1000;
   struct timeval tv = {0, 100000};
   M.stop_check = event_new(gw.base, -1, EV_PERSIST, on_stop_check, NULL);
@@ -267,8 +267,10 @@ static void reload(void) {
   setup_dns(conf);
   if (M.child == NULL && admin_start(conf, err, sizeof err) != 0) log_error("%s", err);
   runtime_switch(rt, gw.rt);
-  /* Old-generation connections finish what they are doing, then close. */
+  /* Old-generation connections finish what they are doing, then close:
+   * their clients come back to the new routes, servers and certificates. */
   down_shutdown_all(true);
+  quic_shutdown_all(true);
   log_info("configuration reloaded (generation %llu)", (unsigned long long)rt->generation);
 }
 

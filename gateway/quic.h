@@ -61,11 +61,18 @@ struct quic_cert {
   gnutls_x509_crt_t crt;
 };
 
-/* Shared TLS state of an endpoint: credentials, session tickets, 0-RTT
- * anti-replay. */
+/* A TLS listener's certificates for QUIC, loaded with its configuration
+ * generation (a reload renews them for new handshakes). A connection takes
+ * its generation's, which its reference to the runtime keeps alive. */
+struct quic_certs {
+  size_t n;
+  struct quic_cert cert[]; /* [0] the default, then those chosen by SNI */
+};
+
+/* Shared TLS state of an endpoint, the same across reloads: session
+ * tickets (their key comes from the endpoint's secret, so a ticket issued
+ * before a reload resumes after it), 0-RTT anti-replay. */
 struct quic_tls {
-  struct quic_cert *certs; /* [0] the default, then those chosen by SNI */
-  size_t n_certs;
   gnutls_datum_t ticket_key;
   gnutls_anti_replay_t anti_replay;
   gnutls_priority_t priority;
@@ -105,6 +112,7 @@ struct quic_conn {
   struct gw_runtime *rt;
   ngtcp2_conn *conn;
   gnutls_session_t tls;
+  const struct quic_certs *certs;  /* its generation's; rt keeps them */
   ngtcp2_crypto_conn_ref conn_ref;
   nghttp3_conn *h3;
   ngtcp2_path_storage ps;          /* the path of the last packet in */
@@ -138,8 +146,10 @@ const ngtcp2_mem *quic_ngtcp2_mem(void);
 const nghttp3_mem *quic_nghttp3_mem(void);
 
 /* quic_tls.c */
-int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_t secret[32],
-                  char *err, size_t err_size);
+/* The certificates of cl for QUIC, or NULL with a message in err. */
+struct quic_certs *quic_certs_load(const struct conf_listen *cl, char *err, size_t err_size);
+void quic_certs_free(struct quic_certs *certs);
+int quic_tls_init(struct quic_tls *t, const uint8_t secret[32], char *err, size_t err_size);
 void quic_tls_free(struct quic_tls *t);
 int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_t err_size);
 
@@ -225,7 +235,9 @@ bool quic_replay_seen_at(const uint8_t *client_hello_key, size_t len, time_t exp
 /* Moves the endpoint (socket and live connections) to the next generation. */
 void quic_listener_adopt(struct listener *to, struct listener *from);
 void quic_listener_close(struct listener *l);
-void quic_shutdown_all(void);
+/* Graceful: each connection (or each of an older configuration, which a
+ * reload moves on as it does TCP ones) gets the two-step GOAWAY. */
+void quic_shutdown_all(bool only_old_generations);
 size_t quic_connection_count(void);
 
 #endif

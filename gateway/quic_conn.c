@@ -23,6 +23,7 @@
 #include "addr.h"
 #include "config.h"
 #include "fastrand.h"
+#include "listener.h"
 #include "log.h"
 #include "quic.h"
 
@@ -311,6 +312,7 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
     goto err_free;
   }
   char err[256] = "";
+  qc->certs = ep->listener->h3_certs; /* the current generation's, as qc->rt below */
   if (quic_tls_session_new(qc, q->early_data, err, sizeof err) != 0) {
     log_warn("quic: %s", err);
     goto err_conn;

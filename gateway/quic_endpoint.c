@@ -537,7 +537,7 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
   memcpy(ep->secret, endpoint_secret(conf), sizeof ep->secret);
   ep->cids.key[0] = fastrand64();
   ep->cids.key[1] = fastrand64();
-  if (quic_tls_init(&ep->tls, cl, ep->secret, err, err_size) != 0) goto err_free;
+  if (quic_tls_init(&ep->tls, ep->secret, err, err_size) != 0) goto err_free;
   if (adopt_socket(ep, fd, conf, err, err_size) != 0) goto err_tls;
   fd = -1; /* the endpoint's now */
   ep->ev_read = event_new(gw.base, ep->fd, EV_READ | EV_PERSIST, on_readable, ep);
@@ -593,15 +593,12 @@ void quic_listener_close(struct listener *l) {
   free(ep);
 }
 
-void quic_shutdown_all(void) {
+void quic_shutdown_all(bool only_old_generations) {
   for (size_t i = 0; i < Q.n_eps; i++) {
-    struct quic_endpoint *ep = Q.eps[i];
-    event_del(ep->ev_read); /* no new connections; live ones drain */
-    event_add(ep->ev_read, NULL);
     struct quic_conn *qc, *next;
-    for (qc = LIST_FIRST(&ep->conns); qc; qc = next) {
+    for (qc = LIST_FIRST(&Q.eps[i]->conns); qc; qc = next) {
       next = LIST_NEXT(qc, link);
-      quic_conn_shutdown(qc);
+      if (!only_old_generations || qc->rt != gw.rt) quic_conn_shutdown(qc);
     }
   }
 }

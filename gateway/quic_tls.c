@@ -148,15 +148,13 @@ static void derive(const uint8_t secret[32], const char *label, uint8_t out[32])
   gnutls_hmac_fast(GNUTLS_MAC_SHA256, secret, 32, label, strlen(label), out);
 }
 
-/* Loads certs[n_certs]: a credentials set of its own (GnuTLS would choose
- * among several in one set by SNI, but by exact name only), and the leaf
- * certificate parsed, for our own choice. */
-static int load_certificate(struct quic_tls *t, const char *certificate, const char *key, char *err,
+/* Loads one certificate and key: a credentials set of its own (GnuTLS
+ * would choose among several in one set by SNI, but by exact name only),
+ * and the leaf certificate parsed, for our own choice. */
+static int load_certificate(struct quic_cert *qc, const char *certificate, const char *key, char *err,
                             size_t err_size) {
-  struct quic_cert *qc = &t->certs[t->n_certs];
   gnutls_datum_t der = {0};
   int rc = gnutls_certificate_allocate_credentials(&qc->cred);
-  if (rc >= 0) t->n_certs++;
   if (rc >= 0) rc = gnutls_certificate_set_x509_key_file(qc->cred, certificate, key, GNUTLS_X509_FMT_PEM);
   if (rc >= 0) rc = gnutls_certificate_get_crt_raw(qc->cred, 0, 0, &der);
   if (rc >= 0) rc = gnutls_x509_crt_init(&qc->crt);
@@ -166,14 +164,36 @@ static int load_certificate(struct quic_tls *t, const char *certificate, const c
   return -1;
 }
 
-int quic_tls_init(struct quic_tls *t, const struct conf_listen *cl, const uint8_t secret[32],
-                  char *err, size_t err_size) {
+struct quic_certs *quic_certs_load(const struct conf_listen *cl, char *err, size_t err_size) {
+  size_t n = 1 + cl->n_sni_certs;
+  struct quic_certs *certs = calloc(1, sizeof *certs + n * sizeof certs->cert[0]);
+  if (certs == NULL) {
+    snprintf(err, err_size, "out of memory");
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    certs->n = i + 1; /* freed with the set from now on, even half loaded */
+    const char *certificate = i == 0 ? cl->certificate : cl->sni_certs[i - 1].certificate;
+    const char *key = i == 0 ? cl->key : cl->sni_certs[i - 1].key;
+    if (load_certificate(&certs->cert[i], certificate, key, err, err_size) != 0) {
+      quic_certs_free(certs);
+      return NULL;
+    }
+  }
+  return certs;
+}
+
+void quic_certs_free(struct quic_certs *certs) {
+  if (certs == NULL) return;
+  for (size_t i = 0; i < certs->n; i++) {
+    if (certs->cert[i].cred) gnutls_certificate_free_credentials(certs->cert[i].cred);
+    if (certs->cert[i].crt) gnutls_x509_crt_deinit(certs->cert[i].crt);
+  }
+  free(certs);
+}
+
+int quic_tls_init(struct quic_tls *t, const uint8_t secret[32], char *err, size_t err_size) {
   memset(t, 0, sizeof *t);
-  t->certs = calloc(1 + cl->n_sni_certs, sizeof *t->certs);
-  if (t->certs == NULL || load_certificate(t, cl->certificate, cl->key, err, err_size) != 0) goto err;
-  for (size_t i = 0; i < cl->n_sni_certs; i++)
-    if (load_certificate(t, cl->sni_certs[i].certificate, cl->sni_certs[i].key, err, err_size) != 0)
-      goto err;
   /* GnuTLS session ticket keys are 64 bytes. */
   t->ticket_key.data = gnutls_malloc(64);
   t->ticket_key.size = 64;
@@ -202,13 +222,6 @@ err:
 }
 
 void quic_tls_free(struct quic_tls *t) {
-  for (size_t i = 0; i < t->n_certs; i++) {
-    gnutls_certificate_free_credentials(t->certs[i].cred);
-    if (t->certs[i].crt) gnutls_x509_crt_deinit(t->certs[i].crt);
-  }
-  free(t->certs);
-  t->certs = NULL;
-  t->n_certs = 0;
   if (t->ticket_key.data) {
     memset(t->ticket_key.data, 0, t->ticket_key.size);
     gnutls_free(t->ticket_key.data);
@@ -232,16 +245,16 @@ static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) {
  * too, else the default). */
 static int select_certificate(gnutls_session_t s) {
   const ngtcp2_crypto_conn_ref *ref = gnutls_session_get_ptr(s);
-  const struct quic_tls *t = &((const struct quic_conn *)ref->user_data)->ep->tls;
+  const struct quic_certs *certs = ((const struct quic_conn *)ref->user_data)->certs;
   char name[256];
   size_t len = sizeof name - 1;
   unsigned type;
   if (gnutls_server_name_get(s, name, &len, &type, 0) < 0 || type != GNUTLS_NAME_DNS) return 0;
   name[len] = '\0';
-  if (gnutls_x509_crt_check_hostname(t->certs[0].crt, name)) return 0;
-  for (size_t i = 1; i < t->n_certs; i++)
-    if (gnutls_x509_crt_check_hostname(t->certs[i].crt, name))
-      return gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->certs[i].cred);
+  if (gnutls_x509_crt_check_hostname(certs->cert[0].crt, name)) return 0;
+  for (size_t i = 1; i < certs->n; i++)
+    if (gnutls_x509_crt_check_hostname(certs->cert[i].crt, name))
+      return gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, certs->cert[i].cred);
   return 0;
 }
 
@@ -258,7 +271,7 @@ int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_
   static const gnutls_datum_t h3 = {(unsigned char *)"h3", 2};
   if ((rc = gnutls_priority_set(s, t->priority)) < 0 ||
       (rc = gnutls_session_ticket_enable_server(s, &t->ticket_key)) < 0 ||
-      (rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->certs[0].cred)) < 0 ||
+      (rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, qc->certs->cert[0].cred)) < 0 ||
       (rc = gnutls_alpn_set_protocols(s, &h3, 1, GNUTLS_ALPN_MANDATORY)) < 0) {
     snprintf(err, err_size, "TLS session: %s", gnutls_strerror(rc));
     gnutls_deinit(s);
@@ -273,7 +286,7 @@ int quic_tls_session_new(struct quic_conn *qc, bool early_data, char *err, size_
     gnutls_anti_replay_enable(s, t->anti_replay);
     gnutls_record_set_max_early_data_size(s, 0xffffffffu);
   }
-  if (t->n_certs > 1) gnutls_handshake_set_post_client_hello_function(s, select_certificate);
+  if (qc->certs->n > 1) gnutls_handshake_set_post_client_hello_function(s, select_certificate);
   qc->conn_ref.get_conn = get_conn;
   qc->conn_ref.user_data = qc;
   gnutls_session_set_ptr(s, &qc->conn_ref);
