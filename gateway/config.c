@@ -244,13 +244,51 @@ static int route_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *node
   return 0;
 }
 
+/* A route's own limits and timeouts: the top-level keys of the same names
+ * (bounds included); what it leaves out is the top level's. */
+#define INHERITED UINT64_MAX
+static const struct key_spec route_limits_keys[] = {
+    KEY("max_body_size", K_SIZE, struct conf_route, limits.max_body_size, .min = 0, .max = INHERITED - 1),
+    END_KEYS,
+};
+static const struct map_spec route_limits_spec = {"route limits", route_limits_keys, 0, NULL, NULL};
+
+static const struct key_spec route_timeouts_keys[] = {
+    KEY("response_header", K_DURATION, struct conf_route, limits.response_header_timeout_ms, .min = 10,
+        .max = SEC(86400)),
+    KEY("idle", K_DURATION, struct conf_route, limits.idle_timeout_ms, .min = 10, .max = SEC(86400)),
+    KEY("websocket_idle", K_DURATION, struct conf_route, limits.websocket_idle_timeout_ms, .min = 10,
+        .max = SEC(7 * 86400)),
+    END_KEYS,
+};
+static const struct map_spec route_timeouts_spec = {"route timeouts", route_timeouts_keys, 0, NULL, NULL};
+
+static void route_defaults(void *obj) {
+  struct conf_route *r = obj;
+  r->limits = (struct conf_exchange_limits){INHERITED, INHERITED, INHERITED, INHERITED};
+}
+
+static void inherit(uint64_t *value, uint64_t from_top_level) {
+  if (*value == INHERITED) *value = from_top_level;
+}
+
+/* Once the whole file is read: what a route left out is the top level's. */
+static void route_inherit(struct conf_route *r, const struct conf_exchange_limits *top) {
+  inherit(&r->limits.max_body_size, top->max_body_size);
+  inherit(&r->limits.response_header_timeout_ms, top->response_header_timeout_ms);
+  inherit(&r->limits.idle_timeout_ms, top->idle_timeout_ms);
+  inherit(&r->limits.websocket_idle_timeout_ms, top->websocket_idle_timeout_ms);
+}
+
 static const struct key_spec route_keys[] = {
     KEY("host", K_STR, struct conf_route, host),
     KEY("path_prefix", K_STR, struct conf_route, path_prefix),
     KEY("upstream", K_STR, struct conf_route, upstream, .required = true),
+    SECTION("limits", route_limits_spec),
+    SECTION("timeouts", route_timeouts_spec),
     END_KEYS,
 };
-static const struct map_spec route_spec = {"route", route_keys, sizeof(struct conf_route), NULL,
+static const struct map_spec route_spec = {"route", route_keys, sizeof(struct conf_route), route_defaults,
                                            route_check};
 
 /* sections of the top level that group settings */
@@ -258,7 +296,7 @@ static const struct key_spec limits_keys[] = {
     KEY("max_connections", K_U32, struct gw_conf, max_connections, .min = 1, .max = 10000000),
     KEY("max_header_bytes", K_SIZE, struct gw_conf, max_header_bytes, .min = 1024, .max = 16 << 20),
     KEY("max_header_count", K_U32, struct gw_conf, max_header_count, .min = 8, .max = 10000),
-    KEY("max_body_size", K_SIZE, struct gw_conf, max_body_size, .min = 0, .max = UINT64_MAX),
+    KEY("max_body_size", K_SIZE, struct gw_conf, exchange.max_body_size, .min = 0, .max = UINT64_MAX),
     KEY("body_buffer", K_SIZE, struct gw_conf, body_buffer, .min = 16384, .max = 64 << 20),
     KEY("h2_max_concurrent_streams", K_U32, struct gw_conf, h2_max_concurrent_streams, .min = 1,
         .max = 100000),
@@ -270,9 +308,11 @@ static const struct key_spec timeouts_keys[] = {
     KEY("client_header", K_DURATION, struct gw_conf, client_header_timeout_ms, .min = 100, .max = SEC(3600)),
     KEY("keepalive", K_DURATION, struct gw_conf, keepalive_timeout_ms, .min = 0, .max = SEC(86400)),
     KEY("connect", K_DURATION, struct gw_conf, connect_timeout_ms, .min = 10, .max = SEC(600)),
-    KEY("response_header", K_DURATION, struct gw_conf, response_header_timeout_ms, .min = 10, .max = SEC(86400)),
-    KEY("idle", K_DURATION, struct gw_conf, idle_timeout_ms, .min = 10, .max = SEC(86400)),
-    KEY("websocket_idle", K_DURATION, struct gw_conf, websocket_idle_timeout_ms, .min = 10, .max = SEC(7 * 86400)),
+    KEY("response_header", K_DURATION, struct gw_conf, exchange.response_header_timeout_ms, .min = 10,
+        .max = SEC(86400)),
+    KEY("idle", K_DURATION, struct gw_conf, exchange.idle_timeout_ms, .min = 10, .max = SEC(86400)),
+    KEY("websocket_idle", K_DURATION, struct gw_conf, exchange.websocket_idle_timeout_ms, .min = 10,
+        .max = SEC(7 * 86400)),
     KEY("graceful_shutdown", K_DURATION, struct gw_conf, graceful_timeout_ms, .min = 0, .max = SEC(86400)),
     END_KEYS,
 };
@@ -402,9 +442,9 @@ static void top_defaults(void *obj) {
   c->client_header_timeout_ms = SEC(10);
   c->keepalive_timeout_ms = SEC(75);
   c->connect_timeout_ms = SEC(5);
-  c->response_header_timeout_ms = SEC(60);
-  c->idle_timeout_ms = SEC(60);
-  c->websocket_idle_timeout_ms = SEC(3600);
+  c->exchange.response_header_timeout_ms = SEC(60);
+  c->exchange.idle_timeout_ms = SEC(60);
+  c->exchange.websocket_idle_timeout_ms = SEC(3600);
   c->graceful_timeout_ms = SEC(30);
   c->h2_stream_window = 1 << 20;
   c->h2_connection_window = 16 << 20;
@@ -743,6 +783,7 @@ static int cross_check(struct parse_ctx *ctx, struct gw_conf *c) {
       return fail_at(ctx, top_value(ctx, "routes", i), "route names upstream \"%s\", which is not defined",
                      r->upstream);
     r->upstream_index = j;
+    route_inherit(r, &c->exchange);
   }
   if (c->n_listens == 0) return fail_at(ctx, top_value(ctx, "listen", 0), "listen has no entries");
   if (c->n_routes == 0) return fail_at(ctx, top_value(ctx, "routes", 0), "routes has no entries");

@@ -66,11 +66,22 @@ struct conf_upstream {
   struct conf_health_check health_check;
 };
 
+/* What a route may set for its own requests (an upload endpoint takes
+ * larger bodies, a report endpoint answers slowly); the top level's are
+ * the defaults, copied into each route that does not set its own. */
+struct conf_exchange_limits {
+  uint64_t max_body_size;             /* 0: unlimited */
+  uint64_t response_header_timeout_ms;
+  uint64_t idle_timeout_ms;
+  uint64_t websocket_idle_timeout_ms; /* a WebSocket with no bytes either way */
+};
+
 struct conf_route {
   char *host;               /* NULL: any host */
   char *path_prefix;
   char *upstream;
   size_t upstream_index;
+  struct conf_exchange_limits limits;
 };
 
 enum quic_retry_mode {
@@ -129,16 +140,13 @@ struct gw_conf {
   uint32_t max_connections;
   uint64_t max_header_bytes;
   uint32_t max_header_count;
-  uint64_t max_body_size;   /* 0: unlimited */
+  struct conf_exchange_limits exchange; /* with the timeouts below: each route's defaults */
   uint64_t body_buffer;     /* per exchange and direction */
   uint32_t h2_max_concurrent_streams;
   /* timeouts */
   uint64_t client_header_timeout_ms;
   uint64_t keepalive_timeout_ms;
   uint64_t connect_timeout_ms;
-  uint64_t response_header_timeout_ms;
-  uint64_t websocket_idle_timeout_ms; /* a WebSocket with no bytes either way */
-  uint64_t idle_timeout_ms;
   uint64_t graceful_timeout_ms;
   /* HTTP/2, both sides */
   uint32_t h2_stream_window;

@@ -142,9 +142,12 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
     h->req_done = true;
     x->req_end = true;
   }
-  if (x->expect_continue && !h->req_done && h->version_minor >= 1)
-    evbuffer_add(bufferevent_get_output(h->c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  bool wants_continue = x->expect_continue && !h->req_done && h->version_minor >= 1;
   xchg_req_head_done(x); /* errors come back as a local response */
+  /* The body is asked for only when the request goes on: a 413 or 404
+   * spares the client the upload (RFC 9110 10.1.1). */
+  if (wants_continue && h->x == x && x->state != XS_DONE && x->state != XS_RESPONDING)
+    evbuffer_add(bufferevent_get_output(h->c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
   return 0;
 }
 
@@ -339,6 +342,9 @@ static void write_head(struct h1d *h) {
       h->keep_alive = false;
     }
   }
+  /* Our own answer to a request whose body is still coming (a 413, a 404):
+   * the connection closes after it rather than read a body nobody wants. */
+  if (x->resp_local && !h->req_done) h->keep_alive = false;
   if (!h->keep_alive || h->broken) evbuffer_add(out, "connection: close\r\n", 19);
   else if (h->version_minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
   evbuffer_add(out, "\r\n", 2);

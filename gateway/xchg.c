@@ -46,7 +46,7 @@ static void arm_timer(struct xchg *x, uint64_t ms) {
 
 /* How long a response may go without progress: a WebSocket has its own. */
 static uint64_t idle_ms(const struct xchg *x) {
-  return x->websocket ? x->rt->conf->websocket_idle_timeout_ms : x->rt->conf->idle_timeout_ms;
+  return x->websocket ? x->limits->websocket_idle_timeout_ms : x->limits->idle_timeout_ms;
 }
 
 /* Progress on a response. The idle timer is not moved on every chunk (an
@@ -122,6 +122,7 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
   if (x == NULL) return NULL;
   x->id = ++gw.next_id;
   x->rt = gw_runtime_ref(rt);
+  x->limits = &rt->conf->exchange;
   x->proto = proto;
   x->state = XS_REQ_HEAD;
   x->i_method = x->i_scheme = x->i_authority = x->i_path = x->i_protocol = -1;
@@ -229,8 +230,7 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
       v = v * 10 + (value[i] - '0');
     }
     if (x->req_content_length >= 0 && x->req_content_length != v) return 400;
-    x->req_content_length = v;
-    if (conf->max_body_size && (uint64_t)v > conf->max_body_size) return 413;
+    x->req_content_length = v; /* held against the route's max_body_size once routed */
   } else if (name_eq(name, nlen, "host")) {
     if (x->saw_host) return 400; /* RFC 9112 3.2: one Host, or the hosts may disagree */
     x->saw_host = true;
@@ -462,7 +462,7 @@ static bool host_matches(const char *pattern, const char *host) {
 /* The most specific route: one naming the host beats one that doesn't,
  * then the longest path prefix. "OPTIONS *" asks about the server as a
  * whole (RFC 9110 9.3.7), so the route that serves "/" answers it. */
-static struct up_pool *route(struct xchg *x) {
+static const struct conf_route *route(struct xchg *x) {
   const struct gw_conf *conf = x->rt->conf;
   char host[256];
   host_of(hdr_value(&x->req, x->i_authority), host, sizeof host);
@@ -478,7 +478,7 @@ static struct up_pool *route(struct xchg *x) {
     size_t score = (r->host ? 1u << 20 : 0) + plen + 1;
     if (score > best_score) best_score = score, best = (long)i;
   }
-  return best < 0 ? NULL : x->rt->pools[conf->routes[best].upstream_index];
+  return best < 0 ? NULL : &conf->routes[best];
 }
 
 /* Extended CONNECT from an HTTP/2 or HTTP/3 client (RFC 8441, RFC 9220):
@@ -561,10 +561,17 @@ int xchg_req_head_done(struct xchg *x) {
     xchg_respond_local(x, 503, "out of memory");
     return 503;
   }
-  x->pool = route(x);
-  if (x->pool == NULL) {
+  const struct conf_route *r = route(x);
+  if (r == NULL) {
     xchg_respond_local(x, 404, "no route for this host and path");
     return 404;
+  }
+  x->pool = x->rt->pools[r->upstream_index];
+  x->limits = &r->limits;
+  if (x->limits->max_body_size && x->req_content_length > 0 &&
+      (uint64_t)x->req_content_length > x->limits->max_body_size) {
+    xchg_respond_local(x, 413, "request body too large");
+    return 413;
   }
   x->state = XS_QUEUED;
   x->queued_us = gw_now_us();
@@ -576,11 +583,11 @@ int xchg_req_head_done(struct xchg *x) {
  * Request body.
  */
 int xchg_req_body(struct xchg *x, const void *data, size_t len) {
-  const struct gw_conf *conf = x->rt->conf;
   x->req_bytes += len;
   if (x->websocket && x->state == XS_RESPONDING) note_progress(x);
   if (x->ws_open) ws_boundary_feed(&x->ws_up, data, len, true);
-  if (conf->max_body_size && x->req_bytes > conf->max_body_size && !x->websocket) {
+  uint64_t max_body_size = x->limits->max_body_size;
+  if (max_body_size && x->req_bytes > max_body_size && !x->websocket) {
     if (x->state != XS_RESPONDING && x->state != XS_DONE) {
       if (x->up.conn || queued(x)) up_cancel(x);
       xchg_respond_local(x, 413, "request body too large");
@@ -629,7 +636,7 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
  * Response.
  */
 
-void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->rt->conf->response_header_timeout_ms); }
+void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->limits->response_header_timeout_ms); }
 
 /* Connection-specific fields a backend's response may carry (by length
  * first: this runs for every response). */

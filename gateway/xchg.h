@@ -116,6 +116,7 @@ struct xchg {
   bool down_attached;
   struct xchg_up up;
   struct up_pool *pool;
+  const struct conf_exchange_limits *limits; /* its route's, or the top level's before routing */
   struct up_server *server; /* the server of the current or last attempt */
   uint8_t attempts;
   /* Servers that reset the request (their app failed): never tried again

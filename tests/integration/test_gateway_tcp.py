@@ -562,6 +562,79 @@ def test_body_limit_413_and_slow_request_head_408(worker, tmp_path):
         g.stop()
 
 
+ROUTE_LIMITS_CONFIG = """
+listen:
+  - address: 127.0.0.1:{tls_port}
+    tls: {{certificate: cert.pem, key: key.pem}}
+  - address: 127.0.0.1:{plain_port}
+limits: {{max_body_size: 1k}}
+timeouts: {{response_header: 1s}}
+upstreams:
+  - name: app
+    servers: [{servers}]
+routes:
+  - path_prefix: /upload
+    upstream: app
+    limits: {{max_body_size: 64k}}
+  - path_prefix: /sleep
+    upstream: app
+  - path_prefix: /scope
+    upstream: app
+  - host: slow.example
+    path_prefix: /sleep
+    upstream: app
+    timeouts: {{response_header: 10s}}
+"""
+
+
+def test_a_route_sets_its_own_body_limit_and_timeouts(worker, tmp_path):
+    """A route's limits and timeouts (an upload endpoint taking larger
+    bodies, a slow one more time) override the top level's for its
+    requests only; what it leaves out is the top level's. The Content-Length
+    is held against the route's limit, so a too-large upload gets its 413
+    before any of it is sent, and an Expect: 100-continue request that is
+    refused (413, or 404 with no route) never gets a 100 Continue: the
+    gateway used to send it before routing, and the client its body."""
+    g = Gateway(ROUTE_LIMITS_CONFIG, servers=f"127.0.0.1:{worker.port}")
+    try:
+        def status(*args):
+            r = curl("-o", "/dev/null", "-w", "%{http_code}", *args)
+            return r.stdout if r.returncode == 0 else (r.stdout, r.stderr)
+
+        def h2_upload_status(path, size):
+            # nghttp, not curl 7.88: see test_body_limit_413_and_slow_request_head_408
+            body = tmp_path / f"body{size}"
+            body.write_bytes(b"x" * size)
+            out = run(["nghttp", "-nv", "-d", str(body), g.plain_url(path)], timeout=30).stdout
+            return re.findall(r":status: (\d+)", out)
+
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            assert curl_json(*flags, "--data-binary", "x" * 65536, g.plain_url("/upload"))["size"] == 65536
+            assert status(*flags, "--data-binary", "x" * 1024, g.plain_url("/scope")) == "200"
+        assert status("--http1.1", "-H", "Expect:", "--data-binary", "x" * 65537, g.plain_url("/upload")) == "413"
+        assert status("--http1.1", "-H", "Expect:", "--data-binary", "x" * 1025, g.plain_url("/scope")) == "413"
+        assert h2_upload_status("/upload", 65537) == ["413"]
+        assert h2_upload_status("/scope", 1025) == ["413"]
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            # the route's 10 s for the slow host, the top level's 1 s elsewhere
+            assert status(*flags, "-H", "Host: slow.example", g.plain_url("/sleep?s=1.5")) == "200"
+            assert status(*flags, g.plain_url("/sleep?s=1.5")) == "504"
+        for path, answer in (("/upload", b"413"), ("/nowhere", b"404"), ("/scope", b"413")):
+            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                    f"Expect: 100-continue\r\n\r\n").encode()
+            reply = raw_http(g.plain_port, head)  # no body sent: the answer must come without it
+            assert reply.startswith(b"HTTP/1.1 " + answer), (path, reply[:200])
+            assert b"100 Continue" not in reply and b"connection: close" in reply, (path, reply[:300])
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            s.sendall(head)
+            assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"hello")
+            assert b'"size": 5' in s.recv(65536)
+    finally:
+        g.stop()
+
+
 def test_body_buffer_bounds_what_the_gateway_holds_of_an_upload(worker, tmp_path):
     """limits.body_buffer: while the app reads nothing (the backend's 1 MiB
     stream window fills), the gateway stops reading an HTTP/1.1 upload once
