@@ -23,6 +23,9 @@ static const char usage_text[] =
     "  --workers N                worker processes (default: $H3GATE_WORKERS, $WEB_CONCURRENCY or CPUs)\n"
     "  --app-dir DIR              put DIR first on sys.path (default: .)\n"
     "  --factory                  MODULE:ATTR is a factory returning the app\n"
+    "  --reload                   restart the workers when a .py file in --app-dir (and\n"
+    "                             below) changes; for development\n"
+    "  --reload-dir DIR           watch DIR instead, repeatable (implies --reload)\n"
     "  --root-path PATH           ASGI root_path (the app is mounted below PATH)\n"
     "  --forwarded-allow-ips LIST peers trusted for X-Forwarded-*, Forwarded and Via\n"
     "                             (default: 127.0.0.1,::1,unix; \"*\" trusts everyone)\n"
@@ -50,7 +53,7 @@ enum {
   OPT_BIND = 256, OPT_UDS, OPT_WORKERS, OPT_APP_DIR, OPT_FACTORY, OPT_ROOT_PATH, OPT_FWD,
   OPT_LIFESPAN, OPT_LOOP, OPT_MAX_REQ, OPT_GRACEFUL, OPT_KEEPALIVE, OPT_HEAD, OPT_STREAMS,
   OPT_SWIN, OPT_CWIN, OPT_BACKLOG, OPT_LOG_LEVEL, OPT_ACCESS, OPT_NO_ACCESS, OPT_HELP,
-  OPT_VERSION, OPT_WS_MAX, OPT_WS_PING, OPT_WS_PING_TIMEOUT,
+  OPT_VERSION, OPT_WS_MAX, OPT_WS_PING, OPT_WS_PING_TIMEOUT, OPT_RELOAD, OPT_RELOAD_DIR,
 };
 
 static const struct option long_opts[] = {
@@ -59,6 +62,8 @@ static const struct option long_opts[] = {
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"app-dir", required_argument, NULL, OPT_APP_DIR},
     {"factory", no_argument, NULL, OPT_FACTORY},
+    {"reload", no_argument, NULL, OPT_RELOAD},
+    {"reload-dir", required_argument, NULL, OPT_RELOAD_DIR},
     {"root-path", required_argument, NULL, OPT_ROOT_PATH},
     {"forwarded-allow-ips", required_argument, NULL, OPT_FWD},
     {"lifespan", required_argument, NULL, OPT_LIFESPAN},
@@ -153,6 +158,12 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
       break;
     case OPT_APP_DIR: o->app_dir = optarg; break;
     case OPT_FACTORY: o->factory = true; break;
+    case OPT_RELOAD: o->reload = true; break;
+    case OPT_RELOAD_DIR:
+      if (o->n_reload_dirs == MAX_RELOAD_DIRS) return usage_error("at most %s --reload-dir options", "16");
+      o->reload_dirs[o->n_reload_dirs++] = optarg;
+      o->reload = true;
+      break;
     case OPT_ROOT_PATH: o->root_path = optarg; break;
     case OPT_FWD: fwd = optarg; break;
     case OPT_LIFESPAN:
@@ -237,6 +248,7 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
   if (cidr_list_parse(fwd, &c->forwarded_allow, &bad) != 0)
     return usage_error("bad --forwarded-allow-ips entry at \"%s\"", bad);
   if (o->n_binds == 0 && o->uds == NULL) o->binds[o->n_binds++] = "127.0.0.1:8000";
+  if (o->reload && o->n_reload_dirs == 0) o->reload_dirs[o->n_reload_dirs++] = o->app_dir;
   c->worker_count = (uint32_t)o->workers;
   return 0;
 }

@@ -7,7 +7,7 @@
 
 #include "server.h"
 
-enum { MAX_BINDS = 8 };
+enum { MAX_BINDS = 8, MAX_RELOAD_DIRS = 16 };
 
 struct worker_options {
   const char *app;
@@ -16,6 +16,9 @@ struct worker_options {
   const char *uds;
   int workers;
   const char *app_dir;
+  bool reload;          /* restart the workers when a Python file changes */
+  const char *reload_dirs[MAX_RELOAD_DIRS]; /* what --reload watches (default: app_dir) */
+  int n_reload_dirs;
   bool factory;
   const char *root_path;
   const char *lifespan; /* auto, on, off */

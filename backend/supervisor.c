@@ -9,7 +9,8 @@
  *
  * Signals: TERM/INT graceful stop (QUIT: stop now), HUP rolling restart,
  * TTIN/TTOU one worker more/less, CHLD restarts crashed workers with
- * back-off.
+ * back-off. With --reload, a changed Python file starts the same rolling
+ * restart.
  */
 #include "supervisor.h"
 
@@ -27,6 +28,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "code_watch.h"
 #include "log.h"
 #include "sock.h"
 #include "worker.h"
@@ -39,6 +41,9 @@ enum {
   BACKOFF_MAX_MS = 10000,
   STABLE_AFTER_MS = 5000, /* a worker that lived this long resets its back-off */
   KILL_GRACE_MS = 5000,   /* after the graceful timeout, before SIGKILL */
+  /* --reload: an editor's save, or a git checkout, is a burst of events;
+   * the restart waits for this much quiet. */
+  RELOAD_SETTLE_MS = 200,
 };
 
 enum child_state {
@@ -73,6 +78,8 @@ static struct {
   int uds_fd;
   uint16_t bound_ports[MAX_BINDS]; /* actual ports, so ":0" works with many slots */
   int sigfd;
+  struct code_watch *watch; /* --reload */
+  uint64_t reload_at_ms;    /* 0: no restart for changed code pending */
   bool stopping;
   bool initial_startup;
   uint64_t kill_at_ms;
@@ -204,6 +211,7 @@ static void child_process(int slot, int ready_wr) {
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   close(V.sigfd);
+  if (V.watch) close(code_watch_fd(V.watch));
   for (int i = 0; i < V.n_children; i++)
     if (V.children[i].ready_fd >= 0) close(V.children[i].ready_fd);
   for (int i = 0; i < V.n_slots; i++) {
@@ -289,6 +297,10 @@ static void child_exited(struct child *c, int status) {
     /* The app could not load or refused to start (lifespan). */
     if (slot_children(slot, CHILD_SERVING) > 0) {
       log_error("worker %d: the new process %s; the old one keeps serving", slot, how);
+    } else if (V.watch) {
+      /* --reload: the fix is one save away, as with uvicorn --reload. */
+      log_error("worker %d (pid %d) could not start (%s): waiting for the code to change", slot,
+                (int)pid, how);
     } else {
       log_error("worker %d (pid %d) could not start (%s): stopping", slot, (int)pid, how);
       V.exit_code = WEXITSTATUS(status);
@@ -340,8 +352,12 @@ static void begin_shutdown(int sig) {
   for (int i = 0; i < V.n_children; i++) stop_child(&V.children[i], SIGTERM);
 }
 
-static void rolling_restart(void) {
-  log_info("SIGHUP: starting %d fresh workers with the app's current code", V.n_slots);
+static void rolling_restart(const char *why) {
+  log_info("%s: starting %d fresh workers with the app's current code", why, V.n_slots);
+  /* Workers still starting from an earlier restart load older code: were
+   * one of them ready after its successor, it would take over from it. */
+  for (int i = 0; i < V.n_children; i++)
+    if (V.children[i].state == CHILD_STARTING) stop_child(&V.children[i], SIGTERM);
   for (int i = 0; i < V.n_slots; i++)
     if (V.slots[i].in_use && !V.slots[i].retiring) spawn(i);
 }
@@ -376,7 +392,7 @@ static void handle_signal(int sig) {
   case SIGTERM:
   case SIGINT:
   case SIGQUIT: begin_shutdown(sig); break;
-  case SIGHUP: if (!V.stopping) rolling_restart(); break;
+  case SIGHUP: if (!V.stopping) rolling_restart("SIGHUP"); break;
   case SIGTTIN: if (!V.stopping) add_worker(); break;
   case SIGTTOU: if (!V.stopping) remove_worker(); break;
   }
@@ -390,6 +406,7 @@ static int poll_timeout(void) {
   for (int i = 0; i < V.n_slots; i++)
     if (V.slots[i].restart_at_ms && V.slots[i].restart_at_ms < next) next = V.slots[i].restart_at_ms;
   if (V.stopping && V.kill_at_ms < next) next = V.kill_at_ms;
+  if (V.reload_at_ms && V.reload_at_ms < next) next = V.reload_at_ms;
   if (next == UINT64_MAX) return -1;
   return next <= now ? 0 : (int)(next - now);
 }
@@ -407,6 +424,10 @@ static void run_timers(void) {
     }
     return;
   }
+  if (V.reload_at_ms && V.reload_at_ms <= now) {
+    V.reload_at_ms = 0;
+    rolling_restart("--reload: a Python file changed");
+  }
   for (int i = 0; i < V.n_slots; i++) {
     struct slot *s = &V.slots[i];
     if (s->restart_at_ms && s->restart_at_ms <= now) {
@@ -418,10 +439,12 @@ static void run_timers(void) {
 
 static void loop(void) {
   while (!(V.stopping && V.n_children == 0)) {
-    struct pollfd pfd[1 + MAX_CHILDREN];
-    struct child *who[1 + MAX_CHILDREN];
+    struct pollfd pfd[2 + MAX_CHILDREN];
+    struct child *who[2 + MAX_CHILDREN];
     int n = 0;
     pfd[n++] = (struct pollfd){.fd = V.sigfd, .events = POLLIN};
+    /* -1 (ignored by poll) without --reload */
+    pfd[n++] = (struct pollfd){.fd = V.watch ? code_watch_fd(V.watch) : -1, .events = POLLIN};
     for (int i = 0; i < V.n_children; i++) {
       if (V.children[i].ready_fd < 0) continue;
       who[n] = &V.children[i];
@@ -435,7 +458,7 @@ static void loop(void) {
     /* Readiness first (children may be removed by signal handling). */
     pid_t ready_pids[1 + MAX_CHILDREN];
     int n_ready = 0;
-    for (int i = 1; i < n; i++) {
+    for (int i = 2; i < n; i++) {
       if (!(pfd[i].revents & (POLLIN | POLLHUP))) continue;
       char byte;
       if (read(pfd[i].fd, &byte, 1) == 1 && byte == 'R') ready_pids[n_ready++] = who[i]->pid;
@@ -452,6 +475,8 @@ static void loop(void) {
       struct signalfd_siginfo si;
       while (read(V.sigfd, &si, sizeof si) == sizeof si) handle_signal((int)si.ssi_signo);
     }
+    if ((pfd[1].revents & POLLIN) && code_watch_changed(V.watch) && !V.stopping)
+      V.reload_at_ms = now_ms() + RELOAD_SETTLE_MS;
     run_timers();
   }
 }
@@ -506,8 +531,10 @@ int supervisor_run(const struct worker_options *opt) {
     V.n_slots++;
   }
   log_listening();
+  if (opt->reload) V.watch = code_watch_new(opt->reload_dirs, opt->n_reload_dirs);
   for (int i = 0; i < V.n_slots; i++) spawn(i);
   loop();
+  code_watch_free(V.watch);
   if (opt->uds) unlink(opt->uds);
   log_info("stopped");
   return V.exit_code;

@@ -4,7 +4,8 @@
 # app, one process per CPU) behind h3gate until Ctrl-C.
 #   https://127.0.0.1:8443/  (HTTP/2, HTTP/1.1, HTTP/3 where supported)
 #   http://127.0.0.1:8080/   (HTTP/1.1, h2c)
-# Environment: APP (default examples/app.py's app), WORKERS, CONFIG.
+# Environment: APP (default examples/app.py's app), WORKERS, CONFIG, and
+# RELOAD=1 to restart the workers whenever a .py file in examples/ changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,8 +26,10 @@ app=${APP:-app:app}
 workers=${WORKERS:-$(nproc)}
 config=${CONFIG:-configs/gateway.yaml}
 
+reload=()
+[ "${RELOAD:-0}" = 1 ] && reload=(--reload)
 build/bin/h3gate-worker --bind 127.0.0.1:8000 --workers "$workers" \
-  --app-dir "$root/examples" "$app" &
+  --app-dir "$root/examples" "${reload[@]}" "$app" &
 worker_pid=$!
 build/bin/h3gate -c "$config" &
 gateway_pid=$!

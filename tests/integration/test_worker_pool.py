@@ -159,6 +159,51 @@ def test_sighup_reloads_code_with_no_refused_request():
         shutil.rmtree(tmp)
 
 
+def test_reload_restarts_the_workers_when_a_python_file_changes():
+    """--reload, as uvicorn's: a saved .py file under --app-dir brings fresh
+    workers on the new code; other files (an editor's swap file, notes) do
+    not. Code that no longer imports leaves the old workers serving, and
+    the save that fixes it is served. A package folder made after the start
+    is watched too."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="h3reload-"))
+    w = None
+
+    def version():
+        return curl(w.url("/")).stdout.split(" ")[0]
+
+    def save(path, text):
+        tmp.joinpath(path).write_text(text)
+
+    try:
+        shutil.copy(APPS / "versioned.py", tmp / "versioned.py")
+        source = (tmp / "versioned.py").read_text()
+        w = Worker("versioned:app", workers=2, app_dir=tmp, args=["--reload"])
+        assert w.wait_log("--reload: watching 1 folders")
+        assert version() == "v1"
+        pids = set(w.worker_pids())
+        save("notes.txt", "not code")
+        save(".versioned.py.swp", "an editor's")
+        time.sleep(1)
+        assert set(w.worker_pids()) == pids, w.log()[-2000:]
+        save("versioned.py", source.replace('"v1"', '"v2"'))
+        assert eventually(lambda: version() == "v2", timeout=30), w.log()[-2000:]
+        assert eventually(lambda: len(w.worker_pids()) == 2 and set(w.worker_pids()).isdisjoint(pids))
+        save("versioned.py", "this is not Python\n")
+        assert w.wait_log("the old one keeps serving", timeout=30), w.log()[-2000:]
+        assert version() == "v2"
+        (tmp / "pkg").mkdir()
+        save("pkg/__init__.py", 'VERSION = "v3"\n')
+        save("versioned.py", source.replace('VERSION = "v1"', "from pkg import VERSION"))
+        assert eventually(lambda: version() == "v3", timeout=30), w.log()[-2000:]
+        save("pkg/__init__.py", 'VERSION = "v4"\n')
+        assert eventually(lambda: version() == "v4", timeout=30), w.log()[-2000:]
+        assert w.stop() == 0
+    finally:
+        if w:
+            w.stop()
+        shutil.rmtree(tmp)
+
+
 def test_max_requests_recycles_the_worker():
     w = Worker("probe:app", workers=1, args=["--max-requests", "20"])
     try:
