@@ -567,6 +567,13 @@ int asgi_stream_start_app(struct asgi_stream *s) {
     asgi_stream_respond_error(s, 400, "Bad Request: missing method or path\n");
     return -1;
   }
+  /* --limit-concurrency, as uvicorn's: past it a quick 503 (a gateway in
+   * front tries another process or server) beats a queue nobody bounds. */
+  uint64_t limit = server_config()->limit_concurrency;
+  if (limit && active_tasks >= limit) {
+    asgi_stream_respond_error(s, 503, "Service Unavailable: the worker is at its --limit-concurrency\n");
+    return -1;
+  }
   scope = build_scope(s);
   recv = PyCFunction_NewEx(&receive_def, (PyObject *)s, NULL);
   send = PyCFunction_NewEx(&send_def, (PyObject *)s, NULL);

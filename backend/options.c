@@ -19,6 +19,7 @@ static const char usage_text[] =
     "HTTP/1.1 on the same port, in a pool of worker processes.\n"
     "\n"
     "  --bind HOST:PORT           listen address, repeatable (default 127.0.0.1:8000)\n"
+    "  --host HOST --port PORT    the same as --bind HOST:PORT, as uvicorn has them\n"
     "  --uds PATH                 also listen on a unix socket\n"
     "  --workers N                worker processes (default: $H3GATE_WORKERS, $WEB_CONCURRENCY or CPUs)\n"
     "  --app-dir DIR              put DIR first on sys.path (default: .)\n"
@@ -32,6 +33,8 @@ static const char usage_text[] =
     "  --lifespan auto|on|off     run the lifespan protocol (default auto)\n"
     "  --loop auto|asyncio|uvloop event loop (default auto: uvloop when installed)\n"
     "  --max-requests N           recycle a worker after N requests (default 0: never)\n"
+    "  --limit-concurrency N      503 for requests past N running at once in a worker\n"
+    "                             process (default 0: no limit)\n"
     "  --graceful-timeout SECONDS time in-flight requests get on stop (default 30)\n"
     "  --timeout-keep-alive SECS  close idle connections after this (default 5)\n"
     "  --limit-request-head BYTES largest request head (default 65536)\n"
@@ -46,6 +49,8 @@ static const char usage_text[] =
     "  --access-log / --no-access-log   log each request (default off)\n"
     "  --help, --version\n"
     "\n"
+    "uvicorn's --timeout-graceful-shutdown and --limit-max-requests are accepted too.\n"
+    "\n"
     "Signals: TERM/INT graceful stop, HUP rolling restart with fresh app code,\n"
     "TTIN/TTOU one worker more/less.\n";
 
@@ -54,6 +59,7 @@ enum {
   OPT_LIFESPAN, OPT_LOOP, OPT_MAX_REQ, OPT_GRACEFUL, OPT_KEEPALIVE, OPT_HEAD, OPT_STREAMS,
   OPT_SWIN, OPT_CWIN, OPT_BACKLOG, OPT_LOG_LEVEL, OPT_ACCESS, OPT_NO_ACCESS, OPT_HELP,
   OPT_VERSION, OPT_WS_MAX, OPT_WS_PING, OPT_WS_PING_TIMEOUT, OPT_RELOAD, OPT_RELOAD_DIR,
+  OPT_HOST, OPT_PORT, OPT_LIMIT_CONCURRENCY,
 };
 
 static const struct option long_opts[] = {
@@ -69,6 +75,11 @@ static const struct option long_opts[] = {
     {"lifespan", required_argument, NULL, OPT_LIFESPAN},
     {"loop", required_argument, NULL, OPT_LOOP},
     {"max-requests", required_argument, NULL, OPT_MAX_REQ},
+    {"limit-max-requests", required_argument, NULL, OPT_MAX_REQ},
+    {"limit-concurrency", required_argument, NULL, OPT_LIMIT_CONCURRENCY},
+    {"host", required_argument, NULL, OPT_HOST},
+    {"port", required_argument, NULL, OPT_PORT},
+    {"timeout-graceful-shutdown", required_argument, NULL, OPT_GRACEFUL},
     {"graceful-timeout", required_argument, NULL, OPT_GRACEFUL},
     {"timeout-keep-alive", required_argument, NULL, OPT_KEEPALIVE},
     {"limit-request-head", required_argument, NULL, OPT_HEAD},
@@ -141,6 +152,7 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
   c->keepalive_timeout_ms = 5000;
   c->graceful_timeout_ms = 30000;
   const char *fwd = "127.0.0.1,::1,unix";
+  const char *host = NULL, *port = NULL;
   uint64_t v;
   int opt;
   opterr = 0;
@@ -180,6 +192,17 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
       if (parse_uint(optarg, UINT64_MAX, &v) != 0)
         return usage_error("--max-requests must be a number, got \"%s\"", optarg);
       c->max_requests = v;
+      break;
+    case OPT_LIMIT_CONCURRENCY:
+      if (parse_uint(optarg, UINT32_MAX, &v) != 0)
+        return usage_error("--limit-concurrency must be a number, got \"%s\"", optarg);
+      c->limit_concurrency = v;
+      break;
+    case OPT_HOST: host = optarg; break;
+    case OPT_PORT:
+      if (parse_uint(optarg, 65535, &v) != 0)
+        return usage_error("--port must be a number from 0 to 65535, got \"%s\"", optarg);
+      port = optarg;
       break;
     case OPT_GRACEFUL:
       if (parse_seconds(optarg, &c->graceful_timeout_ms) != 0)
@@ -247,6 +270,16 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
   const char *bad;
   if (cidr_list_parse(fwd, &c->forwarded_allow, &bad) != 0)
     return usage_error("bad --forwarded-allow-ips entry at \"%s\"", bad);
+  if (host || port) {
+    if (o->n_binds == MAX_BINDS) return usage_error("at most %s --bind options", "8");
+    static char host_port[300]; /* lives as long as the options */
+    if (host == NULL) host = "127.0.0.1";
+    if (port == NULL) port = "8000";
+    bool ipv6 = strchr(host, ':') != NULL && host[0] != '[';
+    int n = snprintf(host_port, sizeof host_port, ipv6 ? "[%s]:%s" : "%s:%s", host, port);
+    if (n < 0 || n >= (int)sizeof host_port) return usage_error("--host \"%s\" is too long", host);
+    o->binds[o->n_binds++] = host_port;
+  }
   if (o->n_binds == 0 && o->uds == NULL) o->binds[o->n_binds++] = "127.0.0.1:8000";
   if (o->reload && o->n_reload_dirs == 0) o->reload_dirs[o->n_reload_dirs++] = o->app_dir;
   c->worker_count = (uint32_t)o->workers;

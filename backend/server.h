@@ -25,6 +25,7 @@ struct worker_config {
   uint64_t keepalive_timeout_ms;
   uint64_t graceful_timeout_ms;
   uint64_t max_requests;
+  uint64_t limit_concurrency;   /* apps running at once in a process, then 503; 0: no limit */
   uint32_t worker_index;
   uint32_t worker_count;
   bool access_log;

@@ -204,6 +204,30 @@ def test_reload_restarts_the_workers_when_a_python_file_changes():
         shutil.rmtree(tmp)
 
 
+def test_limit_concurrency_and_uvicorns_option_names():
+    """--limit-concurrency N (uvicorn's): a worker process running N apps
+    answers the next request 503 at once, over HTTP/1.1 and HTTP/2, and
+    serves again when one ends. uvicorn's --host/--port (here a second
+    address), --limit-max-requests and --timeout-graceful-shutdown are
+    taken as they are."""
+    second = free_port()
+    w = Worker("probe:app", workers=1, args=["--limit-concurrency", "2", "--host", "127.0.0.1", "--port",
+                                             str(second), "--limit-max-requests", "1000",
+                                             "--timeout-graceful-shutdown", "5"])
+    try:
+        slow = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", w.url("/sleep?s=3")],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        busy = f"http://127.0.0.1:{second}/pid"
+        assert eventually(lambda: curl("-w", "%{http_code}", "-o", "/dev/null", busy).stdout == "503")
+        r = curl("-sS", busy)
+        assert r.stdout == "Service Unavailable: the worker is at its --limit-concurrency\n", r.stdout
+        assert curl("--http2-prior-knowledge", "-w", "%{http_code}", "-o", "/dev/null", busy).stdout == "503"
+        assert [p.communicate(timeout=30)[0] for p in slow] == ["200", "200"]
+        assert curl_json(busy)["pid"] in w.worker_pids()
+    finally:
+        assert w.stop() == 0
+
+
 def test_max_requests_recycles_the_worker():
     w = Worker("probe:app", workers=1, args=["--max-requests", "20"])
     try:
