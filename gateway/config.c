@@ -137,6 +137,8 @@ static int listen_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *nod
   if (l->tls && (l->certificate == NULL || l->key == NULL))
     return fail_at(ctx, node, "tls needs both certificate and key");
   if (!l->tls) l->http3 = false;
+  if (l->tls && l->redirect_https)
+    return fail_at(ctx, node, "redirect_https is for a cleartext listener (this one has tls)");
   return 0;
 }
 
@@ -164,6 +166,7 @@ static const struct key_spec listen_keys[] = {
     KEY("http3", K_BOOL, struct conf_listen, http3),
     KEY("http3_port", K_U32, struct conf_listen, http3_port, .min = 1, .max = 65535),
     KEY("alt_svc", K_BOOL, struct conf_listen, alt_svc),
+    KEY("redirect_https", K_U32, struct conf_listen, redirect_https, .min = 1, .max = 65535),
     END_KEYS,
 };
 static const struct map_spec listen_spec = {"listen entry", listen_keys, sizeof(struct conf_listen),

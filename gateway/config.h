@@ -42,6 +42,7 @@ struct conf_listen {
   bool http3;               /* QUIC on the same port (default on; always off without TLS) */
   uint32_t http3_port;      /* 0: the listener's own port */
   bool alt_svc;             /* advertise h3 on this listener (default on) */
+  uint32_t redirect_https;  /* cleartext: 308 to https on this port (0: serve as usual) */
 };
 
 struct conf_health_check {

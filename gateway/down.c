@@ -13,6 +13,7 @@
 #include "addr.h"
 #include "listener.h"
 #include "log.h"
+#include "xchg.h"
 
 enum { OUT_LOW_WATER = 64 * 1024 };
 
@@ -215,6 +216,13 @@ void down_set_timer(struct down_conn *c, uint64_t ms, void (*fire)(struct down_c
   }
   struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
   evtimer_add(c->timer, &tv);
+}
+
+void down_introduce_xchg(const struct down_conn *c, struct xchg *x) {
+  x->tls = c->tls;
+  h3g_copy_str(x->client_ip, sizeof x->client_ip, c->peer_ip);
+  x->client_port = c->peer_port;
+  x->redirect_https = c->listener ? (uint16_t)c->listener->conf->redirect_https : 0;
 }
 
 const char *down_alt_svc(const struct down_conn *c) {

@@ -76,6 +76,10 @@ void down_want_flush(struct down_conn *c);
 /* (Re)arms the connection's one timer; 0 disarms. On expiry the protocol's
  * shutdown runs if it is idle, else the connection closes. */
 void down_set_timer(struct down_conn *c, uint64_t ms, void (*fire)(struct down_conn *c));
+struct xchg;
+/* A new exchange on this connection learns where it came from: TLS or
+ * not, the client's address, its listener's redirect_https. */
+void down_introduce_xchg(const struct down_conn *c, struct xchg *x);
 /* The Alt-Svc value for responses on this connection, or NULL. */
 const char *down_alt_svc(const struct down_conn *c);
 /* Graceful stop of every client connection (SIGTERM, or an old generation). */

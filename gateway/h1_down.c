@@ -69,9 +69,7 @@ static int ensure_xchg(struct h1d *h) {
   struct down_conn *c = h->c;
   h->x = xchg_new(c->rt, XCHG_HTTP_1_1, &xchg_ops, h);
   if (h->x == NULL) return 503;
-  h->x->tls = c->tls;
-  h3g_copy_str(h->x->client_ip, sizeof h->x->client_ip, c->peer_ip);
-  h->x->client_port = c->peer_port;
+  down_introduce_xchg(c, h->x);
   h->req_done = h->head_written = h->chunked = h->close_delimited = false;
   h->no_body = h->is_head = false;
   h->websocket = false;

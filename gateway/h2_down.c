@@ -90,9 +90,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     free(s);
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
-  s->x->tls = c->tls;
-  h3g_copy_str(s->x->client_ip, sizeof s->x->client_ip, c->peer_ip);
-  s->x->client_port = c->peer_port;
+  down_introduce_xchg(c, s->x);
   LIST_INSERT_HEAD(&h->streams, s, link);
   h->n_streams++;
   if (!h->goaway) down_set_timer(c, 0, NULL); /* not the final GOAWAY's timer */

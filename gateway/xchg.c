@@ -536,6 +536,29 @@ static int check_head(struct xchg *x, const char **why) {
   return 0;
 }
 
+static void respond_local(struct xchg *x, int status, const char *text, const char *location);
+
+/* A cleartext listener's redirect_https: the same host and target over
+ * TLS, 308 so that the method and body stay (Caddy's choice). ACME
+ * HTTP-01 challenges still reach their route: a certificate for the https
+ * side is often got over this very port. */
+static bool redirect_to_https(struct xchg *x) {
+  const char *path = hdr_value(&x->req, x->i_path);
+  static const char acme[] = "/.well-known/acme-challenge/";
+  if (x->redirect_https == 0 || strncmp(path, acme, sizeof acme - 1) == 0) return false;
+  char host[256], port[8] = "", location[8192];
+  host_of(hdr_value(&x->req, x->i_authority), host, sizeof host);
+  if (x->redirect_https != 443) snprintf(port, sizeof port, ":%u", (unsigned)x->redirect_https);
+  if (strcmp(path, "*") == 0) path = "/";
+  int n = snprintf(location, sizeof location, "https://%s%s%s", host, port, path);
+  if (n < 0 || n >= (int)sizeof location) {
+    xchg_respond_local(x, 414, "request target too long to redirect");
+    return true;
+  }
+  respond_local(x, 308, "this site is served over https", location);
+  return true;
+}
+
 int xchg_req_head_done(struct xchg *x) {
   if (x->i_authority < 0) {
     int host = hdr_find(&x->req, "host", 4, 0);
@@ -551,6 +574,7 @@ int xchg_req_head_done(struct xchg *x) {
     xchg_respond_local(x, status, why);
     return status;
   }
+  if (redirect_to_https(x)) return x->status;
   if (x->i_scheme < 0) {
     const char *s = x->tls ? "https" : "http";
     x->i_scheme = hdr_add(&x->req, ":scheme", 7, s, strlen(s));
@@ -735,7 +759,10 @@ void xchg_up_give_up(struct xchg *x, int status, const char *why) {
   maybe_free(x);
 }
 
-void xchg_respond_local(struct xchg *x, int status, const char *text) {
+void xchg_respond_local(struct xchg *x, int status, const char *text) { respond_local(x, status, text, NULL); }
+
+/* Our own answer; location, when not NULL, goes in a Location field. */
+static void respond_local(struct xchg *x, int status, const char *text, const char *location) {
   event_del(&x->timer);
   if (status >= 500)
     log_error("xchg %llu: %d %s: %s", (unsigned long long)x->id, status, http_reason(status), text);
@@ -757,6 +784,7 @@ void xchg_respond_local(struct xchg *x, int status, const char *text) {
   hdr_list_clear(&x->resp_trailers);
   hdr_add(&x->resp, "content-type", 12, "text/plain; charset=utf-8", 25);
   hdr_add(&x->resp, "content-length", 14, len, strlen(len));
+  if (location) hdr_add(&x->resp, "location", 8, location, strlen(location));
   x->status = status;
   evbuffer_drain(x->resp_body, evbuffer_get_length(x->resp_body));
   bool head_only = x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "HEAD") == 0;

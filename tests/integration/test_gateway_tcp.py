@@ -562,6 +562,46 @@ def test_body_limit_413_and_slow_request_head_408(worker, tmp_path):
         g.stop()
 
 
+REDIRECT_CONFIG = """
+listen:
+  - address: 127.0.0.1:{tls_port}
+    tls: {{certificate: cert.pem, key: key.pem}}
+  - address: 127.0.0.1:{plain_port}
+    redirect_https: {tls_port}
+  - address: 127.0.0.1:{third_port}
+    redirect_https: 443
+upstreams:
+  - name: app
+    servers: [{servers}]
+routes:
+  - path_prefix: /
+    upstream: app
+"""
+
+
+def test_a_cleartext_listener_redirects_to_https(worker):
+    """listen.redirect_https: every request on that cleartext port, HTTP/1.1
+    or h2c, gets a 308 to the same host and target over https on the given
+    port (none written for 443), so that a client following it keeps its
+    method and body; ACME HTTP-01 challenges still reach their route."""
+    third = free_port()
+    g = Gateway(REDIRECT_CONFIG, servers=f"127.0.0.1:{worker.port}", third_port=third)
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            r = curl(*flags, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", g.plain_url("/scope?a=1&b=/x"))
+            assert r.stdout == f"308 https://127.0.0.1:{g.tls_port}/scope?a=1&b=/x", (flags, r.stdout, r.stderr)
+            s = curl_json(*flags, "-k", "-L", "--data-binary", "abc", g.plain_url("/scope"))
+            assert (s["method"], s["body"]["size"], s["scheme"]) == ("POST", 3, "https"), s
+        r = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: Example.COM:8080",
+                 f"http://127.0.0.1:{third}/a/b")
+        assert r.stdout == "308 https://example.com/a/b", r.stdout
+        r = curl("-w", "\n%{http_code}", g.plain_url("/.well-known/acme-challenge/token1"))
+        body, status = r.stdout.rsplit("\n", 1)
+        assert status == "404" and json.loads(body)["path"] == "/.well-known/acme-challenge/token1", r.stdout
+    finally:
+        g.stop()
+
+
 ROUTE_LIMITS_CONFIG = """
 listen:
   - address: 127.0.0.1:{tls_port}
