@@ -149,7 +149,7 @@ static void runtime_switch(struct gw_runtime *rt, struct gw_runtime *old) {
     for (size_t i = 0; i < old->n_listeners; i++) {
       int fd = listener_release_fd(old->listeners[i]);
       if (fd >= 0) close(fd);
-      if (old->listeners[i]->quic) quic_listener_close(old->listeners[i]);
+      quic_listener_retire(old->listeners[i]); /* unless the new generation adopted it */
     }
     for (size_t i = 0; i < old->n_pools; i++) up_pool_retire(old->pools[i]);
   }

@@ -79,7 +79,10 @@ struct quic_tls {
 };
 
 struct quic_endpoint {
-  struct listener *listener;       /* the current generation's */
+  struct listener *listener;       /* the current generation's; NULL once retiring */
+  bool retiring;                   /* its listener left the configuration: no new
+                                    * connections; it closes with its last one */
+  bool freeing;
   int fd;
   int family;
   struct sockaddr_storage local;
@@ -235,6 +238,12 @@ bool quic_replay_seen_at(const uint8_t *client_hello_key, size_t len, time_t exp
 /* Moves the endpoint (socket and live connections) to the next generation. */
 void quic_listener_adopt(struct listener *to, struct listener *from);
 void quic_listener_close(struct listener *l);
+/* A reload dropped the listener (or its HTTP/3, or moved its port): the
+ * endpoint takes no new connections, its connections get the two-step
+ * GOAWAY, and it closes once they are gone. */
+void quic_listener_retire(struct listener *l);
+/* A connection of ep was freed. */
+void quic_ep_conn_gone(struct quic_endpoint *ep);
 /* Graceful: each connection (or each of an older configuration, which a
  * reload moves on as it does TCP ones) gets the two-step GOAWAY. */
 void quic_shutdown_all(bool only_old_generations);

@@ -644,4 +644,5 @@ static void conn_free_later(struct quic_conn *qc) {
   ep->n_conns--;
   gw_runtime_unref(qc->rt);
   gw_defer_free(conn_free, qc);
+  quic_ep_conn_gone(ep);
 }

@@ -317,7 +317,7 @@ static void accept_new(struct quic_endpoint *ep, const uint8_t *data, size_t len
                        const ngtcp2_path *path, const ngtcp2_pkt_info *pi) {
   ngtcp2_pkt_hd hd;
   if (ngtcp2_accept(&hd, data, len) != 0) return; /* not an acceptable Initial */
-  if (ep->n_conns >= gw.rt->conf->quic.max_connections || gw.stopping) return;
+  if (ep->n_conns >= gw.rt->conf->quic.max_connections || gw.stopping || ep->retiring) return;
   const ngtcp2_addr *remote = &path->remote;
   ngtcp2_cid odcid;
   bool from_retry = false, validated = false;
@@ -522,6 +522,12 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
                        size_t err_size) {
   const struct conf_listen *cl = l->conf;
   if (!cl->http3) return 0; /* the config clears it without TLS */
+  if (Q.n_eps == sizeof Q.eps / sizeof Q.eps[0]) {
+    snprintf(err, err_size, "HTTP/3 runs on at most %zu ports (with those still draining)",
+             sizeof Q.eps / sizeof Q.eps[0]);
+    if (inherit_fd >= 0) close(inherit_fd);
+    return -1;
+  }
   int fd = inherit_fd >= 0 ? inherit_fd : quic_udp_open(cl, conf, false, err, err_size);
   if (fd < 0) return -1;
   struct quic_endpoint *ep = calloc(1, sizeof *ep);
@@ -547,7 +553,7 @@ int quic_listener_open(struct listener *l, const struct gw_conf *conf, int inher
   ep->listener = l;
   l->quic = ep;
   l->h3_running = true;
-  if (Q.n_eps < sizeof Q.eps / sizeof Q.eps[0]) Q.eps[Q.n_eps++] = ep;
+  Q.eps[Q.n_eps++] = ep;
   log_info("HTTP/3 on udp %s%s%s", cl->address,
            cl->http3_port ? " (port " : "", cl->http3_port ? "from http3_port)" : "");
   return 0;
@@ -570,6 +576,28 @@ void quic_listener_adopt(struct listener *to, struct listener *from) {
   from->h3_running = false;
 }
 
+static void unregister(struct quic_endpoint *ep) {
+  for (size_t i = 0; i < Q.n_eps; i++)
+    if (Q.eps[i] == ep) Q.eps[i] = Q.eps[--Q.n_eps];
+}
+
+static void endpoint_free(void *p) {
+  struct quic_endpoint *ep = p;
+  event_free(ep->ev_read);
+  event_free(ep->ev_write);
+  close(ep->fd);
+  for (size_t i = 0; i < ep->n_pending; i++) free(ep->pending[i].data);
+  free(ep->pending);
+  free(ep->cids.slots);
+  quic_tls_free(&ep->tls);
+  free(ep);
+}
+
+static void detach_listener(struct listener *l) {
+  l->quic = NULL;
+  l->h3_running = false;
+}
+
 void quic_listener_close(struct listener *l) {
   struct quic_endpoint *ep = l->quic;
   if (ep == NULL) return;
@@ -579,18 +607,37 @@ void quic_listener_close(struct listener *l) {
     quic_conn_close_now(qc, 0x100 /* H3_NO_ERROR */);
   }
   /* Connections were freed at the flush point; the socket goes now. */
-  for (size_t i = 0; i < Q.n_eps; i++)
-    if (Q.eps[i] == ep) Q.eps[i] = Q.eps[--Q.n_eps];
-  event_free(ep->ev_read);
-  event_free(ep->ev_write);
-  close(ep->fd);
-  for (size_t i = 0; i < ep->n_pending; i++) free(ep->pending[i].data);
-  free(ep->pending);
-  free(ep->cids.slots);
-  quic_tls_free(&ep->tls);
-  l->quic = NULL;
-  l->h3_running = false;
-  free(ep);
+  unregister(ep);
+  detach_listener(l);
+  endpoint_free(ep);
+}
+
+void quic_listener_retire(struct listener *l) {
+  struct quic_endpoint *ep = l->quic;
+  if (ep == NULL) return;
+  detach_listener(l);
+  ep->listener = NULL; /* it takes no new connections */
+  ep->retiring = true;
+  if (ep->n_conns > 0)
+    log_info("HTTP/3 on udp port %u leaves the configuration: %zu connections finish first", ep->port,
+             ep->n_conns);
+  struct quic_conn *qc, *next;
+  for (qc = LIST_FIRST(&ep->conns); qc; qc = next) {
+    next = LIST_NEXT(qc, link);
+    quic_conn_shutdown(qc);
+  }
+  quic_ep_conn_gone(ep);
+}
+
+void quic_ep_conn_gone(struct quic_endpoint *ep) {
+  if (!ep->retiring || ep->n_conns > 0 || ep->freeing) return;
+  ep->freeing = true;
+  log_info("HTTP/3 on udp port %u: closed", ep->port);
+  unregister(ep);
+  event_del(ep->ev_read);
+  event_del(ep->ev_write);
+  /* Not now: the caller may be reading its socket. */
+  gw_defer_free(endpoint_free, ep);
 }
 
 void quic_shutdown_all(bool only_old_generations) {

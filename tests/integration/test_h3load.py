@@ -223,3 +223,35 @@ def test_a_reload_renews_certificates_and_moves_http3_connections_on(worker):
         idle.kill()
         paused.kill()
         g.stop()
+
+
+def test_a_reload_that_moves_the_http3_port_lets_the_old_one_drain(worker):
+    """A reload that moves HTTP/3 to another UDP port (or drops the
+    listener, or its HTTP/3): the new port serves at once, and the old
+    one takes no new connections but lets its own finish, with the two-step
+    GOAWAY, and then closes its socket. It used to close them at once:
+    the request sent in the reload's first second was lost ("1 errored")."""
+    old_port, new_port = free_port(), free_port()
+    config = H3_CONFIG.replace("    tls: {{certificate: cert.pem, key: key.pem}}\n",
+                               "    tls: {{certificate: cert.pem, key: key.pem}}\n    http3_port: {h3_port}\n")
+    g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never",
+                h3_port=old_port)
+    paused = subprocess.Popen([BIN / "h3load", "--timeout", "30", "-n", "2", "-c", "1", "-m", "1", "--pause", "1000",
+                               f"https://127.0.0.1:{old_port}/pid"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        assert "pausing" in paused.stdout.readline()
+        g.write_config(config, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET,
+                       retry="never", h3_port=new_port)
+        g.signal(signal.SIGHUP)
+        assert g.wait_log("configuration reloaded"), g.log()[-2000:]
+        _, ok = h3load("-n", "3", f"https://127.0.0.1:{new_port}/pid", timeout=30)
+        assert ok == 3
+        out = paused.stdout.read()
+        assert paused.wait(timeout=60) == 0 and "2 succeeded, 0 failed, 0 errored" in out, out + g.log()[-2000:]
+        assert g.wait_log(f"HTTP/3 on udp port {old_port}: closed", timeout=15), g.log()[-2000:]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", old_port))  # the old socket is gone
+    finally:
+        paused.kill()
+        g.stop()
