@@ -199,6 +199,7 @@ static void upstream_defaults(void *obj) {
   u->max_fails = 1;
   u->fail_timeout_ms = SEC(10);
   u->retries = 2;
+  u->tcp_keepalive_ms = SEC(10);
   health_defaults(&u->health_check);
 }
 
@@ -215,6 +216,8 @@ static int upstream_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *n
       return fail_at(ctx, node, "upstream \"%s\": server \"%s\" needs a host", u->name,
                      u->servers[i]);
   }
+  if (u->tcp_keepalive_ms % 1000 != 0)
+    return fail_at(ctx, node, "tcp_keepalive is whole seconds (the kernel counts in seconds)");
   if (u->health_check.path && u->health_check.path[0] != '/')
     return fail_at(ctx, node, "health_check path must start with \"/\"");
   return 0;
@@ -232,6 +235,7 @@ static const struct key_spec upstream_keys[] = {
     KEY("max_fails", K_U32, struct conf_upstream, max_fails, .min = 0, .max = 1000),
     KEY("fail_timeout", K_DURATION, struct conf_upstream, fail_timeout_ms, .min = 0, .max = SEC(3600)),
     KEY("retries", K_U32, struct conf_upstream, retries, .min = 0, .max = 10),
+    KEY("tcp_keepalive", K_DURATION, struct conf_upstream, tcp_keepalive_ms, .min = 0, .max = SEC(7200)),
     KEY("health_check", K_MAP, struct conf_upstream, health_check, .sub = &health_spec),
     END_KEYS,
 };

@@ -64,6 +64,7 @@ struct conf_upstream {
   uint32_t max_fails;       /* passive health: failures before ejection */
   uint64_t fail_timeout_ms; /* how long an ejected server rests */
   uint32_t retries;         /* other attempts for a request that never reached a server */
+  uint64_t tcp_keepalive_ms; /* probe a connection this quiet; 0: never */
   struct conf_health_check health_check;
 };
 

@@ -18,11 +18,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/util.h>
 
 #include "fastrand.h"
 #include "log.h"
+#include "sock.h"
 #include "up_internal.h"
 
 enum {
@@ -423,8 +426,19 @@ void up_consumed(struct xchg *x, size_t n) { up_conn_consume(x, n); }
 /* ---------------------------------------------------------------------------
  * Connection events.
  */
+/* A backend host that vanishes without a word (power, network, a
+ * container's veth gone) sends no reset: its connections would look alive,
+ * and requests on them wait for their timeout. Keepalive probes find it
+ * while a connection is quiet, waiting for a response included: three
+ * unanswered probes, a third of the idle time apart, break it. */
+static void set_keepalive(const struct up_server *s, const struct up_conn *c) {
+  uint64_t idle_s = s->pool->conf->tcp_keepalive_ms / 1000;
+  if (idle_s == 0 || s->addr.ss_family == AF_UNIX) return;
+  h3g_set_keepalive(bufferevent_getfd(c->bev), (unsigned)idle_s, idle_s >= 3 ? (unsigned)(idle_s / 3) : 1, 3);
+}
+
 void up_server_conn_ready(struct up_server *s, struct up_conn *c) {
-  (void)c;
+  set_keepalive(s, c);
   kick(s->pool);
 }
 

@@ -25,6 +25,14 @@ int h3g_set_nonblock(int fd) {
   return 0;
 }
 
+void h3g_set_keepalive(int fd, unsigned idle_s, unsigned interval_s, unsigned count) {
+  int on = 1, idle = (int)idle_s, interval = (int)interval_s, probes = (int)count;
+  (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+}
+
 void h3g_set_nodelay(int fd) {
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

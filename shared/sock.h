@@ -29,6 +29,9 @@ int h3g_set_nonblock(int fd);
  * socket file is replaced. Returns the fd or -errno. */
 int h3g_listen(const struct sockaddr *sa, socklen_t len, int backlog, bool reuseport);
 /* TCP_NODELAY on TCP sockets; a no-op on unix sockets. */
+/* TCP keepalive probes after idle_s without traffic, interval_s apart,
+ * count of them unanswered ending the connection (ETIMEDOUT). */
+void h3g_set_keepalive(int fd, unsigned idle_s, unsigned interval_s, unsigned count);
 void h3g_set_nodelay(int fd);
 
 #endif

@@ -71,11 +71,13 @@ def test_good_config_passes():
                                     "    timeouts: {response_header: 5m, idle: 5m, websocket_idle: 2h}"), None, None, None),
     (GOOD.replace("key: key.pem}", "key: key.pem}\n    redirect_https: 443"), 2, 5,
      "redirect_https is for a cleartext listener (this one has tls)"),
+    (GOOD.replace("    servers: [127.0.0.1:8000]", "    servers: [127.0.0.1:8000]\n    tcp_keepalive: 1500ms"), 5, 5,
+     "tcp_keepalive is whole seconds"),
 ], ids=["unknown-key", "bad-duration", "out-of-range", "undefined-upstream", "key-order-ok",
         "not-a-list", "bad-port", "bad-prefix", "duplicate-key", "yaml-syntax", "empty",
         "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok",
         "sni-cert-without-key", "sni-cert-ok", "route-limit-unknown", "route-timeout-bad", "route-limits-ok",
-        "redirect-on-tls"])
+        "redirect-on-tls", "keepalive-not-whole-seconds"])
 def test_errors_name_file_line_column(text, line, col, message):
     r, path = check(text)
     if message is None:  # keys in any order are fine

@@ -170,3 +170,42 @@ routes:
         for w in workers.values():
             w.stop()
         dnsmasq.stop()
+
+
+def test_a_backend_host_that_vanishes_is_found_by_keepalive(network, tmp_path):
+    """upstreams.tcp_keepalive: a backend host that vanishes without a word
+    (its link goes down: no reset, no FIN, as when a machine loses power)
+    leaves connections that look alive. Keepalive probes find it: a request
+    waiting on that host gets its 502 seconds later, where it used to wait
+    out the response timeout (60 s) for a 504."""
+    worker = Process(in_ns("b1", BIN / "h3gate-worker", "--bind", f"{NET}.11:8000", "--workers", "1",
+                           "--graceful-timeout", "1", "--app-dir", APPS, "probe:app"), cwd=APPS, name="worker-b1")
+    gw_ip = f"{NET}.{HOSTS['gw']}"
+    (tmp_path / "gateway.yaml").write_text(f"""
+log: {{level: info, access_log: "off"}}
+listen:
+  - address: {gw_ip}:8080
+upstreams:
+  - name: app
+    servers: [{NET}.11:8000]
+    tcp_keepalive: 1s
+routes:
+  - path_prefix: /
+    upstream: app
+""")
+    gateway = Process(in_ns("gw", BIN / "h3gate", "-c", tmp_path / "gateway.yaml"), cwd=tmp_path, name="gateway")
+    try:
+        assert worker.wait_log("1 worker processes ready", timeout=60), worker.log()
+        assert gateway.wait_log(GATEWAY_READY), gateway.log()
+        url = f"http://{gw_ip}:8080"
+        assert sh(*in_ns("gw", "curl", "-sS", f"{url}/pid")).stdout.startswith('{"pid"')
+        waiting = subprocess.Popen(in_ns("gw", "curl", "-sS", "--max-time", "40", "-o", "/dev/null", "-w",
+                                         "%{http_code}", f"{url}/sleep?s=30"), stdout=subprocess.PIPE, text=True)
+        time.sleep(1)  # the request is in the app
+        sh(*in_ns("b1", "ip", "link", "set", f"{TAG}b1i", "down"))  # the host vanishes
+        status = waiting.communicate(timeout=60)[0]
+        assert status == "502", (status, gateway.log()[-2000:])
+        assert "Connection timed out" in gateway.log(), gateway.log()[-2000:]
+    finally:
+        gateway.stop()
+        worker.stop()
