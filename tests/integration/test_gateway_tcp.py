@@ -655,6 +655,10 @@ def test_a_route_sets_its_own_body_limit_and_timeouts(worker, tmp_path):
         assert status("--http1.1", "-H", "Expect:", "--data-binary", "x" * 1025, g.plain_url("/scope")) == "413"
         assert h2_upload_status("/upload", 65537) == ["413"]
         assert h2_upload_status("/scope", 1025) == ["413"]
+        for path, size, answer in (("/upload", 65536, "1 2xx"), ("/upload", 65537, "1 4xx"), ("/scope", 1025, "1 4xx")):
+            r = run([BIN / "h3load", "-n", "1", "--upload-size", str(size), f"https://127.0.0.1:{g.tls_port}{path}"],
+                    timeout=30)
+            assert answer in r.stdout, (path, size, r.stdout)  # HTTP/3 too
         for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
             # the route's 10 s for the slow host, the top level's 1 s elsewhere
             assert status(*flags, "-H", "Host: slow.example", g.plain_url("/sleep?s=1.5")) == "200"
