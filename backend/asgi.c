@@ -832,7 +832,8 @@ static int note_length(struct asgi_stream *s, const char *value, Py_ssize_t vl) 
 }
 
 /* One pass over the fields an app sends: each checked, the whole weighed,
- * and, for a response head (length_of), its Content-Length noted. */
+ * and, for a response head (length_of), its Content-Length and whether it
+ * has a Date noted. */
 static int scan_fields(PyObject *headers, struct asgi_stream *length_of) {
   PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
   if (seq == NULL) return -1;
@@ -845,6 +846,7 @@ static int scan_fields(PyObject *headers, struct asgi_stream *length_of) {
     if (rc == 0) rc = check_field(name, nl, value, vl);
     if (rc == 0 && length_of && nl == 14 && strncasecmp(name, "content-length", 14) == 0)
       rc = note_length(length_of, value, vl);
+    if (length_of && nl == 4 && strncasecmp(name, "date", 4) == 0) length_of->resp_has_date = true;
     size += (size_t)nl + (size_t)vl + 32;
   }
   Py_DECREF(seq);
@@ -1203,7 +1205,7 @@ void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *te
   }
   s->status = status;
   Py_XSETREF(s->resp_headers, headers);
-  s->resp_has_length = false; /* the app's, if it gave one, is void */
+  s->resp_has_length = s->resp_has_date = false; /* the app's, if it gave them, are void */
   Py_CLEAR(s->resp_trailers);
   s->resp_wants_trailers = false;
   s->resp_started = true;
@@ -1220,6 +1222,7 @@ int asgi_stream_status(const struct asgi_stream *s) { return s->status; }
 PyObject *asgi_stream_headers(const struct asgi_stream *s) { return s->resp_headers; }
 void asgi_stream_mark_head_sent(struct asgi_stream *s) { s->head_sent = true; }
 bool asgi_stream_head_sent(const struct asgi_stream *s) { return s->head_sent; }
+bool asgi_stream_has_date(const struct asgi_stream *s) { return s->resp_has_date; }
 size_t asgi_stream_queued_body(const struct asgi_stream *s) { return s->out_bytes; }
 bool asgi_stream_body_eof(const struct asgi_stream *s) {
   return s->resp_body_done && s->out_bytes == 0;

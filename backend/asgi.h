@@ -121,6 +121,8 @@ enum { ASGI_HEAD_MAX = 65536 - 1024 };
 
 void asgi_stream_mark_head_sent(struct asgi_stream *s);
 bool asgi_stream_head_sent(const struct asgi_stream *s);
+/* Whether the app's response head has a Date (else the protocol adds one). */
+bool asgi_stream_has_date(const struct asgi_stream *s);
 size_t asgi_stream_queued_body(const struct asgi_stream *s);
 size_t asgi_stream_read_body(struct asgi_stream *s, uint8_t *buf, size_t max);
 /* All body bytes were read and the app said more_body=False. */

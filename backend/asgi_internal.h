@@ -45,6 +45,7 @@ struct asgi_stream {
   bool resp_started;     /* http.response.start received */
   bool resp_wants_trailers;
   bool resp_body_done;   /* more_body=False received */
+  bool resp_has_date;    /* the app gave its own Date */
   bool resp_has_length;  /* the app gave a Content-Length: */
   uint64_t resp_length;  /* this one */
   uint64_t resp_sent;    /* body bytes the app has sent so far */

@@ -18,6 +18,7 @@
 #include "asgi.h"
 #include "conn.h"
 #include "h1_parser.h"
+#include "http_date.h"
 #include "http_status.h"
 #include "log.h"
 #include "server.h"
@@ -185,8 +186,8 @@ static void write_error_and_close(struct conn *c, int status, const char *reason
   if (blen < 0 || blen >= (int)sizeof body) blen = (int)sizeof body - 1;
   int hlen = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                      "content-length: %d\r\nconnection: close\r\n\r\n",
-                      status, http_reason(status), blen);
+                      "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n",
+                      status, http_reason(status), blen, h3g_http_date());
   bytebuf_append(&c->out, head, (size_t)hlen);
   bytebuf_append(&c->out, body, (size_t)blen);
   if (h->cur) {
@@ -351,6 +352,12 @@ static int write_websocket_head(struct conn *c) {
   return 0;
 }
 
+static void write_date(struct bytebuf *out) {
+  bytebuf_append(out, "date: ", 6);
+  bytebuf_append(out, h3g_http_date(), HTTP_DATE_LEN);
+  bytebuf_append(out, "\r\n", 2);
+}
+
 static int write_head(struct conn *c) {
   struct h1_conn *h = h1(c);
   struct asgi_stream *s = h->cur;
@@ -363,6 +370,7 @@ static int write_head(struct conn *c) {
 
   h->app_length = false;
   if (write_fields(h, out, asgi_stream_headers(s), keep_for_response) != 0) return -1;
+  if (!asgi_stream_has_date(s)) write_date(out);
 
   h->no_body = asgi_stream_is_head(s) || status == 204 || status == 304 || status < 200;
   if (!h->no_body && !h->app_length) {

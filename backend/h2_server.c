@@ -23,6 +23,7 @@
 #include "asgi.h"
 #include "conn.h"
 #include "h2_guard.h"
+#include "http_date.h"
 #include "http_status.h"
 #include "log.h"
 #include "server.h"
@@ -277,7 +278,7 @@ static bool hop_by_hop(const char *name, size_t len) {
  * bytes a field), and :status. Single-threaded, and nghttp2 copies what
  * it is given, so one set serves every submit. */
 enum { MAX_RESPONSE_FIELDS = ASGI_HEAD_MAX / 32 + 1 };
-static nghttp2_nv out_nva[MAX_RESPONSE_FIELDS + 1];
+static nghttp2_nv out_nva[MAX_RESPONSE_FIELDS + 2]; /* and a Date of ours */
 static char out_names[ASGI_HEAD_MAX]; /* the names, lower-cased */
 
 /* Turns an ASGI header list into nghttp2 name/value pairs from nva on,
@@ -333,6 +334,9 @@ static void submit_head(struct conn *c, struct asgi_stream *s) {
                               NGHTTP2_INTERNAL_ERROR);
     return;
   }
+  if (!asgi_stream_has_date(s))
+    nva[++n] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)h3g_http_date(), 4, HTTP_DATE_LEN,
+                            NGHTTP2_NV_FLAG_NONE};
   asgi_stream_mark_head_sent(s);
   bool no_body = response_has_no_body(s);
   bool ends_now = no_body || (asgi_stream_body_eof(s) && !asgi_stream_wants_trailers(s));

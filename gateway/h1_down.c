@@ -24,6 +24,7 @@
 #include "addr.h"
 #include "down.h"
 #include "h1_parser.h"
+#include "http_date.h"
 #include "http_status.h"
 #include "listener.h"
 #include "log.h"
@@ -193,8 +194,8 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
   if (n < 0 || n >= (int)sizeof body) n = (int)sizeof body - 1;
   evbuffer_add_printf(bufferevent_get_output(c->bev),
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                      "content-length: %d\r\nconnection: close\r\n\r\n%.*s",
-                      status, http_reason(status), n, n, body);
+                      "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n%.*s",
+                      status, http_reason(status), n, h3g_http_date(), n, body);
   if (h->x) {
     xchg_down_detach(h->x);
     h->x = NULL;

@@ -19,6 +19,7 @@
 #include "cidr.h"
 #include "fastrand.h"
 #include "gw.h"
+#include "http_date.h"
 #include "http_status.h"
 #include "log.h"
 #include "metrics.h"
@@ -664,11 +665,19 @@ void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->limits->response_
 
 /* Connection-specific fields a backend's response may carry (by length
  * first: this runs for every response). */
-static void drop_response_hop_by_hop(struct xchg *x) {
+/* The backend's head as the client gets it: hop-by-hop fields dropped,
+ * and a Date added where the backend sent none (RFC 9110 6.6.1: a proxy
+ * with a clock adds it). */
+static void tidy_response_head(struct xchg *x) {
+  bool has_date = false;
   for (uint32_t i = 0; i < x->resp.n; i++) {
     const char *n = hdr_name(&x->resp, (int)i);
     bool hop;
     switch (x->resp.v[i].name_len) {
+    case 4:
+      hop = false;
+      if (memcmp(n, "date", 4) == 0) has_date = true;
+      break;
     case 7: hop = memcmp(n, "upgrade", 7) == 0; break;
     case 10: hop = memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0; break;
     case 16: hop = memcmp(n, "proxy-connection", 16) == 0; break;
@@ -677,6 +686,7 @@ static void drop_response_hop_by_hop(struct xchg *x) {
     }
     if (hop) x->resp.v[i].flags |= HDR_DROPPED;
   }
+  if (!has_date) hdr_add(&x->resp, "date", 4, h3g_http_date(), HTTP_DATE_LEN);
 }
 
 void xchg_up_resp_head(struct xchg *x) {
@@ -684,7 +694,7 @@ void xchg_up_resp_head(struct xchg *x) {
   /* Past this point a retry could duplicate a response: drop the copy. */
   x->req_replayable = false;
   evbuffer_drain(x->req_replay, evbuffer_get_length(x->req_replay));
-  drop_response_hop_by_hop(x);
+  tidy_response_head(x);
   if (x->websocket && x->status / 100 == 2 && !x->ws_open) {
     x->ws_open = true;
     memset(&x->ws_down, 0, sizeof x->ws_down);
@@ -784,6 +794,7 @@ static void respond_local(struct xchg *x, int status, const char *text, const ch
   hdr_list_clear(&x->resp_trailers);
   hdr_add(&x->resp, "content-type", 12, "text/plain; charset=utf-8", 25);
   hdr_add(&x->resp, "content-length", 14, len, strlen(len));
+  hdr_add(&x->resp, "date", 4, h3g_http_date(), HTTP_DATE_LEN);
   if (location) hdr_add(&x->resp, "location", 8, location, strlen(location));
   x->status = status;
   evbuffer_drain(x->resp_body, evbuffer_get_length(x->resp_body));

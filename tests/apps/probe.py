@@ -219,6 +219,11 @@ async def app(scope, receive, send):
                     "headers": [(b"content-type", b"text/html; charset=utf-8"),
                                 (b"content-length", str(len(html)).encode())]})
         await send({"type": "http.response.body", "body": html})
+    elif path == "/dated":
+        # the app's own Date: servers and proxies must pass it on, not add one
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT")]})
+        await send({"type": "http.response.body", "body": b"dated"})
     elif path == "/headers":
         # Django-style capitalised names and a repeated header
         await send({"type": "http.response.start", "status": 201,

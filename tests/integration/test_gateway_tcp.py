@@ -590,8 +590,12 @@ def test_a_cleartext_listener_redirects_to_https(worker):
         for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
             r = curl(*flags, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", g.plain_url("/scope?a=1&b=/x"))
             assert r.stdout == f"308 https://127.0.0.1:{g.tls_port}/scope?a=1&b=/x", (flags, r.stdout, r.stderr)
-            s = curl_json(*flags, "-k", "-L", "--data-binary", "abc", g.plain_url("/scope"))
-            assert (s["method"], s["body"]["size"], s["scheme"]) == ("POST", 3, "https"), s
+            s = curl_json(*flags, "-k", "-L", g.plain_url("/scope"))
+            assert (s["method"], s["scheme"]) == ("GET", "https"), s
+        # Over HTTP/1.1 (curl 7.88 fails an h2c upload whose stream the
+        # redirect ends first: see test_body_limit_413_and_slow_request_head_408)
+        s = curl_json("--http1.1", "-k", "-L", "--data-binary", "abc", g.plain_url("/scope"))
+        assert (s["method"], s["body"]["size"], s["scheme"]) == ("POST", 3, "https"), s
         r = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: Example.COM:8080",
                  f"http://127.0.0.1:{third}/a/b")
         assert r.stdout == "308 https://example.com/a/b", r.stdout
@@ -936,6 +940,48 @@ SNI_TLS = """    tls:
         - {{certificate: a.test.pem, key: a.test.key}}
         - {{certificate: b.test.pem, key: b.test.key}}
 """
+
+
+def dates(head):
+    """The Date values in a response head (bytes or str)."""
+    text = head.decode("latin1") if isinstance(head, bytes) else head
+    return [line.split(":", 1)[1].strip() for line in text.split("\r\n\r\n")[0].splitlines()
+            if line.lower().startswith("date:")]
+
+
+def is_now(date):
+    import email.utils
+    when = email.utils.parsedate_to_datetime(date).timestamp()
+    return date.endswith(" GMT") and abs(when - time.time()) < 300
+
+
+def test_every_response_carries_one_date(worker):
+    """RFC 9110 6.6.1: an origin server with a clock sends Date, and a
+    proxy adds one to a response that came without. The worker adds it
+    unless the app gave its own, over HTTP/1.1 and HTTP/2, and to its own
+    error answers; the gateway passes a backend's on, adds one where a
+    backend sent none, and to its own answers. Neither sent any before."""
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    backend, backend_port = faulty("big-head")  # sends no Date
+    g2 = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{backend_port}", response_timeout="5s")
+    try:
+        for port in (worker.port, g.plain_port):
+            for path in ("/pid", "/no-such-page"):
+                found = dates(raw_http(port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()))
+                assert len(found) == 1 and is_now(found[0]), (port, path, found)
+                found = dates(curl("-sS", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge",
+                                   f"http://127.0.0.1:{port}{path}").stdout)
+                assert len(found) == 1 and is_now(found[0]), (port, path, found)
+            assert dates(raw_http(port, b"GET /dated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == \
+                ["Mon, 01 Jan 2024 00:00:00 GMT"]
+            bad = raw_http(port, b"GET /pid HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")  # their own 400
+            assert bad.startswith(b"HTTP/1.1 400") and len(dates(bad)) == 1 and is_now(dates(bad)[0]), bad
+        found = dates(raw_http(g2.plain_port, b"GET /1x10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        assert len(found) == 1 and is_now(found[0]), found
+    finally:
+        g.stop()
+        g2.stop()
+        backend.stop()
 
 
 def test_sni_chooses_the_certificate_over_tcp_and_quic(worker):

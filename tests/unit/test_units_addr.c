@@ -1,8 +1,10 @@
-/* Durations, sizes and addresses as users write them in configs and flags. */
+/* Durations, sizes and addresses as users write them in configs and
+ * flags; the Date field's format. */
 #include <errno.h>
 
 #include "addr.h"
 #include "check.h"
+#include "http_date.h"
 #include "units.h"
 
 int main(void) {
@@ -45,5 +47,12 @@ int main(void) {
   CHECK_STR(text, "[::1]:443");
   CHECK(h3g_hostport_parse("example.com:443", &hp, &why) == 0);
   CHECK(h3g_hostport_to_sockaddr(&hp, &ss, &len) == -EAGAIN);
+
+  char date[64];
+  h3g_http_date_of(784111777, date); /* RFC 9110 5.6.7's example */
+  CHECK_STR(date, "Sun, 06 Nov 1994 08:49:37 GMT");
+  h3g_http_date_of(951782400, date); /* a leap day */
+  CHECK_STR(date, "Tue, 29 Feb 2000 00:00:00 GMT");
+  CHECK(strlen(h3g_http_date()) == HTTP_DATE_LEN);
   CHECK_DONE();
 }
