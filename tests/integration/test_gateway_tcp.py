@@ -612,7 +612,7 @@ listen:
     tls: {{certificate: cert.pem, key: key.pem}}
   - address: 127.0.0.1:{plain_port}
 limits: {{max_body_size: 1k}}
-timeouts: {{response_header: 1s}}
+timeouts: {{response_header: 1s, idle: 1s}}
 upstreams:
   - name: app
     servers: [{servers}]
@@ -620,6 +620,12 @@ routes:
   - path_prefix: /upload
     upstream: app
     limits: {{max_body_size: 64k}}
+  - path_prefix: /stream
+    upstream: app
+    timeouts: {{idle: 10s}}
+  - host: idle.example
+    path_prefix: /stream
+    upstream: app
   - path_prefix: /sleep
     upstream: app
   - path_prefix: /scope
@@ -667,6 +673,12 @@ def test_a_route_sets_its_own_body_limit_and_timeouts(worker, tmp_path):
             # the route's 10 s for the slow host, the top level's 1 s elsewhere
             assert status(*flags, "-H", "Host: slow.example", g.plain_url("/sleep?s=1.5")) == "200"
             assert status(*flags, g.plain_url("/sleep?s=1.5")) == "504"
+            # a response that pauses 1.5 s: whole on the route with idle 10s; cut
+            # where the top level's 1 s holds
+            r = curl(*flags, g.plain_url("/stream?n=2&delay=1.5"))
+            assert r.returncode == 0 and r.stdout == "chunk 0\nchunk 1\n", (flags, r.stdout, r.stderr)
+            r = curl(*flags, "-H", "Host: idle.example", g.plain_url("/stream?n=2&delay=1.5"))
+            assert r.returncode != 0 and r.stdout == "chunk 0\n", (flags, r.returncode, r.stdout)
         for path, answer in (("/upload", b"413"), ("/nowhere", b"404"), ("/scope", b"413")):
             head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
                     f"Expect: 100-continue\r\n\r\n").encode()
