@@ -663,10 +663,9 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
 
 void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->limits->response_header_timeout_ms); }
 
-/* Connection-specific fields a backend's response may carry (by length
- * first: this runs for every response). */
-/* The backend's head as the client gets it: hop-by-hop fields dropped,
- * and a Date added where the backend sent none (RFC 9110 6.6.1: a proxy
+/* The backend's head as the client gets it: the connection-specific
+ * fields it may carry dropped (by length first: this runs for every
+ * response), and a Date added where it has none (RFC 9110 6.6.1: a proxy
  * with a clock adds it). */
 static void tidy_response_head(struct xchg *x) {
   bool has_date = false;
