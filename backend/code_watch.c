@@ -52,10 +52,12 @@ static int remember(struct code_watch *w, int wd, const char *dir) {
     w->path_of = grown;
     w->cap = cap;
   }
+  char *copy = strdup(dir);
+  if (copy == NULL) return -1;
   if (w->path_of[wd] == NULL) w->n_dirs++; /* the same folder watched again keeps its wd */
   free(w->path_of[wd]);
-  w->path_of[wd] = strdup(dir);
-  return w->path_of[wd] ? 0 : -1;
+  w->path_of[wd] = copy;
+  return 0;
 }
 
 static bool is_folder(const struct dirent *e, const char *path) {
