@@ -823,6 +823,11 @@ static void hold_then_close(struct conn *c) {
 
 static ngtcp2_conn *get_conn(ngtcp2_crypto_conn_ref *ref) { return ((struct conn *)ref->user_data)->q; }
 
+static bool is_address(const char *host) {
+  unsigned char a[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
 static int conn_open(struct conn *c, const struct addrinfo *ai) {
   c->fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (c->fd < 0 || connect(c->fd, ai->ai_addr, ai->ai_addrlen) != 0) return -1;
@@ -868,7 +873,9 @@ static int conn_open(struct conn *c, const struct addrinfo *ai) {
   gnutls_priority_set_direct(c->tls, "NORMAL:-VERS-ALL:+VERS-TLS1.3:%DISABLE_TLS13_COMPAT_MODE", NULL);
   gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, G.cred);
   const char *name = O.sni ? O.sni : O.host;
-  gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, name, strlen(name));
+  /* RFC 6066 3: an address is no HostName (GnuTLS servers refuse "::1");
+   * --cacert still checks the certificate against it. */
+  if (O.sni || !is_address(O.host)) gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, name, strlen(name));
   if (O.cacert) gnutls_session_set_verify_cert(c->tls, name, 0); /* the handshake fails otherwise */
   static const gnutls_datum_t h3 = {(unsigned char *)"h3", 2};
   gnutls_alpn_set_protocols(c->tls, &h3, 1, GNUTLS_ALPN_MANDATORY);

@@ -562,6 +562,55 @@ def test_body_limit_413_and_slow_request_head_408(worker, tmp_path):
         g.stop()
 
 
+V6_CONFIG = """
+listen:
+  - address: "[::1]:{tls_port}"
+    tls: {{certificate: cert.pem, key: key.pem}}
+  - address: "[::1]:{plain_port}"
+upstreams:
+  - name: app
+    servers: ["[::1]:{worker_port}"]
+routes:
+  - path_prefix: /
+    upstream: app
+"""
+
+
+def test_ipv6_from_client_to_app():
+    """Over IPv6 loopback end to end: TLS (HTTP/1.1, HTTP/2), h2c and
+    HTTP/3 to the gateway, HTTP/2 to a worker on [::1]. The app sees the
+    client's address, the forwarding fields name it as RFC 7239 writes
+    IPv6 (bracketed and quoted), and Alt-Svc is sent. h3load used to put
+    "::1" in SNI, which RFC 6066 forbids and GnuTLS servers refuse."""
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    v6_port = free_port()
+    w = Worker("probe:app", args=["--bind", f"[::1]:{v6_port}"])  # and 127.0.0.1
+    try:
+        g = Gateway(V6_CONFIG, worker_port=v6_port)
+        try:
+            tls, plain = f"https://[::1]:{g.tls_port}/scope", f"http://[::1]:{g.plain_port}/scope"
+            for args, url, version, scheme, port in ((["-k", "--http1.1"], tls, "1.1", "https", g.tls_port),
+                                                     (["-k", "--http2"], tls, "2", "https", g.tls_port),
+                                                     (["--http2-prior-knowledge"], plain, "2", "http", g.plain_port)):
+                s = curl_json("-g", *args, url)
+                client_port = s["client"][1]
+                headers = dict((k, v) for k, v in s["headers"])
+                assert (s["http_version"], s["scheme"], s["client"][0]) == (version, scheme, "::1"), s
+                assert headers["host"] == f"[::1]:{port}" and headers["x-forwarded-for"] == "::1", headers
+                assert headers["forwarded"] == f'for="[::1]:{client_port}";proto={scheme};host="[::1]:{port}"', headers
+            assert f'alt-svc: h3=":{g.tls_port}"' in curl("-gsk", "-D", "-", "-o", "/dev/null", tls).stdout
+            r = run([BIN / "h3load", "-n", "3", f"https://[::1]:{g.tls_port}/scope"], timeout=30)
+            assert "3 succeeded" in r.stdout, r.stdout + r.stderr
+        finally:
+            g.stop()
+    finally:
+        w.stop()
+
+
 REDIRECT_CONFIG = """
 listen:
   - address: 127.0.0.1:{tls_port}
