@@ -301,6 +301,7 @@ static const struct map_spec route_spec = {"route", route_keys, sizeof(struct co
 /* sections of the top level that group settings */
 static const struct key_spec limits_keys[] = {
     KEY("max_connections", K_U32, struct gw_conf, max_connections, .min = 1, .max = 10000000),
+    KEY("max_connections_per_ip", K_U32, struct gw_conf, max_connections_per_ip, .min = 0, .max = 10000000),
     KEY("max_header_bytes", K_SIZE, struct gw_conf, max_header_bytes, .min = 1024, .max = 16 << 20),
     KEY("max_header_count", K_U32, struct gw_conf, max_header_count, .min = 8, .max = 10000),
     KEY("max_body_size", K_SIZE, struct gw_conf, exchange.max_body_size, .min = 0, .max = UINT64_MAX),

@@ -13,6 +13,7 @@
 #include "addr.h"
 #include "listener.h"
 #include "log.h"
+#include "per_ip.h"
 #include "xchg.h"
 
 enum { OUT_LOW_WATER = 64 * 1024 };
@@ -31,12 +32,16 @@ struct down_conn *down_conn_new(struct listener *l, int fd, const struct sockadd
   (void)fd;
   struct down_conn *c = calloc(1, sizeof *c);
   if (c == NULL) return NULL;
+  h3g_sockaddr_host(peer, c->peer_ip, sizeof c->peer_ip);
+  if (strncmp(c->peer_ip, "::ffff:", 7) == 0) memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
+  if (!per_ip_admit(c->peer_ip, gw.rt->conf->max_connections_per_ip)) {
+    free(c);
+    return NULL; /* the caller closes the socket */
+  }
   c->id = ++gw.next_id;
   c->rt = gw_runtime_ref(gw.rt);
   c->listener = l;
   c->flush.flush = conn_flush;
-  h3g_sockaddr_host(peer, c->peer_ip, sizeof c->peer_ip);
-  if (strncmp(c->peer_ip, "::ffff:", 7) == 0) memmove(c->peer_ip, c->peer_ip + 7, strlen(c->peer_ip + 7) + 1);
   c->peer_port = h3g_sockaddr_port(peer);
   c->timer = evtimer_new(gw.base, on_timer, c);
   LIST_INSERT_HEAD(&all_conns, c, link);
@@ -69,6 +74,7 @@ static void finish_close(struct down_conn *c) {
   gw_flush_cancel(&c->flush);
   LIST_REMOVE(c, link);
   n_conns--;
+  per_ip_leave(c->peer_ip);
   if (n_conns + 1 == gw.rt->conf->max_connections || n_conns < gw.rt->conf->max_connections)
     listeners_pause_all(false);
   gw_defer_free(conn_free, c);

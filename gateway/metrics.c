@@ -4,6 +4,7 @@
 
 #include "down.h"
 #include "gw.h"
+#include "per_ip.h"
 #include "quic.h"
 #include "upstream.h"
 #include "xchg.h"
@@ -73,6 +74,11 @@ void metrics_render(struct evbuffer *out) {
                            "h3gate_client_connections{transport=\"tcp\"} %zu\n"
                            "h3gate_client_connections{transport=\"quic\"} %zu\n",
                       down_count(), quic_connection_count());
+  evbuffer_add_printf(out, "# HELP h3gate_connections_refused_total Client connections refused at "
+                           "limits.max_connections_per_ip.\n"
+                           "# TYPE h3gate_connections_refused_total counter\n"
+                           "h3gate_connections_refused_total{reason=\"per_ip\"} %llu\n",
+                      (unsigned long long)per_ip_refused());
   evbuffer_add_printf(out, "# HELP h3gate_quic_library_bytes Heap held by the QUIC and HTTP/3 libraries.\n"
                            "# TYPE h3gate_quic_library_bytes gauge\n"
                            "h3gate_quic_library_bytes{library=\"ngtcp2\"} %lld\n"

@@ -25,6 +25,7 @@
 #include "fastrand.h"
 #include "listener.h"
 #include "log.h"
+#include "per_ip.h"
 #include "quic.h"
 
 enum {
@@ -268,6 +269,10 @@ struct quic_conn *quic_conn_accept(struct quic_endpoint *ep, const ngtcp2_pkt_hd
   ngtcp2_connection_close_error_default(&qc->ccerr);
   h3g_sockaddr_host((const struct sockaddr *)path->remote.addr, qc->peer_ip, sizeof qc->peer_ip);
   qc->peer_port = h3g_sockaddr_port((const struct sockaddr *)path->remote.addr);
+  if (!per_ip_admit(qc->peer_ip, gw.rt->conf->max_connections_per_ip)) {
+    free(qc);
+    return NULL; /* its Initial goes unanswered, as above max_connections */
+  }
 
   ngtcp2_cid scid;
   scid.datalen = QUIC_SCID_LEN;
@@ -336,6 +341,7 @@ err_conn:
   ngtcp2_conn_del(qc->conn);
 err_free:
   if (qc->qlog_fd >= 0) close(qc->qlog_fd);
+  per_ip_leave(qc->peer_ip);
   free(qc);
   return NULL;
 }
@@ -642,6 +648,7 @@ static void conn_free_later(struct quic_conn *qc) {
   h3_conn_free(qc);
   LIST_REMOVE(qc, link);
   ep->n_conns--;
+  per_ip_leave(qc->peer_ip);
   gw_runtime_unref(qc->rt);
   gw_defer_free(conn_free, qc);
   quic_ep_conn_gone(ep);

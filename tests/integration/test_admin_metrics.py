@@ -149,3 +149,44 @@ def test_clients_that_leave_early_leave_nothing_in_flight(stack):
     finally:
         s.close()
     assert left == 0, f"{left} exchanges or upstream streams still in flight"
+
+
+def test_max_connections_per_ip_refuses_the_next_and_counts_them_back():
+    """limits.max_connections_per_ip (nginx's limit_conn): an address holding
+    its 3 connections gets the next closed at once, TCP or QUIC (counted
+    together), and /metrics counts the refusals. Connections that end give
+    their place back, whichever way they ended: 20 more, one at a time,
+    all get served."""
+    w = Worker("probe:app")
+    admin = free_port()
+    g = Gateway(H3_CONFIG + "limits: {{max_connections_per_ip: 3}}\n" + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n",
+                servers=f"127.0.0.1:{w.port}", response_timeout="5s", secret=SECRET, retry="never")
+    held = []
+    try:
+        for _ in range(3):
+            held.append(socket.create_connection(("127.0.0.1", g.plain_port), timeout=10))
+        assert eventually(lambda: metric(metrics(admin), "h3gate_client_connections", transport="tcp") == 3)
+        # metrics() itself goes to the admin listener, which is not counted
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as fourth:
+            assert fourth.recv(4096) == b""  # closed at once
+        r = run([BIN / "h3load", "-n", "1", "--timeout", "3", f"https://127.0.0.1:{g.tls_port}/pid"], timeout=30)
+        assert "0 succeeded" in r.stdout, r.stdout
+        refused = metric(metrics(admin), "h3gate_connections_refused_total", reason="per_ip")
+        assert refused >= 2, refused  # h3load's Initial may come more than once
+        held.pop().close()
+        assert eventually(lambda: curl("-sS", g.plain_url("/pid")).stdout.startswith('{"pid"'))
+        for s in held:
+            s.close()
+        held.clear()
+        for i in range(10):
+            assert curl("-sS", g.plain_url("/pid")).stdout.startswith('{"pid"'), i
+            assert curl("-sSk", "--http2", g.tls_url("/pid")).stdout.startswith('{"pid"'), i
+        for _ in range(3):  # 3 connections at a time, once the last ones are gone (draining too)
+            assert eventually(lambda: metric(metrics(admin), "h3gate_client_connections", transport="quic") == 0)
+            r = run([BIN / "h3load", "-n", "6", "-c", "3", f"https://127.0.0.1:{g.tls_port}/pid"], timeout=30)
+            assert "6 succeeded" in r.stdout, r.stdout
+    finally:
+        for s in held:
+            s.close()
+        g.stop()
+        w.stop()
