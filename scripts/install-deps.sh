@@ -17,7 +17,7 @@ test_pkgs=(
   python3-pytest python3-h2 python3-httpx python3-websockets python3-hypercorn python3-httptools
   python3-prometheus-client tcpdump
   python3-fastapi python3-django python3-quart uvicorn
-  chromium iproute2 dnsmasq-base docker-compose procps
+  chromium iproute2 dnsmasq-base docker-compose procps systemd
 )
 fuzz_pkgs=(clang libclang-rt-14-dev) # libFuzzer (tests/fuzz), also part of the test suite
 

@@ -2,7 +2,7 @@
 docker-compose validates the compose file, the packages the images install
 exist in Debian 12, the build stages use the README's install script, the
 entrypoint makes a development certificate, and the shipped configs pass
-h3gate -t."""
+h3gate -t. cmake --install and the systemd units."""
 
 import os
 import pathlib
@@ -110,3 +110,35 @@ def test_shipped_configs_pass_h3gate_t(tmp_path):
     (configs / "compose-gateway.yaml").write_text(compose)
     r = run([BIN / "h3gate", "-t", "-c", configs / "compose-gateway.yaml"])
     assert r.returncode == 0, r.stderr
+
+
+def test_install_and_systemd_units(tmp_path):
+    """cmake --install puts the programs, h3load, the documented config and
+    the systemd units under the prefix. Each command in the units names an
+    installed program with options its --help lists, and `systemd-analyze
+    verify` has nothing to say about them (an unknown key is a warning)."""
+    prefix = tmp_path / "prefix"
+    r = run(["cmake", "--install", BIN.parent, "--prefix", prefix], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for f in ("bin/h3gate", "bin/h3gate-worker", "bin/h3load", "share/h3gate/gateway.yaml",
+              "share/h3gate/systemd/h3gate.service", "share/h3gate/systemd/h3gate-worker.service"):
+        assert (prefix / f).is_file(), f
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in ("h3gate", "h3gate-worker"):
+        text = (prefix / "share/h3gate/systemd" / f"{name}.service").read_text()
+        commands = re.findall(r"^Exec\w+=(\S+)(.*)$", text, re.M)
+        assert any(program.endswith(f"/{name}") for program, _ in commands), commands
+        for program, args in commands:
+            if program == "/bin/kill":
+                assert args.strip() == "-HUP $MAINPID", args
+                continue
+            assert program.startswith("/usr/local/bin/"), program
+            installed = prefix / "bin" / program.rsplit("/", 1)[1]
+            assert installed.is_file(), program
+            helped = run([installed, "--help"])
+            for option in re.findall(r"(?<!\S)(--?[a-z][\w-]*)", args):
+                assert option in helped.stdout + helped.stderr, (name, option)
+        (units / f"{name}.service").write_text(text.replace("/usr/local/bin/", f"{prefix}/bin/"))
+    r = run(["systemd-analyze", "verify", units / "h3gate.service", units / "h3gate-worker.service"], timeout=60)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
