@@ -178,6 +178,7 @@ static void stream_dealloc(struct asgi_stream *s) {
   Py_XDECREF(s->headers);
   Py_XDECREF(s->xff);
   Py_XDECREF(s->xfp);
+  Py_XDECREF(s->prefix);
   Py_XDECREF(s->fwd);
   Py_XDECREF(s->via);
   Py_XDECREF(s->recv_waiter);
@@ -380,6 +381,9 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
   case 17:
     if (NAME_IS("x-forwarded-proto")) remember(&s->xfp, pair);
     break;
+  case 18:
+    if (NAME_IS("x-forwarded-prefix")) remember(&s->prefix, pair);
+    break;
   case 22:
     if (NAME_IS("sec-websocket-protocol")) return join_value(&s->ws_protocols, value, vlen);
     break;
@@ -468,6 +472,19 @@ static void apply_forwarded(struct asgi_stream *s, PyObject **client, PyObject *
   }
 }
 
+/* The app's root_path: what a trusted proxy took off the path in front of
+ * it (X-Forwarded-Prefix, as h3gate's strip_prefix routes send), else
+ * --root-path. */
+static PyObject *root_path_of(const struct asgi_stream *s) {
+  if (s->prefix && s->conn->peer_trusted && PyBytes_GET_SIZE(s->prefix) > 1 &&
+      PyBytes_AS_STRING(s->prefix)[0] == '/') {
+    PyObject *p = decode_path(s->prefix);
+    if (p) return p;
+    PyErr_Clear();
+  }
+  return Py_NewRef(asgi_env.root_path);
+}
+
 static PyObject *version_object(const char *v) {
   return strcmp(v, "2") == 0 ? K.v_2 : strcmp(v, "1.0") == 0 ? K.v_1_0 : K.v_1_1;
 }
@@ -485,6 +502,7 @@ static PyObject *build_scope(struct asgi_stream *s) {
     s->log_version = PyUnicode_AsUTF8(version);
   }
   PyObject *path = s->raw_path ? decode_path(s->raw_path) : NULL;
+  PyObject *root_path = root_path_of(s);
   PyObject *asgi = PyDict_Copy(K.asgi_version);
   PyObject *state = asgi_env.state ? PyDict_Copy(asgi_env.state) : PyDict_New();
   PyObject *ext = PyDict_New();
@@ -496,7 +514,7 @@ static PyObject *build_scope(struct asgi_stream *s) {
       PyDict_SetItem(scope, K.server, server) || PyDict_SetItem(scope, K.client, client) ||
       PyDict_SetItem(scope, K.scheme, scheme) ||
       (s->ws == NULL && PyDict_SetItem(scope, K.method, s->method)) ||
-      PyDict_SetItem(scope, K.root_path, asgi_env.root_path) ||
+      PyDict_SetItem(scope, K.root_path, root_path) ||
       PyDict_SetItem(scope, K.path, path) || PyDict_SetItem(scope, K.raw_path, s->raw_path) ||
       PyDict_SetItem(scope, K.query_string, s->query) ||
       PyDict_SetItem(scope, K.headers, s->headers) || PyDict_SetItem(scope, K.state, state) ||
@@ -507,6 +525,7 @@ static PyObject *build_scope(struct asgi_stream *s) {
   Py_DECREF(scheme);
   Py_DECREF(version);
   Py_DECREF(path);
+  Py_DECREF(root_path);
   Py_DECREF(asgi);
   Py_DECREF(state);
   Py_DECREF(ext);
@@ -518,6 +537,7 @@ err:
   Py_XDECREF(scheme);
   Py_XDECREF(version);
   Py_XDECREF(path);
+  Py_XDECREF(root_path);
   Py_XDECREF(asgi);
   Py_XDECREF(state);
   Py_XDECREF(ext);

@@ -23,7 +23,7 @@ struct asgi_stream {
   PyObject *scheme; /* str, from :scheme */
   PyObject *headers; /* list of (bytes, bytes) */
   size_t header_bytes;
-  PyObject *xff, *xfp, *fwd, *via; /* last value of each, bytes */
+  PyObject *xff, *xfp, *fwd, *via, *prefix; /* last value of each, bytes (prefix: X-Forwarded-Prefix) */
   bool has_authority;
   unsigned host_fields;    /* Host lines the client sent */
   bool te_trailers;

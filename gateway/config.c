@@ -248,6 +248,9 @@ static int route_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *node
   struct conf_route *r = obj;
   if (r->path_prefix == NULL) r->path_prefix = strdup("/");
   if (r->path_prefix[0] != '/') return fail_at(ctx, node, "path_prefix must start with \"/\"");
+  size_t n = strlen(r->path_prefix);
+  if (r->strip_prefix && (n < 2 || r->path_prefix[n - 1] != '/'))
+    return fail_at(ctx, node, "strip_prefix needs a path_prefix that ends with \"/\", such as /api/");
   return 0;
 }
 
@@ -291,6 +294,7 @@ static const struct key_spec route_keys[] = {
     KEY("host", K_STR, struct conf_route, host),
     KEY("path_prefix", K_STR, struct conf_route, path_prefix),
     KEY("upstream", K_STR, struct conf_route, upstream, .required = true),
+    KEY("strip_prefix", K_BOOL, struct conf_route, strip_prefix),
     SECTION("limits", route_limits_spec),
     SECTION("timeouts", route_timeouts_spec),
     END_KEYS,

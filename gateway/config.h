@@ -83,6 +83,7 @@ struct conf_route {
   char *path_prefix;
   char *upstream;
   size_t upstream_index;
+  bool strip_prefix;        /* the backend sees the path below path_prefix */
   struct conf_exchange_limits limits;
 };
 

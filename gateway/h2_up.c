@@ -452,7 +452,8 @@ int up_conn_submit(struct up_conn *c, struct xchg *x) {
   nghttp2_nv *nva = gw_nv_scratch(x->req.n + 5, sizeof *nva);
   if (nva == NULL) return -1;
   size_t n = 0;
-  int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, x->i_path, x->i_protocol};
+  int path = x->i_upstream_path >= 0 ? x->i_upstream_path : x->i_path;
+  int pseudo[] = {x->i_method, x->i_scheme, x->i_authority, path, x->i_protocol};
   size_t n_pseudo = x->i_protocol >= 0 ? 5 : 4;
   for (size_t i = 0; i < n_pseudo; i++) {
     const struct hdr *h = &x->req.v[pseudo[i]];

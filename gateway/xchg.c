@@ -126,7 +126,7 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
   x->limits = &rt->conf->exchange;
   x->proto = proto;
   x->state = XS_REQ_HEAD;
-  x->i_method = x->i_scheme = x->i_authority = x->i_path = x->i_protocol = -1;
+  x->i_method = x->i_scheme = x->i_authority = x->i_path = x->i_protocol = x->i_upstream_path = -1;
   x->req_content_length = -1;
   x->req_replayable = true;
   x->down = ops;
@@ -252,6 +252,7 @@ enum field_role {
   F_XFF,        /* the forwarding fields: replaced, or extended when trusted */
   F_XFP,
   F_XFH,
+  F_PREFIX,     /* X-Forwarded-Prefix */
   F_FORWARDED,
   F_VIA,
   F_REQUEST_ID, /* kept when sane, else generated */
@@ -275,6 +276,7 @@ static enum field_role classify(const char *n, uint32_t len) {
   case 17: return IS("transfer-encoding") || IS("sec-websocket-key") ? F_HOP
                  : IS("x-forwarded-proto")                          ? F_XFP
                                                                     : F_PLAIN;
+  case 18: return IS("x-forwarded-prefix") ? F_PREFIX : F_PLAIN;
   default: return F_PLAIN;
   }
 }
@@ -418,10 +420,29 @@ static int add_request_id(struct xchg *x, const int last[F_ROLES]) {
   return 0;
 }
 
+/* A route with strip_prefix: the backend gets the path below the prefix
+ * ("/api/items" → "/items"), and X-Forwarded-Prefix says what was taken
+ * (after a trusted proxy's own), which h3gate-worker makes the app's
+ * root_path. Without it a trusted proxy's X-Forwarded-Prefix stays. */
+static int strip_route_prefix(struct xchg *x, const struct conf_route *r, int trusted_prefix) {
+  if (!r->strip_prefix) {
+    if (trusted_prefix >= 0) x->req.v[trusted_prefix].flags &= (uint8_t)~HDR_DROPPED;
+    return 0;
+  }
+  size_t taken = strlen(r->path_prefix) - 1; /* "/api/" → "/api" */
+  const char *below = hdr_value(&x->req, x->i_path) + taken;
+  x->i_upstream_path = hdr_add(&x->req, ":path", 5, below, strlen(below));
+  struct strbuf sb;
+  sb.n = 0;
+  sb_field(&sb, &x->req, trusted_prefix);
+  sb_add(&sb, r->path_prefix, taken);
+  return x->i_upstream_path < 0 || hdr_add(&x->req, "x-forwarded-prefix", 18, sb.b, sb.n) < 0 ? -1 : 0;
+}
+
 /* One pass over the request fields: hop-by-hop fields go, the forwarding
  * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
  * Forwarded, Via and X-Request-ID are added. */
-static int rewrite_request_fields(struct xchg *x) {
+static int rewrite_request_fields(struct xchg *x, const struct conf_route *r) {
   const struct gw_conf *conf = x->rt->conf;
   bool trusted = conf->trusted_proxies.any || conf->trusted_proxies.n
                      ? cidr_list_match_text(&conf->trusted_proxies, x->client_ip, strlen(x->client_ip))
@@ -436,7 +457,7 @@ static int rewrite_request_fields(struct xchg *x) {
   sb_str(&sb, via[x->proto]);
   if (hdr_add(&x->req, "via", 3, sb.b, sb.n) < 0 || add_request_id(x, last) != 0) return -1;
   if (x->early_data && hdr_add(&x->req, "early-data", 10, "1", 1) < 0) return -1;
-  return 0;
+  return strip_route_prefix(x, r, last[F_PREFIX]);
 }
 
 /* Host without port, lower-case. */
@@ -580,12 +601,6 @@ int xchg_req_head_done(struct xchg *x) {
     const char *s = x->tls ? "https" : "http";
     x->i_scheme = hdr_add(&x->req, ":scheme", 7, s, strlen(s));
   }
-  /* Host goes (:authority stands for it, RFC 9113 8.3.1), with the
-   * hop-by-hop fields; forwarding fields are set. */
-  if (rewrite_request_fields(x) != 0) {
-    xchg_respond_local(x, 503, "out of memory");
-    return 503;
-  }
   const struct conf_route *r = route(x);
   if (r == NULL) {
     xchg_respond_local(x, 404, "no route for this host and path");
@@ -597,6 +612,12 @@ int xchg_req_head_done(struct xchg *x) {
       (uint64_t)x->req_content_length > x->limits->max_body_size) {
     xchg_respond_local(x, 413, "request body too large");
     return 413;
+  }
+  /* Host goes (:authority stands for it, RFC 9113 8.3.1), with the
+   * hop-by-hop fields; forwarding fields are set, the route's prefix taken. */
+  if (rewrite_request_fields(x, r) != 0) {
+    xchg_respond_local(x, 503, "out of memory");
+    return 503;
   }
   x->state = XS_QUEUED;
   x->queued_us = gw_now_us();

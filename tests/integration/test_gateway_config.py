@@ -73,11 +73,13 @@ def test_good_config_passes():
      "redirect_https is for a cleartext listener (this one has tls)"),
     (GOOD.replace("    servers: [127.0.0.1:8000]", "    servers: [127.0.0.1:8000]\n    tcp_keepalive: 1500ms"), 5, 5,
      "tcp_keepalive is whole seconds"),
+    (GOOD.replace("    upstream: app", "    upstream: app\n    strip_prefix: true"), 8, 5,
+     'strip_prefix needs a path_prefix that ends with "/"'),
 ], ids=["unknown-key", "bad-duration", "out-of-range", "undefined-upstream", "key-order-ok",
         "not-a-list", "bad-port", "bad-prefix", "duplicate-key", "yaml-syntax", "empty",
         "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok",
         "sni-cert-without-key", "sni-cert-ok", "route-limit-unknown", "route-timeout-bad", "route-limits-ok",
-        "redirect-on-tls", "keepalive-not-whole-seconds"])
+        "redirect-on-tls", "keepalive-not-whole-seconds", "strip-needs-a-folder"])
 def test_errors_name_file_line_column(text, line, col, message):
     r, path = check(text)
     if message is None:  # keys in any order are fine

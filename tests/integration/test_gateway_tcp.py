@@ -611,6 +611,46 @@ def test_ipv6_from_client_to_app():
         w.stop()
 
 
+STRIP_CONFIG = BASIC_CONFIG.replace("""routes:
+  - path_prefix: /
+    upstream: app
+""", """routes:
+  - path_prefix: /api/
+    upstream: app
+    strip_prefix: true
+  - path_prefix: /
+    upstream: app
+""")
+
+
+def test_a_route_can_strip_its_prefix(worker):
+    """routes[].strip_prefix (nginx's proxy_pass with a URI, Caddy's
+    handle_path): the app mounted at /api/ gets the path below it, and
+    X-Forwarded-Prefix, which h3gate-worker takes from a trusted peer as the
+    app's root_path (so url_for builds /api/... links). A client's own
+    X-Forwarded-Prefix is dropped, as the other forwarding fields are; a
+    peer the worker does not trust sets no root_path."""
+    g = Gateway(STRIP_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s")
+    untrusting = Worker("probe:app", args=["--forwarded-allow-ips", "10.9.9.9"])
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            s = curl_json(*flags, "-H", "X-Forwarded-Prefix: /evil", g.plain_url("/api/scope?x=1"))
+            prefixes = [v for k, v in s["headers"] if k == "x-forwarded-prefix"]
+            assert (s["path"], s["raw_path"], s["query_string"], s["root_path"], prefixes) == \
+                ("/scope", "/scope", "x=1", "/api", ["/api"]), s
+            s = curl_json(*flags, "-H", "X-Forwarded-Prefix: /evil", g.plain_url("/scope"))  # no stripping here
+            assert s["root_path"] == "" and "x-forwarded-prefix" not in dict(s["headers"]), s
+            r = curl(*flags, g.plain_url("/api/"))  # the app's own root
+            assert json.loads(r.stdout)["path"] == "/", r.stdout
+        s = curl_json("-H", "X-Forwarded-Prefix: /api", untrusting.url("/scope"))
+        assert s["root_path"] == "", s
+        s = curl_json("-H", "X-Forwarded-Prefix: /api", worker.url("/scope"))  # 127.0.0.1 is trusted
+        assert s["root_path"] == "/api", s
+    finally:
+        g.stop()
+        untrusting.stop()
+
+
 REDIRECT_CONFIG = """
 listen:
   - address: 127.0.0.1:{tls_port}
