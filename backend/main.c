@@ -11,7 +11,8 @@
 
 /* Imports the app once in a throwaway child, so a broken app fails with one
  * clear line before any port is bound, and the supervisor itself never
- * loads Python. */
+ * loads Python. With --reload it only says so: the supervisor waits for the
+ * save that fixes it, as uvicorn --reload does. */
 static int check_app(const struct worker_options *opt) {
   fflush(NULL);
   pid_t pid = fork();
@@ -29,6 +30,6 @@ int main(int argc, char **argv) {
   int rc = options_parse(argc, argv, &opt);
   if (rc == 1) return 0;
   if (rc != 0) return rc;
-  if (check_app(&opt) != 0) return 1;
+  if (check_app(&opt) != 0 && !opt.reload) return 1;
   return supervisor_run(&opt);
 }

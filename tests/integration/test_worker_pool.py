@@ -204,6 +204,26 @@ def test_reload_restarts_the_workers_when_a_python_file_changes():
         shutil.rmtree(tmp)
 
 
+def test_reload_waits_for_a_fix_when_no_worker_could_start():
+    """--reload with code that does not import from the start: the worker
+    says so and waits (uvicorn --reload does too) instead of stopping, and
+    serves once a save fixes it."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="h3reload-"))
+    w = None
+    try:
+        (tmp / "versioned.py").write_text("this is not Python\n")
+        w = Worker("versioned:app", workers=1, app_dir=tmp, args=["--reload"], wait=False)
+        assert w.wait_log("waiting for the code to change", timeout=30), w.log()[-2000:]
+        assert w.proc.poll() is None  # still running
+        shutil.copy(APPS / "versioned.py", tmp / "versioned.py")
+        assert eventually(lambda: curl(w.url("/")).stdout.startswith("v1 "), timeout=30), w.log()[-2000:]
+        assert w.stop() == 0
+    finally:
+        if w:
+            w.stop()
+        shutil.rmtree(tmp)
+
+
 def test_limit_concurrency_and_uvicorns_option_names():
     """--limit-concurrency N (uvicorn's): a worker process running N apps
     answers the next request 503 at once, over HTTP/1.1 and HTTP/2, and
