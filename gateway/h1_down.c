@@ -145,7 +145,7 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   xchg_req_head_done(x); /* errors come back as a local response */
   /* The body is asked for only when the request goes on: a 413 or 404
    * spares the client the upload (RFC 9110 10.1.1). */
-  if (wants_continue && h->x == x && x->state != XS_DONE && x->state != XS_RESPONDING)
+  if (wants_continue && h->x && h->x->state != XS_DONE && h->x->state != XS_RESPONDING)
     evbuffer_add(bufferevent_get_output(h->c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
   return 0;
 }

@@ -82,7 +82,7 @@ struct quic_endpoint {
   struct listener *listener;       /* the current generation's; NULL once retiring */
   bool retiring;                   /* its listener left the configuration: no new
                                     * connections; it closes with its last one */
-  bool freeing;
+  bool freeing;                    /* its last connection went: freed at the flush point */
   int fd;
   int family;
   struct sockaddr_storage local;

@@ -568,16 +568,19 @@ static bool redirect_to_https(struct xchg *x) {
   const char *path = hdr_value(&x->req, x->i_path);
   static const char acme[] = "/.well-known/acme-challenge/";
   if (x->redirect_https == 0 || strncmp(path, acme, sizeof acme - 1) == 0) return false;
-  char host[256], port[8] = "", location[8192];
+  char host[256], port[8] = "";
   host_of(hdr_value(&x->req, x->i_authority), host, sizeof host);
   if (x->redirect_https != 443) snprintf(port, sizeof port, ":%u", (unsigned)x->redirect_https);
   if (strcmp(path, "*") == 0) path = "/";
-  int n = snprintf(location, sizeof location, "https://%s%s%s", host, port, path);
-  if (n < 0 || n >= (int)sizeof location) {
-    xchg_respond_local(x, 414, "request target too long to redirect");
+  size_t size = sizeof "https://" + strlen(host) + strlen(port) + strlen(path);
+  char *location = malloc(size); /* a target may be as long as max_header_bytes */
+  if (location == NULL) {
+    xchg_respond_local(x, 503, "out of memory");
     return true;
   }
+  snprintf(location, size, "https://%s%s%s", host, port, path);
   respond_local(x, 308, "this site is served over https", location);
+  free(location);
   return true;
 }
 

@@ -117,8 +117,8 @@ struct xchg {
   struct xchg_up up;
   struct up_pool *pool;
   const struct conf_exchange_limits *limits; /* its route's, or the top level's before routing */
-  uint16_t redirect_https;
-  int i_upstream_path;      /* :path sent upstream when a route strips its prefix; -1: i_path */  /* its listener's redirect_https port (0: none), set by the front */
+  uint16_t redirect_https;  /* its listener's redirect_https port (0: none), set by the front */
+  int i_upstream_path;      /* :path sent upstream when a route strips its prefix; -1: i_path */
   struct up_server *server; /* the server of the current or last attempt */
   uint8_t attempts;
   /* Servers that reset the request (their app failed): never tried again

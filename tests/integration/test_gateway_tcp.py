@@ -688,6 +688,9 @@ def test_a_cleartext_listener_redirects_to_https(worker):
         r = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: Example.COM:8080",
                  f"http://127.0.0.1:{third}/a/b")
         assert r.stdout == "308 https://example.com/a/b", r.stdout
+        long_path = "/" + "a" * 20000  # longer than any fixed buffer; max_header_bytes allows it
+        r = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", g.plain_url(long_path))
+        assert r.stdout == f"308 https://127.0.0.1:{g.tls_port}{long_path}", r.stdout[:200]
         r = curl("-w", "\n%{http_code}", g.plain_url("/.well-known/acme-challenge/token1"))
         body, status = r.stdout.rsplit("\n", 1)
         assert status == "404" and json.loads(body)["path"] == "/.well-known/acme-challenge/token1", r.stdout
