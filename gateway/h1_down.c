@@ -121,10 +121,11 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   if ((rc = xchg_req_field(x, ":method", 7, head->method, head->method_len)) ||
       (rc = add_target(x, head->target, head->target_len)))
     return rc;
-  if (hdr_find(&x->req, "host", 4, 0) < 0 && x->i_authority < 0) {
-    if (head->version_minor >= 1) return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
-    /* HTTP/1.0 may name none: the listener's address stands for it, as
-     * nginx's server name does. */
+  int host = hdr_find(&x->req, "host", 4, 0);
+  if ((host < 0 || x->req.v[host].value_len == 0) && x->i_authority < 0) {
+    if (host < 0 && head->version_minor >= 1) return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+    /* HTTP/1.0 may name none, and an empty Host names none (RFC 9112 3.3):
+     * the listener's address stands for it, as nginx's server name does. */
     const char *a = h->c->listener->conf->address;
     if ((rc = xchg_req_field(x, ":authority", 10, a, strlen(a)))) return rc;
   }

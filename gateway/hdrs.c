@@ -1,5 +1,6 @@
 #include "hdrs.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -80,4 +81,45 @@ bool hdr_value_has_token(const char *v, size_t len, const char *token) {
     if (end - start == tlen && strncasecmp(v + start, token, tlen) == 0) return true;
   }
   return false;
+}
+
+/* RFC 3986 reg-name: unreserved and sub-delims ('%' is checked apart). */
+static bool reg_name_char(unsigned char c) {
+  return isalnum(c) || (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+/* Skips a host at v[*i]: an IP-literal in brackets (IPv6, IPvFuture, zone
+ * IDs as %25) or a reg-name, percent-encoding included. False when it is
+ * empty or malformed. */
+static bool skip_host(const char *v, size_t len, size_t *i) {
+  bool bracketed = v[*i] == '[';
+  size_t start = *i += bracketed;
+  while (*i < len && (bracketed ? v[*i] != ']' : v[*i] != ':')) {
+    unsigned char c = (unsigned char)v[*i];
+    if (c == '%') {
+      if (*i + 2 >= len || !isxdigit((unsigned char)v[*i + 1]) || !isxdigit((unsigned char)v[*i + 2]))
+        return false;
+      *i += 3;
+    } else if (reg_name_char(c) || (bracketed && c == ':')) {
+      (*i)++;
+    } else {
+      return false;
+    }
+  }
+  if (*i == start) return false;
+  if (bracketed) {
+    if (*i == len) return false; /* no ']' */
+    (*i)++;
+  }
+  return true;
+}
+
+bool hdr_authority_valid(const char *v, size_t len) {
+  size_t i = 0;
+  if (len == 0 || !skip_host(v, len, &i)) return false;
+  if (i == len) return true;
+  if (v[i++] != ':') return false;
+  for (; i < len; i++)
+    if (!isdigit((unsigned char)v[i])) return false;
+  return true;
 }

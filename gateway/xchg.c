@@ -534,6 +534,19 @@ static bool host_differs(const struct xchg *x) {
   return host >= 0 && strcasecmp(hdr_value(&x->req, host), hdr_value(&x->req, x->i_authority)) != 0;
 }
 
+/* RFC 9112 3.2 (a MUST) and RFC 9113 8.3.1: an invalid Host or :authority
+ * is a 400 here. It used to reach the backend, whose HTTP/2 stack reset the
+ * stream (a 502 for the client's error), or the app, for one with
+ * userinfo ("a@b"). An HTTP/1.1 Host that an absolute-form target
+ * overrides is checked too; an empty one stands for none (h1_down). */
+static bool authority_valid(const struct xchg *x) {
+  const struct hdr *a = &x->req.v[x->i_authority];
+  if (!hdr_authority_valid(hdr_value(&x->req, x->i_authority), a->value_len)) return false;
+  int host = hdr_find(&x->req, "host", 4, 0);
+  if (host < 0 || x->req.v[host].value_len == 0) return true;
+  return hdr_authority_valid(hdr_value(&x->req, host), x->req.v[host].value_len);
+}
+
 /* 0, or the status a malformed or unserviceable head gets (why says why). */
 static int check_head(struct xchg *x, const char **why) {
   if (x->i_method >= 0 && strcmp(hdr_value(&x->req, x->i_method), "CONNECT") == 0) {
@@ -547,6 +560,7 @@ static int check_head(struct xchg *x, const char **why) {
   }
   if (x->i_method < 0 || x->i_path < 0) return *why = "missing method or path", 400;
   if (x->i_authority < 0) return *why = "missing Host", 400;
+  if (!authority_valid(x)) return *why = "invalid Host", 400;
   if (host_differs(x)) return *why = "Host and :authority differ", 400;
   const char *path = hdr_value(&x->req, x->i_path);
   if (strcmp(path, "*") == 0) {

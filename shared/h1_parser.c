@@ -43,6 +43,7 @@ static int on_message_begin(llhttp_t *l) {
   p->fields = 0;
   p->in_message = true;
   p->head_done = false;
+  p->chunked_codings = 0;
   return 0;
 }
 
@@ -62,6 +63,27 @@ static bool is_tchar(unsigned char c) {
          (c != 0 && strchr(extra, c) != NULL);
 }
 
+/* RFC 9112 6.1: chunked, once, is the only transfer coding a request may
+ * use here (our side upstream is HTTP/2, which has none). llhttp 8.1 only
+ * looks at the last coding, so "identity, chunked" passed as chunked; any
+ * other coding now gets 501, as the RFC and nginx answer, and chunked
+ * applied twice (in one field or two) is a 400. */
+static int check_transfer_codings(struct h1_parser *p, const char *v, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    size_t start = i;
+    while (i < len && v[i] != ',') i++;
+    size_t end = i;
+    while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
+    if (end == start) continue;
+    if (end - start != 7 || strncasecmp(v + start, "chunked", 7) != 0)
+      return fail(p, 501, "transfer coding not implemented");
+    if (++p->chunked_codings > 1) return fail(p, 400, "chunked applied more than once");
+  }
+  return 0;
+}
+
 /* Emits the field assembled in buf after the target. */
 static int emit_field(struct h1_parser *p) {
   if (p->name_len == 0) return fail(p, 400, "empty header field name"); /* buf may not exist yet */
@@ -74,6 +96,10 @@ static int emit_field(struct h1_parser *p) {
   size_t vlen = p->buf_len - p->target_len - p->name_len;
   /* llhttp leaves trailing whitespace of the value to us (RFC 9110 5.5). */
   while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t')) vlen--;
+  if (!p->head_done && p->name_len == 17 && memcmp(name, "transfer-encoding", 17) == 0) {
+    int rc = check_transfer_codings(p, value, vlen);
+    if (rc) return rc;
+  }
   int status = !p->head_done      ? p->ops->on_header(p->ctx, name, p->name_len, value, vlen)
                : p->ops->on_trailer ? p->ops->on_trailer(p->ctx, name, p->name_len, value, vlen)
                                     : 0;
@@ -128,6 +154,11 @@ static int on_headers_complete(llhttp_t *l) {
   };
   if (llhttp_get_http_major(l) != 1) return fail(p, 505, "HTTP version not supported");
   if (p->target_len == 0) return fail(p, 400, "empty request target");
+  /* RFC 9112 6.1: HTTP/1.0 has no chunked coding, so its framing is faulty
+   * (a MUST, whatever Content-Length says); an old proxy may have passed
+   * the field on without knowing it. */
+  if (head.version_minor == 0 && (l->flags & F_TRANSFER_ENCODING))
+    return fail(p, 400, "Transfer-Encoding in an HTTP/1.0 request");
   p->head_done = true;
   int status = p->ops->on_head(p->ctx, &head);
   if (status) return fail(p, status, "request refused");

@@ -65,6 +65,7 @@ struct h1_parser {
   bool head_done;    /* fields from now on are trailers */
   size_t head_bytes;
   uint32_t fields;
+  uint32_t chunked_codings; /* "chunked" seen in Transfer-Encoding so far */
   int error_status;        /* when feed fails: the status to answer with */
   const char *error_reason;
 };

@@ -125,8 +125,24 @@ int main(void) {
               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", &s) == 400);
   CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
               &s) == 400);
+  /* Transfer codings (RFC 9112 6.1): chunked once, nothing else. llhttp
+   * took "identity, chunked" as chunked and the HTTP/1.0 ones below too. */
   CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", &s) ==
+        400); /* llhttp's own check: chunked must come last */
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+              &s) == 501);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", &s) ==
+        501);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+              &s) == 400);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "0\r\n\r\n", &s) == 400);
+  CHECK(parse("POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", &s) == 400);
+  CHECK(parse("POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", &s) ==
         400);
+  CHECK(parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+              &s) == 0); /* empty list elements are allowed (RFC 9110 5.6.1) */
+  CHECK(s.body == 3);
   CHECK(parse("GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", &s) == 400);       /* CVE-2023-30589 */
   CHECK(parse("GET / HTTP/1.1\r\n Content-Length: 1\r\n\r\n", &s) == 400); /* CVE-2024-27982 */
   CHECK(parse("GET / HTTP/1.1\r\nBad Name: y\r\n\r\n", &s) == 400);
