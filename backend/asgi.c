@@ -494,7 +494,9 @@ static PyObject *build_scope(struct asgi_stream *s) {
   PyObject *scope = PyDict_New();
   if (scope == NULL) return NULL;
   PyObject *client = Py_NewRef(c->client ? c->client : Py_None);
-  PyObject *scheme = Py_NewRef(s->scheme ? s->scheme : K.v_http);
+  /* The connection is cleartext: only a trusted proxy's :scheme (and its
+   * forwarding fields, below) may say https, as with uvicorn. */
+  PyObject *scheme = Py_NewRef(c->peer_trusted && s->scheme ? s->scheme : K.v_http);
   PyObject *version = Py_NewRef(version_object(s->http_version));
   if (c->peer_trusted) apply_forwarded(s, &client, &scheme, &version);
   if (asgi_env.access_log) {

@@ -439,6 +439,22 @@ static int strip_route_prefix(struct xchg *x, const struct conf_route *r, int tr
   return x->i_upstream_path < 0 || hdr_add(&x->req, "x-forwarded-prefix", 18, sb.b, sb.n) < 0 ? -1 : 0;
 }
 
+/* The scheme passed on is the connection's. A client over cleartext that
+ * wrote :scheme https made X-Forwarded-Proto and Forwarded say https, and
+ * the app, which trusts them from us, took the request for one over TLS
+ * (secure cookies, Django's SECURE_PROXY_SSL_HEADER); nginx's $scheme and
+ * Caddy's X-Forwarded-Proto come from the connection too. A trusted
+ * proxy's :scheme stands, as its X-Forwarded-Proto does. */
+static int vouch_for_scheme(struct xchg *x, bool trusted) {
+  const char *scheme = x->tls ? "https" : "http";
+  if (x->i_scheme >= 0) {
+    if (trusted || strcmp(hdr_value(&x->req, x->i_scheme), scheme) == 0) return 0;
+    x->req.v[x->i_scheme].flags |= HDR_DROPPED;
+  }
+  x->i_scheme = hdr_add(&x->req, ":scheme", 7, scheme, strlen(scheme));
+  return x->i_scheme < 0 ? -1 : 0;
+}
+
 /* One pass over the request fields: hop-by-hop fields go, the forwarding
  * fields are replaced (a trusted proxy's are extended), then X-Forwarded-*,
  * Forwarded, Via and X-Request-ID are added. */
@@ -449,7 +465,7 @@ static int rewrite_request_fields(struct xchg *x, const struct conf_route *r) {
                      : false;
   int last[F_ROLES];
   drop_hop_and_forwarding_fields(x, trusted, last);
-  if (add_x_forwarded(x, last) != 0 || add_forwarded(x, last) != 0) return -1;
+  if (vouch_for_scheme(x, trusted) != 0 || add_x_forwarded(x, last) != 0 || add_forwarded(x, last) != 0) return -1;
   /* Via: the protocol the client used, which the worker reads back */
   static const char *const via[] = {"1.0 h3gate", "1.1 h3gate", "2 h3gate", "3 h3gate"};
   struct strbuf sb;

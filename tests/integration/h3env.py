@@ -212,6 +212,38 @@ def raw_http(port, request, timeout=10, tls=False):
     return answer
 
 
+def h2_raw_request(port, headers, timeout=10):
+    """One raw HTTP/2 request over h2c with exactly these fields (no checks
+    by python-h2, so malformed ones go out as they are): (:status, body),
+    or ("reset CODE", b"") when the server resets the stream."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                                                normalize_outbound_headers=False))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=True)
+    s.sendall(conn.data_to_send())
+    status, body = None, b""
+    try:
+        while data := s.recv(65536):
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[b":status"].decode()
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    return status, body
+                elif isinstance(ev, h2.events.StreamReset):
+                    return f"reset {ev.error_code}", b""
+            s.sendall(conn.data_to_send())
+    finally:
+        s.close()
+    return status, body
+
+
 def curl(*args, timeout=60):
     return run(["curl", "-sS", "--max-time", str(timeout), *args], timeout=timeout + 5)
 

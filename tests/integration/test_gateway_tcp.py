@@ -17,7 +17,7 @@ import time
 import pytest
 
 from h3env import (APPS, BASIC_CONFIG, BIN, PYTHON, Gateway, Process, Worker, curl, curl_json,
-                   eventually, free_port, log_time, make_cert, raw_http, run, wait_port)
+                   eventually, free_port, h2_raw_request, log_time, make_cert, raw_http, run, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -65,6 +65,21 @@ def test_forwarded_headers_as_the_app_sees_them(gateway, name, flags, url, versi
     assert "connection" not in headers
     if version == "1.1":
         assert "x-hop" not in headers
+
+
+def test_a_clients_scheme_does_not_make_cleartext_tls(gateway):
+    """The scheme passed on is the connection's: an h2c client that writes
+    :scheme https (or ftp) is served as http, and X-Forwarded-Proto and
+    Forwarded say http. They used to say https, which the app trusts from
+    the gateway: a cleartext request taken for one over TLS."""
+    for scheme in ("https", "ftp"):
+        status, body = h2_raw_request(gateway.plain_port, [(":method", "GET"), (":path", "/scope"), (":scheme", scheme),
+                                                       (":authority", "a.example")])
+        assert status == "200", (scheme, status, body)
+        s = json.loads(body)
+        headers = dict(s["headers"])
+        assert (s["scheme"], headers["x-forwarded-proto"]) == ("http", "http"), (scheme, s)
+        assert ";proto=http;" in headers["forwarded"], headers
 
 
 def test_client_request_id_is_kept(gateway):
@@ -491,6 +506,10 @@ def test_a_trusted_proxys_forwarding_fields_are_extended(worker, forwarded_heade
             assert headers["forwarded"] == [proxy_said]
         assert s["client"][0] == "203.0.113.7", s["client"]  # the proxy's client, end to end
         assert s["http_version"] == "2", s["http_version"]  # and what it spoke to the proxy
+        # a trusted proxy's :scheme stands (one ending TLS and speaking h2c to us)
+        status, body = h2_raw_request(g.plain_port, [(":method", "GET"), (":path", "/scope"), (":scheme", "https"),
+                                                 (":authority", "app.example")])
+        assert status == "200" and dict(json.loads(body)["headers"])["x-forwarded-proto"] == "https", body
     finally:
         g.stop()
 
@@ -1123,27 +1142,8 @@ def test_sni_chooses_the_certificate_over_tcp_and_quic(worker):
 
 
 def h2_status(port, headers):
-    """One raw HTTP/2 GET /scope with exactly these fields; its :status."""
-    import h2.config
-    import h2.connection
-    import h2.events
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
-                                                                normalize_outbound_headers=False))
-    conn.initiate_connection()
-    conn.send_headers(1, headers, end_stream=True)
-    s.sendall(conn.data_to_send())
-    try:
-        while data := s.recv(65536):
-            for ev in conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    return dict(ev.headers)[b":status"].decode()
-                if isinstance(ev, h2.events.StreamReset):
-                    return f"reset {ev.error_code}"
-            s.sendall(conn.data_to_send())
-    finally:
-        s.close()
-    return None
+    """One raw HTTP/2 request with exactly these fields: its :status."""
+    return h2_raw_request(port, headers)[0]
 
 
 def test_which_host_a_request_names(gateway, worker):

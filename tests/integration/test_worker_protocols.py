@@ -12,7 +12,7 @@ import h2.events
 import httpx
 import pytest
 
-from h3env import Worker, curl, curl_json, eventually, run
+from h3env import Worker, curl, curl_json, eventually, h2_raw_request, run
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +311,11 @@ def test_forwarded_headers_from_untrusted_peer_change_nothing():
         assert s["http_version"] == "1.1"
         assert ["x-forwarded-for", "203.0.113.5"] in s["headers"]
         assert ["via", "3 h3gate"] in s["headers"]
+        # nor does its :scheme: the connection is cleartext (it used to be
+        # the scope's scheme as written)
+        status, body = h2_raw_request(w.port, [(":method", "GET"), (":path", "/scope"), (":scheme", "https"),
+                                           (":authority", "x")])
+        assert (status, json.loads(body)["scheme"]) == ("200", "http"), body
     finally:
         w.stop()
 
