@@ -315,6 +315,7 @@ int asgi_stream_override_host(struct asgi_stream *s, const char *v, size_t len) 
   /* the Host line's place, or first, where :authority goes */
   int rc = i < n ? PyList_SetItem(s->headers, i, pair) : PyList_Insert(s->headers, 0, pair);
   if (i == n) Py_DECREF(pair); /* SetItem stole it; Insert did not */
+  if (i == n && s->cookie_at > 0) s->cookie_at++; /* moved one place down */
   s->has_authority = true;
   return rc;
 }
@@ -343,6 +344,27 @@ static int join_value(PyObject **slot, const char *value, size_t vlen) {
   return 0;
 }
 
+/* RFC 9113 8.2.3 and RFC 9114 4.2.1: HTTP/2 and HTTP/3 clients may split
+ * Cookie into crumbs, which MUST be joined with "; " before a generic
+ * application sees them. Apps read one field: Starlette's request.cookies
+ * took only the first crumb, and Django joins repeated fields with ",",
+ * which its cookie parser reads as part of a value. */
+static int join_cookie(struct asgi_stream *s, const char *value, size_t vlen) {
+  PyObject *pair = PyList_GET_ITEM(s->headers, s->cookie_at - 1);
+  PyObject *old = PyTuple_GET_ITEM(pair, 1);
+  size_t olen = (size_t)PyBytes_GET_SIZE(old);
+  PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(olen + 2 + vlen));
+  if (v == NULL) return -1;
+  char *p = PyBytes_AS_STRING(v);
+  memcpy(p, PyBytes_AS_STRING(old), olen);
+  memcpy(p + olen, "; ", 2);
+  memcpy(p + olen + 2, value, vlen);
+  PyObject *joined = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), v);
+  Py_DECREF(v);
+  if (joined == NULL) return -1;
+  return PyList_SetItem(s->headers, s->cookie_at - 1, joined); /* takes joined */
+}
+
 int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
                            const char *value, size_t vlen) {
   s->header_bytes += nlen + vlen + 32; /* RFC 9113 6.5.2 accounting */
@@ -351,6 +373,7 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
     /* With :authority present the host header is redundant (RFC 9113 8.3.1). */
     if (s->has_authority) return 0;
   }
+  if (s->cookie_at > 0 && NAME_IS("cookie")) return join_cookie(s, value, vlen);
   PyObject *n = PyBytes_FromStringAndSize(name, (Py_ssize_t)nlen);
   if (n == NULL) return -1;
   int rc = append_header(s, n, value, vlen);
@@ -371,6 +394,8 @@ int asgi_stream_add_header(struct asgi_stream *s, const char *name, size_t nlen,
   case 6:
     if (NAME_IS("expect") && vlen == 12 && strncasecmp(value, "100-continue", 12) == 0)
       s->expect_continue = true;
+    else if (NAME_IS("cookie"))
+      s->cookie_at = PyList_GET_SIZE(s->headers);
     break;
   case 9:
     if (NAME_IS("forwarded")) remember(&s->fwd, pair);

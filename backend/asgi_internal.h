@@ -26,6 +26,7 @@ struct asgi_stream {
   PyObject *xff, *xfp, *fwd, *via, *prefix; /* last value of each, bytes (prefix: X-Forwarded-Prefix) */
   bool has_authority;
   unsigned host_fields;    /* Host lines the client sent */
+  Py_ssize_t cookie_at;    /* 1 + the index of the cookie field in headers; 0: none yet */
   bool te_trailers;
   bool expect_continue;
   bool is_head;

@@ -34,7 +34,7 @@ def stream(request):
 
 
 def info(request):
-    return HttpResponse(json.dumps({"remote_addr": request.META.get("REMOTE_ADDR")}),
+    return HttpResponse(json.dumps({"remote_addr": request.META.get("REMOTE_ADDR"), "cookies": request.COOKIES}),
                         content_type="application/json")
 
 

@@ -48,7 +48,11 @@ async def done(request):
     return JSONResponse({"done": DONE})
 
 
+async def cookies(request):
+    return JSONResponse(request.cookies)
+
+
 app = Starlette(lifespan=lifespan, routes=[
     Route("/", home), Route("/stream", stream), Route("/upload", upload, methods=["POST"]),
-    Route("/background", background), Route("/done", done),
+    Route("/background", background), Route("/done", done), Route("/cookies", cookies),
 ])

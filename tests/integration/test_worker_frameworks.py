@@ -2,10 +2,14 @@
 Django's ASGI handler, Quart."""
 
 
+import json
+import pathlib
+import tempfile
+
 import httpx
 import pytest
 
-from h3env import Worker, curl, curl_json, eventually
+from h3env import BASIC_CONFIG, BIN, Gateway, Worker, curl, curl_json, eventually, h2_raw_request, run
 
 PROTOCOLS = [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")]
 
@@ -76,3 +80,33 @@ def test_quart():
             assert curl_json(flag, "--data-binary", "q" * 5000, w.url("/echo")) == {"size": 5000}
     finally:
         assert w.stop() == 0
+
+
+def test_cookie_crumbs_reach_the_app_as_one_cookie_field(starlette):
+    """RFC 9113 8.2.3 and RFC 9114 4.2.1: HTTP/2 and HTTP/3 clients may
+    split Cookie into one field per cookie (browsers do, for HPACK and
+    QPACK), and the server MUST join them with "; " before an application
+    sees them. Starlette read only the first field ({"a": "1"}), Django
+    joined them with "," (a = "1,b=2"). Over h2c to the worker, and over
+    HTTP/3 through the gateway."""
+    crumbs = [("cookie", "a=1"), ("x-between", "1"), ("cookie", "b=2"), ("cookie", "c=3")]
+    want = {"a": "1", "b": "2", "c": "3"}
+    head = [(":method", "GET"), (":scheme", "http"), (":authority", "x")]
+    status, body = h2_raw_request(starlette.port, head + [(":path", "/cookies")] + crumbs)
+    assert (status, json.loads(body)) == ("200", want), body
+    django = Worker("django_app:app", workers=1)
+    try:
+        status, body = h2_raw_request(django.port, head + [(":path", "/info")] + crumbs)
+        assert (status, json.loads(body)["cookies"]) == ("200", want), body
+        assert curl_json("--http1.1", "-H", "Cookie: a=1; b=2", django.url("/info"))["cookies"] == {"a": "1", "b": "2"}
+    finally:
+        assert django.stop() == 0
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{starlette.port}", response_timeout="5s")
+    try:
+        out = pathlib.Path(tempfile.mkdtemp(prefix="h3cookies-")) / "body"
+        r = run([BIN / "h3load", "-n", "1", "-H", "cookie: a=1", "-H", "cookie: b=2", "-H", "cookie: c=3",
+                 "-o", str(out), f"https://127.0.0.1:{g.tls_port}/cookies"], timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(out.read_bytes()) == want
+    finally:
+        assert g.stop() == 0
