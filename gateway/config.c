@@ -244,8 +244,22 @@ static const struct map_spec upstream_spec = {"upstream", upstream_keys,
                                               upstream_check};
 
 /* routes */
+
+/* A route's host as requests are matched against it (the request's host,
+ * its port dropped): a name, "*." and a name, or a bracketed IPv6 address.
+ * A port or a space could never match, and the route would sit unused. */
+static bool route_host_valid(const char *h) {
+  size_t n = strlen(h);
+  if (h[0] == '[') return n > 2 && h[n - 1] == ']' && strspn(h + 1, "0123456789abcdefABCDEF:.") == n - 2;
+  if (h[0] == '*' && h[1] == '.') h += 2, n -= 2;
+  return n > 0 && strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") == n;
+}
+
 static int route_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *node) {
   struct conf_route *r = obj;
+  if (r->host && !route_host_valid(r->host))
+    return fail_at(ctx, node, "route host \"%s\" must be a name such as api.example.com or *.example.com, "
+                              "without a port", r->host);
   if (r->path_prefix == NULL) r->path_prefix = strdup("/");
   if (r->path_prefix[0] != '/') return fail_at(ctx, node, "path_prefix must start with \"/\"");
   size_t n = strlen(r->path_prefix);
@@ -789,6 +803,15 @@ static int cross_check(struct parse_ctx *ctx, struct gw_conf *c) {
   for (size_t i = 0; i < c->n_routes; i++) {
     struct conf_route *r = &c->routes[i];
     size_t j;
+    for (j = 0; j < i; j++) {
+      const struct conf_route *o = &c->routes[j];
+      bool same_host = r->host && o->host ? strcasecmp(r->host, o->host) == 0 : r->host == o->host;
+      if (same_host && strcmp(r->path_prefix, o->path_prefix) == 0)
+        return fail_at(ctx, top_value(ctx, "routes", i),
+                       "a route for %s%s%s and path_prefix \"%s\" is given twice (the second would never "
+                       "be used)", r->host ? "host \"" : "any host", r->host ? r->host : "", r->host ? "\"" : "",
+                       r->path_prefix);
+    }
     for (j = 0; j < c->n_upstreams; j++)
       if (strcmp(c->upstreams[j].name, r->upstream) == 0) break;
     if (j == c->n_upstreams)

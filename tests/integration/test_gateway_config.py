@@ -75,11 +75,25 @@ def test_good_config_passes():
      "tcp_keepalive is whole seconds"),
     (GOOD.replace("    upstream: app", "    upstream: app\n    strip_prefix: true"), 8, 5,
      'strip_prefix needs a path_prefix that ends with "/"'),
+    (GOOD.replace("    upstream: app", "    upstream: app\n  - path_prefix: /\n    upstream: app"), 10, 5,
+     'a route for any host and path_prefix "/" is given twice'),
+    (GOOD.replace("    upstream: app", "    upstream: app\n    host: A.example\n"
+                                    "  - {host: a.EXAMPLE, upstream: app}"), 11, 5,
+     'a route for host "a.EXAMPLE" and path_prefix "/" is given twice'),
+    (GOOD.replace("    upstream: app", "    upstream: app\n  - {host: a.example, upstream: app}\n"
+                                    "  - {host: a.example, path_prefix: /api/, upstream: app}"), None, None, None),
+    (GOOD.replace("    upstream: app", "    upstream: app\n    host: api.example.com:8443"), 8, 5,
+     'route host "api.example.com:8443" must be a name such as api.example.com or *.example.com, without a port'),
+    (GOOD.replace("    upstream: app", "    upstream: app\n    host: a b"), 8, 5, 'route host "a b" must be'),
+    (GOOD.replace("    upstream: app", "    upstream: app\n  - {host: '*.example.com', upstream: app}\n"
+                                    "  - {host: '[::1]', upstream: app}"), None, None, None),
 ], ids=["unknown-key", "bad-duration", "out-of-range", "undefined-upstream", "key-order-ok",
         "not-a-list", "bad-port", "bad-prefix", "duplicate-key", "yaml-syntax", "empty",
         "bad-enum", "missing-key", "qlog-dir-missing", "qlog-dir-a-file", "qlog-dir-ok",
         "sni-cert-without-key", "sni-cert-ok", "route-limit-unknown", "route-timeout-bad", "route-limits-ok",
-        "redirect-on-tls", "keepalive-not-whole-seconds", "strip-needs-a-folder"])
+        "redirect-on-tls", "keepalive-not-whole-seconds", "strip-needs-a-folder", "route-twice",
+        "route-twice-host-case", "routes-differ-ok", "route-host-with-port", "route-host-with-space",
+        "route-hosts-ok"])
 def test_errors_name_file_line_column(text, line, col, message):
     r, path = check(text)
     if message is None:  # keys in any order are fine
