@@ -250,7 +250,8 @@ static const struct map_spec upstream_spec = {"upstream", upstream_keys,
  * A port or a space could never match, and the route would sit unused. */
 static bool route_host_valid(const char *h) {
   size_t n = strlen(h);
-  if (h[0] == '[') return n > 2 && h[n - 1] == ']' && strspn(h + 1, "0123456789abcdefABCDEF:.") == n - 2;
+  if (h[0] == '[')
+    return n > 2 && h[n - 1] == ']' && strspn(h + 1, "0123456789abcdefABCDEF:.") == n - 2;
   if (h[0] == '*' && h[1] == '.') h += 2, n -= 2;
   return n > 0 && strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") == n;
 }

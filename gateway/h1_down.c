@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
@@ -107,6 +108,21 @@ static int add_target(struct xchg *x, const char *t, size_t tlen) {
   return rc;
 }
 
+/* The authority of a request that names no host: the address it reached,
+ * as "IP:port". The listener's own may be a wildcard (":8080"), which is no
+ * authority at all. */
+static int add_local_authority(struct h1d *h) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char a[80];
+  int fd = bufferevent_getfd(h->c->bev);
+  if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+    h3g_sockaddr_format((struct sockaddr *)&ss, len, a, sizeof a);
+  else
+    h3g_copy_str(a, sizeof a, h->c->listener->conf->address);
+  return xchg_req_field(h->x, ":authority", 10, a, strlen(a));
+}
+
 static int on_head(void *ctx, const struct h1_request_head *head) {
   struct h1d *h = ctx;
   int rc = ensure_xchg(h);
@@ -125,9 +141,8 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   if ((host < 0 || x->req.v[host].value_len == 0) && x->i_authority < 0) {
     if (host < 0 && head->version_minor >= 1) return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
     /* HTTP/1.0 may name none, and an empty Host names none (RFC 9112 3.3):
-     * the listener's address stands for it, as nginx's server name does. */
-    const char *a = h->c->listener->conf->address;
-    if ((rc = xchg_req_field(x, ":authority", 10, a, strlen(a)))) return rc;
+     * the address it reached stands for it, as nginx's server name does. */
+    if ((rc = add_local_authority(h))) return rc;
   }
   if (head->upgrade && h->ws.upgrade) {
     /* The bytes after this head are the client's frames: the request

@@ -465,7 +465,8 @@ static int rewrite_request_fields(struct xchg *x, const struct conf_route *r) {
                      : false;
   int last[F_ROLES];
   drop_hop_and_forwarding_fields(x, trusted, last);
-  if (vouch_for_scheme(x, trusted) != 0 || add_x_forwarded(x, last) != 0 || add_forwarded(x, last) != 0) return -1;
+  if (vouch_for_scheme(x, trusted) != 0 || add_x_forwarded(x, last) != 0 || add_forwarded(x, last) != 0)
+    return -1;
   /* Via: the protocol the client used, which the worker reads back */
   static const char *const via[] = {"1.0 h3gate", "1.1 h3gate", "2 h3gate", "3 h3gate"};
   struct strbuf sb;

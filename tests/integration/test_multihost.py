@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from h3env import APPS, BIN, GATEWAY_READY, Process, log_time, make_cert
+from h3env import APPS, BIN, GATEWAY_READY, PYTHON, Process, log_time, make_cert
 
 TAG = f"h3t{os.getpid() % 100000}"
 NET = "10.77.0"
@@ -206,6 +206,54 @@ routes:
         status = waiting.communicate(timeout=60)[0]
         assert status == "502", (status, gateway.log()[-2000:])
         assert "Connection timed out" in gateway.log(), gateway.log()[-2000:]
+    finally:
+        gateway.stop()
+        worker.stop()
+
+
+HOSTLESS_CLIENT = """
+import json, socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+for request in (b"GET /scope HTTP/1.0\\r\\n\\r\\n", b"GET /scope HTTP/1.1\\r\\nHost:\\r\\nConnection: close\\r\\n\\r\\n"):
+    with socket.create_connection((ip, port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\\r\\n\\r\\n")
+    hosts = [v for k, v in json.loads(body)["headers"] if k == "host"] if b" 200 " in head[:13] else []
+    print(head.split(b"\\r\\n")[0].decode(), *hosts)
+"""
+
+
+def test_a_wildcard_listener_names_the_address_a_hostless_request_reached(network, tmp_path):
+    """A request that names no host (HTTP/1.0 without Host, or an empty
+    Host) gets the address it reached as its authority. The gateway used the
+    listener's configured address, which for a wildcard listener (":8080",
+    all addresses, as in containers) is no authority: ":8080" went to the
+    app as its host. In a namespace of its own, so that the wildcard binds
+    nothing outside the test."""
+    worker = Process(in_ns("b1", BIN / "h3gate-worker", "--bind", f"{NET}.11:8000", "--workers", "1",
+                           "--app-dir", APPS, "probe:app"), cwd=APPS, name="worker-b1")
+    gw_ip = f"{NET}.{HOSTS['gw']}"
+    (tmp_path / "gateway.yaml").write_text(f"""
+log: {{level: info, access_log: "off"}}
+listen:
+  - address: ":8080"
+upstreams:
+  - name: app
+    servers: [{NET}.11:8000]
+routes:
+  - path_prefix: /
+    upstream: app
+""")
+    gateway = Process(in_ns("gw", BIN / "h3gate", "-c", tmp_path / "gateway.yaml"), cwd=tmp_path, name="gateway")
+    try:
+        assert worker.wait_log("1 worker processes ready", timeout=60), worker.log()
+        assert gateway.wait_log(GATEWAY_READY), gateway.log()
+        for ip in (gw_ip, "127.0.0.1"):
+            r = sh(*in_ns("gw", PYTHON, "-c", HOSTLESS_CLIENT, ip, 8080))
+            assert r.stdout.splitlines() == [f"HTTP/1.1 200 OK {ip}:8080"] * 2, (r.stdout, gateway.log()[-2000:])
     finally:
         gateway.stop()
         worker.stop()
