@@ -253,7 +253,7 @@ static bool route_host_valid(const char *h) {
   if (h[0] == '[')
     return n > 2 && h[n - 1] == ']' && strspn(h + 1, "0123456789abcdefABCDEF:.") == n - 2;
   if (h[0] == '*' && h[1] == '.') h += 2, n -= 2;
-  return n > 0 && strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") == n;
+  return n > 0 && n <= 253 && strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._") == n;
 }
 
 static int route_check(struct parse_ctx *ctx, void *obj, const yaml_node_t *node) {

@@ -477,7 +477,8 @@ static int rewrite_request_fields(struct xchg *x, const struct conf_route *r) {
   return strip_route_prefix(x, r, last[F_PREFIX]);
 }
 
-/* Host without port, lower-case. */
+/* Host without port, lower-case, without the trailing dot of a fully
+ * qualified name ("example.com." is example.com, as nginx takes it). */
 static void host_of(const char *authority, char *out, size_t n) {
   size_t i = 0;
   const char *p = authority;
@@ -486,21 +487,27 @@ static void host_of(const char *authority, char *out, size_t n) {
     if (*p == ']' && i + 1 < n) out[i++] = *p;
   } else {
     while (*p && *p != ':' && i + 1 < n) out[i++] = (char)tolower((unsigned char)*p++);
+    if (i > 1 && out[i - 1] == '.') i--;
   }
   out[i] = '\0';
 }
 
-static bool host_matches(const char *pattern, const char *host) {
+/* How well a route's host fits the request's: 0 when it does not match;
+ * else any host beats none, an exact name beats a wildcard, and a longer
+ * wildcard a shorter one ("*.api.example.com" over "*.example.com"), the
+ * order in which nginx picks a server_name. */
+static uint64_t host_rank(const char *pattern, const char *host) {
+  if (pattern == NULL) return 1;
   if (pattern[0] == '*' && pattern[1] == '.') {
     size_t pl = strlen(pattern + 1), hl = strlen(host);
-    return hl > pl && strcasecmp(host + hl - pl, pattern + 1) == 0;
+    return hl > pl && strcasecmp(host + hl - pl, pattern + 1) == 0 ? 2 + pl : 0;
   }
-  return strcasecmp(pattern, host) == 0;
+  return strcasecmp(pattern, host) == 0 ? 1u << 16 : 0;
 }
 
-/* The most specific route: one naming the host beats one that doesn't,
- * then the longest path prefix. "OPTIONS *" asks about the server as a
- * whole (RFC 9110 9.3.7), so the route that serves "/" answers it. */
+/* The most specific route: the best host match (host_rank), then the
+ * longest path prefix. "OPTIONS *" asks about the server as a whole (RFC
+ * 9110 9.3.7), so the route that serves "/" answers it. */
 static const struct conf_route *route(struct xchg *x) {
   const struct gw_conf *conf = x->rt->conf;
   char host[256];
@@ -508,13 +515,14 @@ static const struct conf_route *route(struct xchg *x) {
   const char *path = hdr_value(&x->req, x->i_path);
   if (strcmp(path, "*") == 0) path = "/";
   long best = -1;
-  size_t best_score = 0;
+  uint64_t best_score = 0;
   for (size_t i = 0; i < conf->n_routes; i++) {
     const struct conf_route *r = &conf->routes[i];
-    if (r->host && !host_matches(r->host, host)) continue;
+    uint64_t rank = host_rank(r->host, host);
+    if (rank == 0) continue;
     size_t plen = strlen(r->path_prefix);
     if (strncmp(path, r->path_prefix, plen) != 0) continue;
-    size_t score = (r->host ? 1u << 20 : 0) + plen + 1;
+    uint64_t score = (rank << 32) + plen + 1;
     if (score > best_score) best_score = score, best = (long)i;
   }
   return best < 0 ? NULL : &conf->routes[best];

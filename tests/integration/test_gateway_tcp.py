@@ -208,6 +208,57 @@ def test_no_route_is_404():
         w.stop()
 
 
+def test_routes_by_host_most_specific_first():
+    """Routes by host as nginx picks a server_name: an exact name
+    (case-insensitive, its port and a fully qualified name's trailing dot
+    aside) beats a wildcard, which beats no host; "*.example.com" matches
+    names below example.com at any depth but not example.com itself. Among
+    equals the longest prefix wins. An exact host used to tie with a
+    wildcard, so that the wildcard's longer prefix took api.example.com's
+    requests, and "api.example.com." matched no host route."""
+    api, other = Worker("probe:app"), Worker("probe:app")
+    cfg = BASIC_CONFIG.replace("""upstreams:
+  - name: app
+    servers: [{servers}]
+    resolve_interval: 1s
+routes:
+  - path_prefix: /
+    upstream: app
+""", """upstreams:
+  - {{name: api, servers: [{servers}]}}
+  - {{name: other, servers: [127.0.0.1:%d]}}
+routes:
+  - {{path_prefix: /, upstream: other}}
+  - {{path_prefix: /pid, upstream: other}}
+  - {{host: api.example.com, upstream: api}}
+  - {{host: "*.example.com", path_prefix: /pid, upstream: other}}
+  - {{host: "*.example.com", path_prefix: /, upstream: api}}
+  - {{host: "*.v2.example.com", path_prefix: /, upstream: other}}
+""" % other.port)
+    g = Gateway(cfg, servers=f"127.0.0.1:{api.port}", response_timeout="5s")
+    pids = {"api": curl_json(api.url("/pid"))["pid"], "other": curl_json(other.url("/pid"))["pid"]}
+
+    def served_by(host, path="/pid"):
+        answer = raw_http(g.plain_port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        pid = json.loads(answer.split(b"\r\n\r\n", 1)[1])["pid"]
+        return next(name for name, p in pids.items() if p == pid)
+
+    try:
+        assert served_by("api.example.com") == "api"  # beats the wildcard's and no host's /pid
+        assert served_by("API.Example.COM:8080") == "api"
+        assert served_by("api.example.com.") == "api"  # used to miss: the trailing dot
+        assert served_by("www.example.com") == "other"  # wildcard, longer prefix
+        assert served_by("a.b.example.com", "/pid?x=1") == "other"
+        assert served_by("x.example.com.", "/scope") == "api"  # wildcard, "/" (/scope tells its pid too)
+        assert served_by("x.v2.example.com", "/scope") == "other"  # the longer wildcard
+        assert served_by("example.com") == "other"  # not below example.com: no host route
+        assert served_by("unknown.test") == "other"
+    finally:
+        g.stop()
+        api.stop()
+        other.stop()
+
+
 def expected_sha(size, chunk=65536):
     block = bytes(range(256)) * (chunk // 256 + 1)
     h = hashlib.sha256()
