@@ -42,7 +42,12 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
   if (SSL_select_next_proto((unsigned char **)out, outlen, ours, sizeof ours - 1, in, inlen) ==
       OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_OK;
-  return SSL_TLSEXT_ERR_NOACK; /* no ALPN match: HTTP/1.1 */
+  /* None of ours offered (h3 over TCP, another protocol): a fatal
+   * no_application_protocol alert (RFC 7301 3.2), as nginx and Go answer,
+   * rather than HTTP/1.1 to a client that speaks something else (the
+   * ALPACA cross-protocol attacks). A client that offers no ALPN at all
+   * gets HTTP/1.1. */
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
 static void openssl_error(char *err, size_t size, const char *what, const char *file) {

@@ -82,6 +82,29 @@ def test_a_clients_scheme_does_not_make_cleartext_tls(gateway):
         assert ";proto=http;" in headers["forwarded"], headers
 
 
+def test_alpn_without_a_protocol_of_ours_is_refused(gateway):
+    """RFC 7301 3.2: a TLS client whose ALPN offers none of h2 and
+    http/1.1 (here h3, which belongs on QUIC) gets a fatal
+    no_application_protocol alert, as from nginx and Go; it used to be
+    served HTTP/1.1 while it spoke something else (the ALPACA
+    cross-protocol attacks). Offering one of ours among others, or no ALPN
+    at all, is served."""
+    def handshake(alpn):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if alpn is not None:
+            ctx.set_alpn_protocols(alpn)
+        with socket.create_connection(("127.0.0.1", gateway.tls_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return s.selected_alpn_protocol(), s.recv(100).split(b"\r\n")[0]
+
+    with pytest.raises(ssl.SSLError, match="no application protocol"):
+        handshake(["h3"])
+    assert handshake(["spdy/3", "http/1.1"]) == ("http/1.1", b"HTTP/1.1 200 OK")
+    assert handshake(None) == (None, b"HTTP/1.1 200 OK")
+
+
 def test_client_request_id_is_kept(gateway):
     s = curl_json("-H", "X-Request-ID: abc-123", gateway.plain_url("/scope"))
     assert ["x-request-id", "abc-123"] in s["headers"]
