@@ -195,6 +195,24 @@ static const struct h1_parser_ops parser_ops = {
 /* ---------------------------------------------------------------------------
  * Input.
  */
+/* A request refused before it became an exchange of its own (malformed,
+ * too large, too slow) is still one for the access log and the metrics,
+ * with its status and what is known of its request line, as nginx logs
+ * its 400s. It used to be logged as 499 (client gone) with no method,
+ * or not at all when the first line was bad. */
+static void record_refused(struct h1d *h, int status, size_t bytes) {
+  if (ensure_xchg(h) != 0) return;
+  struct xchg *x = h->x;
+  const char *method, *target;
+  size_t tlen;
+  if (x->i_method < 0 && h1_parser_request_line(&h->parser, &method, &target, &tlen)) {
+    xchg_req_field(x, ":method", 7, method, strlen(method));
+    xchg_req_field(x, ":path", 5, target, tlen);
+  }
+  x->status = status;
+  x->resp_bytes = bytes;
+}
+
 static void write_local_error(struct h1d *h, int status, const char *why) {
   struct down_conn *c = h->c;
   h->broken = true;
@@ -212,6 +230,7 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                       "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n%.*s",
                       status, http_reason(status), n, h3g_http_date(), n, body);
+  record_refused(h, status, (size_t)n);
   if (h->x) {
     xchg_down_detach(h->x);
     h->x = NULL;

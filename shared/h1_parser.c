@@ -268,6 +268,17 @@ void h1_parser_next(struct h1_parser *p) {
 
 bool h1_parser_in_message(const struct h1_parser *p) { return p->in_message; }
 
+bool h1_parser_request_line(const struct h1_parser *p, const char **method, const char **target,
+                            size_t *target_len) {
+  /* llhttp has the method once the target starts; before, its method field
+   * reads as DELETE (0), so nothing is said. */
+  if (!p->in_message || p->target_len == 0) return false;
+  *method = llhttp_method_name((llhttp_method_t)p->llhttp.method);
+  *target = p->buf;
+  *target_len = p->target_len;
+  return true;
+}
+
 int h1_parser_finish(struct h1_parser *p) {
   return llhttp_finish(&p->llhttp) == HPE_OK ? 0 : -1;
 }

@@ -85,6 +85,10 @@ bool h1_parser_message_done(const struct h1_parser *p);
 void h1_parser_next(struct h1_parser *p);
 /* True between the start of a request and its end. */
 bool h1_parser_in_message(const struct h1_parser *p);
+/* The method and the target (as far as it came) of the request being
+ * parsed, for logging one that is refused: false before the target. */
+bool h1_parser_request_line(const struct h1_parser *p, const char **method, const char **target,
+                            size_t *target_len);
 /* The client closed its side: ends a body that runs until EOF. */
 int h1_parser_finish(struct h1_parser *p);
 

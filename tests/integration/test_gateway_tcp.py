@@ -994,7 +994,12 @@ def test_access_log_lines(worker, tmp_path, fmt):
     """log.access_log with access_log_format json (one object per line,
     with what a request carried and how it went) or combined (nginx's,
     plus rt= upstream= id=); a user agent with quotes and a control
-    character cannot break either."""
+    character cannot break either, and bytes that are not UTF-8 (which a
+    field value may carry) are escaped, so that the file stays UTF-8 and
+    each JSON line parses: they used to be written raw. Requests refused
+    before they reached a route are logged with their status (and method
+    and path when the first line was whole): they used to be 499 with no
+    method, or missing when the first line was bad."""
     log = tmp_path / "access.log"
     g = Gateway(BASIC_CONFIG.replace("log:\n  level: info\n",
                                      f'log: {{{{level: info, access_log: "{log}", access_log_format: {fmt}}}}}\n'),
@@ -1006,10 +1011,14 @@ def test_access_log_lines(worker, tmp_path, fmt):
         assert s["size"] == 100
         r = curl("--http1.1", "-w", "%{http_code}", "-o", "/dev/null", g.plain_url("/nowhere/../x"))
         assert r.returncode == 0
+        raw_http(g.plain_port, b"GET /pid HTTP/1.1\r\nHost: x\r\nUser-Agent: \xff\xfe caf\xc3\xa9 \xe2\x82\xac\r\n"
+                               b"Connection: close\r\n\r\n")
+        assert raw_http(g.plain_port, b"GET /bad?q HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert raw_http(g.plain_port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 501")
     finally:
         g.stop()
-    lines = log.read_text().splitlines()
-    assert len(lines) == 3, lines
+    lines = log.read_bytes().decode("utf-8").splitlines()  # strictly UTF-8
+    assert len(lines) == 6, lines
     upstream = f"127.0.0.1:{worker.port}"
     if fmt == "json":
         first, second = json.loads(lines[0]), json.loads(lines[1])
@@ -1021,6 +1030,9 @@ def test_access_log_lines(worker, tmp_path, fmt):
         assert (second["method"], second["protocol"], second["request_bytes"]) == ("POST", "HTTP/2", 100)
         assert len(second["request_id"]) == 32  # made by the gateway
         json.loads(lines[2])
+        assert json.loads(lines[3])["user_agent"] == "\u00ff\u00fe caf\u00e9 \u20ac"
+        assert [(e["method"], e["path"], e["status"], e["upstream"]) for e in map(json.loads, lines[4:])] == \
+            [("GET", "/bad?q", 400, "-"), ("-", "-", 501, "-")]
     else:
         pattern = (r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
                    r'"GET /pid\?x=1 HTTP/1\.1" 200 \d+ "-" "(?P<ua>.*)" rt=[\d.]+ '
@@ -1030,6 +1042,9 @@ def test_access_log_lines(worker, tmp_path, fmt):
         assert m["up"] == upstream
         assert '"' not in m["ua"].replace('\\"', "") and "\t" not in m["ua"], m["ua"]
         assert lines[1].split('"')[1] == "POST /upload HTTP/2", lines[1]
+        assert lines[3].split('"')[-2] == "\\u00ff\\u00fe caf\u00e9 \u20ac", lines[3]
+        assert [line.split('"')[1] + line.split('"')[2][:5] for line in lines[4:]] == \
+            ["GET /bad?q HTTP/1.1 400 ", "- - HTTP/1.1 501 "], lines[4:]
 
 
 def test_a_silent_name_server_fails_fast_with_resolver_timeout():
