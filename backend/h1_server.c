@@ -95,7 +95,8 @@ static int check_target(const struct h1_request_head *head, const char *target, 
  * response); the connection ends with the WebSocket either way. */
 static int begin_websocket(struct h1_conn *h, const struct h1_request_head *head) {
   if (head->method_len != 3 || memcmp(head->method, "GET", 3) != 0) return 400;
-  if (!ws_handshake_complete(&h->ws)) return 400; /* RFC 6455 4.2.1 */
+  int refused = ws_handshake_status(&h->ws); /* RFC 6455 4.2.1 */
+  if (refused) return refused;
   if (asgi_stream_set_websocket(h->cur) != 0) {
     PyErr_Clear();
     return 503;
@@ -185,9 +186,9 @@ static void write_error_and_close(struct conn *c, int status, const char *reason
   int blen = snprintf(body, sizeof body, "%s: %s\n", http_reason(status), reason);
   if (blen < 0 || blen >= (int)sizeof body) blen = (int)sizeof body - 1;
   int hlen = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
                       "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n",
-                      status, http_reason(status), blen, h3g_http_date());
+                      status, http_reason(status), ws_refusal_fields(status), blen, h3g_http_date());
   bytebuf_append(&c->out, head, (size_t)hlen);
   bytebuf_append(&c->out, body, (size_t)blen);
   if (h->cur) {

@@ -147,7 +147,8 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   if (head->upgrade && h->ws.upgrade) {
     /* The bytes after this head are the client's frames: the request
      * "body" lasts as long as the WebSocket. */
-    if (!ws_handshake_complete(&h->ws)) return 400;
+    int refused = ws_handshake_status(&h->ws);
+    if (refused) return refused;
     h->websocket = x->websocket = true;
     h->keep_alive = false;
     xchg_req_head_done(x);
@@ -227,9 +228,9 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
   int n = snprintf(body, sizeof body, "%d %s: %s\n", status, http_reason(status), why);
   if (n < 0 || n >= (int)sizeof body) n = (int)sizeof body - 1;
   evbuffer_add_printf(bufferevent_get_output(c->bev),
-                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
                       "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n%.*s",
-                      status, http_reason(status), n, h3g_http_date(), n, body);
+                      status, http_reason(status), ws_refusal_fields(status), n, h3g_http_date(), n, body);
   record_refused(h, status, (size_t)n);
   if (h->x) {
     xchg_down_detach(h->x);

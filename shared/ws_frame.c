@@ -156,18 +156,29 @@ void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, 
   if (nlen == 7 && memcmp(name, "upgrade", 7) == 0) {
     if (has_token_ci(value, vlen, "websocket")) hs->upgrade = true;
   } else if (nlen == 17 && memcmp(name, "sec-websocket-key", 17) == 0) {
-    if (vlen < sizeof hs->key) {
+    if (hs->key_count++ == 0 && vlen < sizeof hs->key) {
       memcpy(hs->key, value, vlen);
       hs->key[vlen] = '\0';
     }
   } else if (nlen == 21 && memcmp(name, "sec-websocket-version", 21) == 0) {
-    hs->version_ok = vlen == 2 && memcmp(value, "13", 2) == 0;
+    hs->version_ok = !hs->version_seen && vlen == 2 && memcmp(value, "13", 2) == 0;
+    hs->version_seen = true;
   }
 }
 
-bool ws_handshake_complete(const struct ws_handshake *hs) {
-  return hs->version_ok && hs->key[0] != '\0';
+/* 16 bytes in base64: 22 characters of the alphabet and "==". */
+static bool key_valid(const char *key) {
+  static const char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  return strlen(key) == 24 && strspn(key, alphabet) == 22 && strcmp(key + 22, "==") == 0;
 }
+
+int ws_handshake_status(const struct ws_handshake *hs) {
+  if (!hs->version_seen || hs->key_count != 1 || !key_valid(hs->key)) return 400;
+  return hs->version_ok ? 0 : 426;
+}
+
+const char *ws_refusal_fields(int status) { return status == 426 ? WS_VERSION_FIELD : ""; }
 
 void ws_boundary_feed(struct ws_boundary *b, const uint8_t *data, size_t len, bool from_client) {
   while (len > 0) {

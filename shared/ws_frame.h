@@ -62,15 +62,24 @@ void ws_accept_key(const char *key, size_t key_len, char out[29]);
 
 /* The HTTP/1.1 handshake's fields (RFC 6455 4.2.1), noted as they arrive. */
 struct ws_handshake {
-  bool upgrade;    /* Upgrade: websocket */
-  bool version_ok; /* Sec-WebSocket-Version: 13 */
-  char key[64];    /* Sec-WebSocket-Key */
+  bool upgrade;       /* Upgrade: websocket */
+  bool version_seen;  /* Sec-WebSocket-Version */
+  bool version_ok;    /* ... and it says 13 (in its only field) */
+  unsigned key_count; /* Sec-WebSocket-Key fields */
+  char key[64];       /* the first one */
 };
 /* name is lower-case. */
 void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, const char *value,
                         size_t vlen);
-/* Version 13 and a key: the request can be answered with 101. */
-bool ws_handshake_complete(const struct ws_handshake *hs);
+/* 0 when the request can be answered with 101; else the status to refuse
+ * it with: 400 for a malformed handshake (no version, no key, several, or
+ * one that is not 16 bytes in base64), 426 for another version, whose
+ * answer carries WS_VERSION_FIELD (RFC 6455 4.2.1, 4.4). */
+int ws_handshake_status(const struct ws_handshake *hs);
+#define WS_VERSION_FIELD "sec-websocket-version: 13\r\n"
+/* The fields an answer with this status carries besides the usual: "" but
+ * for a 426, which names the version we speak. */
+const char *ws_refusal_fields(int status);
 
 /* Where frame boundaries fall in a byte stream one only forwards (the
  * gateway's tunnels): enough to know when a frame of one's own, such as a

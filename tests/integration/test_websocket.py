@@ -255,6 +255,33 @@ class H2WebSocket:
 # ---------------------------------------------------------------------------
 # The worker on its own.
 
+@pytest.mark.parametrize("fields,status", [
+    ("Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13", 400),
+    ("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA\r\nSec-WebSocket-Version: 13", 400),
+    ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+     "Sec-WebSocket-Version: 13", 400),
+    ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", 400),
+    ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8", 426),
+    ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13", 101),
+], ids=["short-key", "key-of-15-bytes", "two-keys", "no-version", "version-8", "valid"])
+def test_handshakes_that_rfc_6455_refuses(gateway, worker, fields, status):
+    """RFC 6455 4.2.1: the key must be 16 bytes in base64 (a MUST; any key
+    used to get its 101), and 4.4: another version gets 426 Upgrade
+    Required naming version 13 (it got a bare 400). At the gateway and the
+    worker alike."""
+    for port in (gateway.plain_port, worker.port):
+        request = (f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"{fields}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := s.recv(65536)):
+                head += chunk
+        lines = head.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
+        assert int(lines[0].split()[1]) == status, (port, lines)
+        assert ("sec-websocket-version: 13" in lines) == (status == 426), (port, lines)
+
+
 def test_worker_echo_over_http1(worker):
     async def go():
         url = f"ws://127.0.0.1:{worker.port}"

@@ -1,4 +1,6 @@
 /* WebSocket framing: RFC 6455's examples, limits, UTF-8, the accept key. */
+#include <string.h>
+
 #include "check.h"
 #include "ws_frame.h"
 
@@ -153,7 +155,38 @@ static void test_mask_words(void) {
   CHECK(bad == 0);
 }
 
+/* Handshake fields as a request sends them, "name: value" per entry. */
+static int handshake(const char *const *fields, size_t n) {
+  struct ws_handshake hs = {0};
+  for (size_t i = 0; i < n; i++) {
+    const char *colon = strchr(fields[i], ':');
+    ws_handshake_field(&hs, fields[i], (size_t)(colon - fields[i]), colon + 2, strlen(colon + 2));
+  }
+  return ws_handshake_status(&hs);
+}
+#define HANDSHAKE(...) handshake((const char *const[]){__VA_ARGS__}, \
+                                 sizeof((const char *const[]){__VA_ARGS__}) / sizeof(char *))
+
+/* RFC 6455 4.2.1 and 4.4: a key of 16 bytes in base64, once; version 13. */
+static void test_handshake(void) {
+  const char *key = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==", *v13 = "sec-websocket-version: 13";
+  CHECK(HANDSHAKE(key, v13) == 0);
+  CHECK(HANDSHAKE("sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==", v13) == 0);
+  CHECK(HANDSHAKE("sec-websocket-key: abc", v13) == 400);
+  CHECK(HANDSHAKE("sec-websocket-key: AAAAAAAAAAAAAAAAAAAA", v13) == 400);      /* 15 bytes */
+  CHECK(HANDSHAKE("sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAAA=", v13) == 400);  /* 17 */
+  CHECK(HANDSHAKE("sec-websocket-key: AAAAAAAAAAAAAAAAAAAA*A==", v13) == 400);  /* not base64 */
+  CHECK(HANDSHAKE(key, key, v13) == 400);
+  CHECK(HANDSHAKE(v13) == 400);
+  CHECK(HANDSHAKE(key) == 400);
+  CHECK(HANDSHAKE(key, "sec-websocket-version: 8") == 426);
+  CHECK(HANDSHAKE(key, v13, "sec-websocket-version: 13") == 426); /* not one version */
+  CHECK(strcmp(ws_refusal_fields(426), "sec-websocket-version: 13\r\n") == 0);
+  CHECK(strcmp(ws_refusal_fields(400), "") == 0);
+}
+
 int main(void) {
+  test_handshake();
   test_reader();
   test_boundary();
   test_mask_words();
