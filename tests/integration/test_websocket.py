@@ -369,11 +369,11 @@ def test_worker_denials_and_app_errors(worker):
     assert r.status == 101
     frames = r.frames_until_close()
     assert close_code(frames[-1][1]) == 1011
-    # not a WebSocket handshake: version 13 is required
+    # not a WebSocket handshake we speak: version 13 is required (426, RFC 6455 4.4)
     s = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
     s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n")
-    assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert s.recv(100).startswith(b"HTTP/1.1 426")
 
 
 # /misuse?how=: the answer (an HTTP status before accepting, a close code
