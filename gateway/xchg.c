@@ -207,7 +207,12 @@ static bool name_eq(const char *name, size_t nlen, const char *lit) {
 
 int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *value, size_t vlen) {
   const struct gw_conf *conf = x->rt->conf;
-  if (x->req.n >= conf->max_header_count + 4) return 431;
+  /* HTTP/2 and HTTP/3 clients may send Cookie as one field per cookie
+   * (RFC 9113 8.2.3; Firefox does), which the app gets joined as one: a
+   * site with a hundred cookies is not a request with too many fields.
+   * max_header_bytes still holds them all. */
+  bool crumb = name_eq(name, nlen, "cookie") && x->saw_cookie;
+  if (!crumb && x->req.n - x->cookie_crumbs >= conf->max_header_count + 4) return 431;
   if (x->req.bytes + nlen + vlen > conf->max_header_bytes) return 431;
   int idx = hdr_add(&x->req, name, nlen, value, vlen);
   if (idx < 0) return 503;
@@ -235,6 +240,10 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
   } else if (name_eq(name, nlen, "host")) {
     if (x->saw_host) return 400; /* RFC 9112 3.2: one Host, or the hosts may disagree */
     x->saw_host = true;
+  } else if (crumb) {
+    x->cookie_crumbs++;
+  } else if (name_eq(name, nlen, "cookie")) {
+    x->saw_cookie = true;
   } else if (name_eq(name, nlen, "expect")) {
     if (vlen == 12 && strncasecmp(value, "100-continue", 12) == 0) x->expect_continue = true;
     x->req.v[idx].flags |= HDR_DROPPED; /* we answer 100 ourselves */

@@ -95,6 +95,8 @@ struct xchg {
   bool req_end;
   bool expect_continue;
   bool saw_host;            /* a Host field came: a second is refused */
+  bool saw_cookie;
+  uint32_t cookie_crumbs;   /* cookie fields after the first: one header, not several */
   uint64_t req_bytes;     /* received from the client */
   uint64_t req_taken;     /* handed to the upstream (less what a retry gave back) */
   uint64_t req_credited;  /* credit returned to the client */
