@@ -94,9 +94,15 @@ static int check_target(const struct h1_request_head *head, const char *target, 
 /* A WebSocket handshake: the app decides (accept, close or an HTTP
  * response); the connection ends with the WebSocket either way. */
 static int begin_websocket(struct h1_conn *h, const struct h1_request_head *head) {
-  if (head->method_len != 3 || memcmp(head->method, "GET", 3) != 0) return 400;
+  if (head->method_len != 3 || memcmp(head->method, "GET", 3) != 0) {
+    h1_parser_refuse(&h->parser, "a WebSocket handshake must be a GET");
+    return 400;
+  }
   int refused = ws_handshake_status(&h->ws); /* RFC 6455 4.2.1 */
-  if (refused) return refused;
+  if (refused) {
+    h1_parser_refuse(&h->parser, ws_refusal_reason(refused));
+    return refused;
+  }
   if (asgi_stream_set_websocket(h->cur) != 0) {
     PyErr_Clear();
     return 503;
@@ -113,7 +119,10 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   struct asgi_stream *s = h->cur;
   h->version_minor = head->version_minor;
   h->keep_alive = head->keep_alive && !h->conn->draining;
-  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
+  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) {
+    h1_parser_refuse(&h->parser, "CONNECT tunnels are not served here");
+    return 405;
+  }
   const char *target = head->target, *authority = NULL;
   size_t tlen = head->target_len, alen = 0;
   /* absolute-form: the rest is the target ("" or "?q" stand for "/") */
@@ -123,7 +132,10 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   /* RFC 9112 3.2: one Host, and an HTTP/1.1 request must have it (an
    * absolute-form target's authority stands in for it) */
   unsigned hosts = asgi_stream_host_fields(s);
-  if (hosts > 1 || (hosts == 0 && head->version_minor >= 1 && authority == NULL)) return 400;
+  if (hosts > 1 || (hosts == 0 && head->version_minor >= 1 && authority == NULL)) {
+    h1_parser_refuse(&h->parser, hosts > 1 ? "more than one Host field" : "an HTTP/1.1 request needs a Host field");
+    return 400;
+  }
   if (asgi_stream_set_method(s, head->method, head->method_len) != 0 ||
       asgi_stream_set_target(s, target, tlen) != 0 ||
       (authority && alen > 0 && asgi_stream_override_host(s, authority, alen) != 0)) {

@@ -84,7 +84,11 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
   int rc = ensure_xchg(h);
   if (rc) return rc;
   if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) ws_handshake_field(&h->ws, name, nlen, value, vlen);
-  return xchg_req_field(h->x, name, nlen, value, vlen);
+  rc = xchg_req_field(h->x, name, nlen, value, vlen);
+  if (rc == 400) /* the fields xchg_req_field refuses (names are lower-case here) */
+    h1_parser_refuse(&h->parser, nlen == 4 && memcmp(name, "host", 4) == 0 ? "more than one Host field"
+                                                                             : "invalid Content-Length");
+  return rc;
 }
 
 static void request_timeout(struct down_conn *c);
@@ -132,14 +136,20 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   h->version_minor = head->version_minor;
   h->keep_alive = head->keep_alive && !h->c->draining;
   x->proto = head->version_minor == 0 ? XCHG_HTTP_1_0 : XCHG_HTTP_1_1;
-  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) return 405;
+  if (head->method_len == 7 && memcmp(head->method, "CONNECT", 7) == 0) {
+    h1_parser_refuse(&h->parser, "CONNECT tunnels are not served here");
+    return 405;
+  }
   h->is_head = head->method_len == 4 && memcmp(head->method, "HEAD", 4) == 0;
   if ((rc = xchg_req_field(x, ":method", 7, head->method, head->method_len)) ||
       (rc = add_target(x, head->target, head->target_len)))
     return rc;
   int host = hdr_find(&x->req, "host", 4, 0);
   if ((host < 0 || x->req.v[host].value_len == 0) && x->i_authority < 0) {
-    if (host < 0 && head->version_minor >= 1) return 400; /* RFC 9112 3.2: a 1.1 request must say which host */
+    if (host < 0 && head->version_minor >= 1) { /* RFC 9112 3.2: a 1.1 request must say which host */
+      h1_parser_refuse(&h->parser, "an HTTP/1.1 request needs a Host field");
+      return 400;
+    }
     /* HTTP/1.0 may name none, and an empty Host names none (RFC 9112 3.3):
      * the address it reached stands for it, as nginx's server name does. */
     if ((rc = add_local_authority(h))) return rc;
@@ -148,7 +158,10 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
     /* The bytes after this head are the client's frames: the request
      * "body" lasts as long as the WebSocket. */
     int refused = ws_handshake_status(&h->ws);
-    if (refused) return refused;
+    if (refused) {
+      h1_parser_refuse(&h->parser, ws_refusal_reason(refused));
+      return refused;
+    }
     h->websocket = x->websocket = true;
     h->keep_alive = false;
     xchg_req_head_done(x);

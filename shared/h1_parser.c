@@ -7,6 +7,23 @@
 
 static struct h1_parser *parser_of(llhttp_t *l) { return l->data; }
 
+/* Why a callback refused the request, for the answer and the log: what it
+ * said with h1_parser_refuse, else what its status means. */
+static const char *refusal(struct h1_parser *p, int status, const char *otherwise) {
+  const char *why = p->refusal;
+  p->refusal = NULL;
+  if (why) return why;
+  switch (status) {
+  case 405: return "method not allowed here";
+  case 413: return "request body too large";
+  case 431: return "request header fields too large";
+  case 503: return "out of memory";
+  default: return otherwise;
+  }
+}
+
+void h1_parser_refuse(struct h1_parser *p, const char *why) { p->refusal = why; }
+
 static int fail(struct h1_parser *p, int status, const char *reason) {
   p->error_status = status;
   p->error_reason = reason;
@@ -106,7 +123,7 @@ static int emit_field(struct h1_parser *p) {
   p->buf_len = p->target_len;
   p->name_len = 0;
   p->in_value = false;
-  return status ? fail(p, status, "request header refused") : 0;
+  return status ? fail(p, status, refusal(p, status, "request header refused")) : 0;
 }
 
 static int on_header_field(llhttp_t *l, const char *at, size_t len) {
@@ -161,20 +178,20 @@ static int on_headers_complete(llhttp_t *l) {
     return fail(p, 400, "Transfer-Encoding in an HTTP/1.0 request");
   p->head_done = true;
   int status = p->ops->on_head(p->ctx, &head);
-  if (status) return fail(p, status, "request refused");
+  if (status) return fail(p, status, refusal(p, status, "request refused"));
   return 0;
 }
 
 static int on_body(llhttp_t *l, const char *at, size_t len) {
   struct h1_parser *p = parser_of(l);
   int status = p->ops->on_body(p->ctx, at, len);
-  return status ? fail(p, status, "request body refused") : 0;
+  return status ? fail(p, status, refusal(p, status, "request body refused")) : 0;
 }
 
 static int on_message_complete(llhttp_t *l) {
   struct h1_parser *p = parser_of(l);
   int status = p->ops->on_end(p->ctx);
-  if (status) return fail(p, status, "request refused");
+  if (status) return fail(p, status, refusal(p, status, "request refused"));
   p->message_done = true;
   p->in_message = false;
   return HPE_PAUSED;

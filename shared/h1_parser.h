@@ -66,6 +66,7 @@ struct h1_parser {
   size_t head_bytes;
   uint32_t fields;
   uint32_t chunked_codings; /* "chunked" seen in Transfer-Encoding so far */
+  const char *refusal;     /* h1_parser_refuse's reason, until used */
   int error_status;        /* when feed fails: the status to answer with */
   const char *error_reason;
 };
@@ -83,6 +84,9 @@ bool h1_parser_message_done(const struct h1_parser *p);
  * that the caller answered without switching protocols. Not after CONNECT:
  * what follows it is the client's tunnel, so the connection must close. */
 void h1_parser_next(struct h1_parser *p);
+/* Called by a callback about to return a status: why (a static string),
+ * for the answer's body and the log instead of a generic reason. */
+void h1_parser_refuse(struct h1_parser *p, const char *why);
 /* True between the start of a request and its end. */
 bool h1_parser_in_message(const struct h1_parser *p);
 /* The method and the target (as far as it came) of the request being

@@ -180,6 +180,12 @@ int ws_handshake_status(const struct ws_handshake *hs) {
 
 const char *ws_refusal_fields(int status) { return status == 426 ? WS_VERSION_FIELD : ""; }
 
+const char *ws_refusal_reason(int status) {
+  return status == 426 ? "WebSocket version 13 only"
+                       : "malformed WebSocket handshake (one Sec-WebSocket-Key of 16 bytes in "
+                         "base64, and Sec-WebSocket-Version)";
+}
+
 void ws_boundary_feed(struct ws_boundary *b, const uint8_t *data, size_t len, bool from_client) {
   while (len > 0) {
     if (b->payload_left > 0) {

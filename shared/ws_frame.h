@@ -80,6 +80,8 @@ int ws_handshake_status(const struct ws_handshake *hs);
 /* The fields an answer with this status carries besides the usual: "" but
  * for a 426, which names the version we speak. */
 const char *ws_refusal_fields(int status);
+/* Why a handshake was refused with this status, for the answer and the log. */
+const char *ws_refusal_reason(int status);
 
 /* Where frame boundaries fall in a byte stream one only forwards (the
  * gateway's tunnels): enough to know when a frame of one's own, such as a

@@ -280,6 +280,8 @@ def test_handshakes_that_rfc_6455_refuses(gateway, worker, fields, status):
         lines = head.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
         assert int(lines[0].split()[1]) == status, (port, lines)
         assert ("sec-websocket-version: 13" in lines) == (status == 426), (port, lines)
+        why = {400: b"malformed WebSocket handshake", 426: b"WebSocket version 13 only", 101: b""}[status]
+        assert why in head.split(b"\r\n\r\n", 1)[1], (port, head)  # the body says why
 
 
 def test_worker_echo_over_http1(worker):
