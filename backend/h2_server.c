@@ -27,6 +27,7 @@
 #include "http_status.h"
 #include "log.h"
 #include "server.h"
+#include "ws_frame.h"
 
 struct h2_conn {
   nghttp2_session *session;
@@ -42,6 +43,8 @@ enum {
   H2S_DATA_DEFERRED = 1 << 2, /* the data source said DEFERRED: resume on new data */
   H2S_CONNECT = 1 << 3,       /* :method CONNECT */
   H2S_WEBSOCKET = 1 << 4,     /* :protocol websocket (RFC 8441) */
+  H2S_WS_VERSION = 1 << 5,    /* a sec-websocket-version field came */
+  H2S_WS_VERSION_13 = 1 << 6, /* ... and it was the only one and said 13 */
 };
 
 static unsigned stream_flags(struct asgi_stream *s) {
@@ -65,6 +68,22 @@ static struct asgi_stream *find_stream(nghttp2_session *session, int32_t id) {
 /* ---------------------------------------------------------------------------
  * Callbacks.
  */
+/* RFC 8441 5 keeps RFC 6455's version check: one Sec-WebSocket-Version,
+ * 13 (h1_server checks HTTP/1.1 handshakes with ws_handshake_status). */
+static void note_ws_version(struct asgi_stream *s, const char *v, size_t vlen) {
+  if (stream_flags(s) & H2S_WS_VERSION) {
+    stream_clear_flag(s, H2S_WS_VERSION_13);
+    return;
+  }
+  stream_set_flag(s, H2S_WS_VERSION);
+  if (vlen == 2 && memcmp(v, "13", 2) == 0) stream_set_flag(s, H2S_WS_VERSION_13);
+}
+
+/* 0, or how a WebSocket's extended CONNECT is refused for its version. */
+static int ws_version_refusal(unsigned flags) {
+  return !(flags & H2S_WS_VERSION) ? 400 : !(flags & H2S_WS_VERSION_13) ? 426 : 0;
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
   struct conn *c = user;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
@@ -110,6 +129,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     else
       rc = 0;
   } else {
+    if (nlen == 21 && memcmp(n, "sec-websocket-version", 21) == 0) note_ws_version(s, v, vlen);
     rc = asgi_stream_add_header(s, n, nlen, v, vlen);
   }
   if (rc != 0) {
@@ -134,6 +154,11 @@ static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end
     /* Extended CONNECT for WebSockets; plain CONNECT tunnels are not ours. */
     if (!(f & H2S_WEBSOCKET)) {
       asgi_stream_respond_error(s, 501, "Not Implemented: only WebSocket CONNECT\n");
+      return;
+    }
+    int refused = ws_version_refusal(f);
+    if (refused) {
+      asgi_stream_respond_refusal(s, refused, ws_refusal_reason(refused), ws_refusal_fields(refused));
       return;
     }
     if (asgi_stream_set_websocket(s) != 0) {

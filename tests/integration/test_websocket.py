@@ -164,7 +164,7 @@ class RawWebSocket:
 class H2WebSocket:
     """RFC 8441 over Python's h2, cleartext (prior knowledge) or TLS (ALPN h2)."""
 
-    def __init__(self, port, path, tls=False, protocol="websocket", method="CONNECT"):
+    def __init__(self, port, path, tls=False, protocol="websocket", method="CONNECT", version="13"):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock = tls_ctx(["h2"]).wrap_socket(s) if tls else s
         self.rawbuf, self.data, self.goaway = b"", b"", False
@@ -175,10 +175,11 @@ class H2WebSocket:
         while self.enable_connect is None:
             self._pump(lambda e: None)
         self.sid = self.conn.get_next_available_stream_id()
-        self.status, self.ended, self.reset = None, False, None
+        self.status, self.headers, self.ended, self.reset = None, {}, False, None
         self.conn.send_headers(self.sid, [
             (":method", method), (":protocol", protocol), (":scheme", "https" if tls else "http"),
-            (":path", path), (":authority", "localhost"), ("sec-websocket-version", "13")])
+            (":path", path), (":authority", "localhost")] +
+            ([("sec-websocket-version", version)] if version else []))
         self.sock.sendall(self.conn.data_to_send())
         while self.status is None and not self.reset:
             self._pump()
@@ -217,7 +218,8 @@ class H2WebSocket:
                 self.enable_connect = self.conn.remote_settings.get(
                     h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0)
             elif isinstance(e, h2.events.ResponseReceived):
-                self.status = int(dict(e.headers)[b":status"])
+                self.headers = {k.decode(): v.decode() for k, v in e.headers}
+                self.status = int(self.headers[":status"])
             elif isinstance(e, h2.events.DataReceived):
                 self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
             elif isinstance(e, h2.events.ConnectionTerminated):
@@ -469,6 +471,18 @@ def test_worker_rfc8441(worker):
     c.end()
     # a plain CONNECT tunnel is not served
     assert H2WebSocket(worker.port, "/", protocol="not-websocket").status in (400, 501)
+
+
+@pytest.mark.parametrize("version,status", [(None, 400), ("8", 426), ("13", 200)])
+def test_rfc8441_handshakes_check_the_version(gateway, worker, version, status):
+    """RFC 8441 5 keeps RFC 6455's version: an extended CONNECT without
+    Sec-WebSocket-Version is a 400, another version a 426 naming 13 (the
+    worker decides; through the gateway too). Any version used to open the
+    WebSocket."""
+    for port in (worker.port, gateway.plain_port):
+        c = H2WebSocket(port, "/echo", version=version)
+        assert c.status == status, (port, c.status, c.headers)
+        assert (c.headers.get("sec-websocket-version") == "13") == (status == 426), (port, c.headers)
 
 
 def close_after_sigterm(server, url, **connect_args):
