@@ -133,7 +133,8 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
    * absolute-form target's authority stands in for it) */
   unsigned hosts = asgi_stream_host_fields(s);
   if (hosts > 1 || (hosts == 0 && head->version_minor >= 1 && authority == NULL)) {
-    h1_parser_refuse(&h->parser, hosts > 1 ? "more than one Host field" : "an HTTP/1.1 request needs a Host field");
+    h1_parser_refuse(&h->parser,
+                     hosts > 1 ? "more than one Host field" : "an HTTP/1.1 request needs a Host field");
     return 400;
   }
   if (asgi_stream_set_method(s, head->method, head->method_len) != 0 ||
