@@ -69,20 +69,6 @@ void hdr_list_free(struct hdr_list *l) {
   memset(l, 0, sizeof *l);
 }
 
-bool hdr_value_has_token(const char *v, size_t len, const char *token) {
-  size_t tlen = strlen(token);
-  size_t i = 0;
-  while (i < len) {
-    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
-    size_t start = i;
-    while (i < len && v[i] != ',') i++;
-    size_t end = i;
-    while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
-    if (end - start == tlen && strncasecmp(v + start, token, tlen) == 0) return true;
-  }
-  return false;
-}
-
 /* RFC 3986 reg-name: unreserved and sub-delims ('%' is checked apart). */
 static bool reg_name_char(unsigned char c) {
   return isalnum(c) || (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);

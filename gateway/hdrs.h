@@ -37,8 +37,6 @@ static inline const char *hdr_value(const struct hdr_list *l, int i) { return l-
 bool hdr_name_is(const struct hdr_list *l, int i, const char *lit);
 void hdr_list_clear(struct hdr_list *l);
 void hdr_list_free(struct hdr_list *l);
-/* True when the comma-separated value list contains token (case-insensitive). */
-bool hdr_value_has_token(const char *v, size_t len, const char *token);
 /* True for a Host or :authority value: uri-host [ ":" port ] (RFC 9110
  * 7.2, RFC 3986 3.2.2), with a host that is not empty and no userinfo. */
 bool hdr_authority_valid(const char *v, size_t len);

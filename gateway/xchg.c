@@ -20,6 +20,7 @@
 #include "fastrand.h"
 #include "gw.h"
 #include "http_date.h"
+#include "http_list.h"
 #include "http_status.h"
 #include "log.h"
 #include "metrics.h"
@@ -328,7 +329,7 @@ static void drop_connection_listed(struct xchg *x, int conn_idx) {
   uint32_t vlen = x->req.v[conn_idx].value_len;
   for (uint32_t j = 0; j < x->req.n; j++) {
     const char *n = hdr_name(&x->req, (int)j);
-    if (n[0] != ':' && hdr_value_has_token(v, vlen, n)) x->req.v[j].flags |= HDR_DROPPED;
+    if (n[0] != ':' && h3g_list_has_token(v, vlen, n)) x->req.v[j].flags |= HDR_DROPPED;
   }
 }
 

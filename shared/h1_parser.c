@@ -5,6 +5,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http_list.h"
+
 static struct h1_parser *parser_of(llhttp_t *l) { return l->data; }
 
 /* Why a callback refused the request, for the answer and the log: what it
@@ -86,15 +88,10 @@ static bool is_tchar(unsigned char c) {
  * other coding now gets 501, as the RFC and nginx answer, and chunked
  * applied twice (in one field or two) is a 400. */
 static int check_transfer_codings(struct h1_parser *p, const char *v, size_t len) {
-  size_t i = 0;
-  while (i < len) {
-    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
-    size_t start = i;
-    while (i < len && v[i] != ',') i++;
-    size_t end = i;
-    while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t')) end--;
-    if (end == start) continue;
-    if (end - start != 7 || strncasecmp(v + start, "chunked", 7) != 0)
+  size_t pos = 0, n;
+  const char *coding;
+  while (h3g_list_next(v, len, &pos, &coding, &n)) {
+    if (n != 7 || strncasecmp(coding, "chunked", 7) != 0)
       return fail(p, 501, "transfer coding not implemented");
     if (++p->chunked_codings > 1) return fail(p, 400, "chunked applied more than once");
   }

@@ -172,24 +172,19 @@ routes:
         dnsmasq.stop()
 
 
-def test_a_backend_host_that_vanishes_is_found_by_keepalive(network, tmp_path):
-    """upstreams.tcp_keepalive: a backend host that vanishes without a word
-    (its link goes down: no reset, no FIN, as when a machine loses power)
-    leaves connections that look alive. Keepalive probes find it: a request
-    waiting on that host gets its 502 seconds later, where it used to wait
-    out the response timeout (60 s) for a 504."""
+def one_worker_behind_a_gateway(tmp_path, listen, upstream_extra=""):
+    """An h3gate-worker on host b1 (graceful timeout 1 s) and a gateway on
+    host gw listening on `listen` in front of it, both ready."""
     worker = Process(in_ns("b1", BIN / "h3gate-worker", "--bind", f"{NET}.11:8000", "--workers", "1",
                            "--graceful-timeout", "1", "--app-dir", APPS, "probe:app"), cwd=APPS, name="worker-b1")
-    gw_ip = f"{NET}.{HOSTS['gw']}"
     (tmp_path / "gateway.yaml").write_text(f"""
 log: {{level: info, access_log: "off"}}
 listen:
-  - address: {gw_ip}:8080
+  - address: {listen}
 upstreams:
   - name: app
     servers: [{NET}.11:8000]
-    tcp_keepalive: 1s
-routes:
+{upstream_extra}routes:
   - path_prefix: /
     upstream: app
 """)
@@ -197,6 +192,22 @@ routes:
     try:
         assert worker.wait_log("1 worker processes ready", timeout=60), worker.log()
         assert gateway.wait_log(GATEWAY_READY), gateway.log()
+    except AssertionError:
+        gateway.stop()
+        worker.stop()
+        raise
+    return worker, gateway
+
+
+def test_a_backend_host_that_vanishes_is_found_by_keepalive(network, tmp_path):
+    """upstreams.tcp_keepalive: a backend host that vanishes without a word
+    (its link goes down: no reset, no FIN, as when a machine loses power)
+    leaves connections that look alive. Keepalive probes find it: a request
+    waiting on that host gets its 502 seconds later, where it used to wait
+    out the response timeout (60 s) for a 504."""
+    gw_ip = f"{NET}.{HOSTS['gw']}"
+    worker, gateway = one_worker_behind_a_gateway(tmp_path, f"{gw_ip}:8080", "    tcp_keepalive: 1s\n")
+    try:
         url = f"http://{gw_ip}:8080"
         assert sh(*in_ns("gw", "curl", "-sS", f"{url}/pid")).stdout.startswith('{"pid"')
         waiting = subprocess.Popen(in_ns("gw", "curl", "-sS", "--max-time", "40", "-o", "/dev/null", "-w",
@@ -233,24 +244,9 @@ def test_a_wildcard_listener_names_the_address_a_hostless_request_reached(networ
     all addresses, as in containers) is no authority: ":8080" went to the
     app as its host. In a namespace of its own, so that the wildcard binds
     nothing outside the test."""
-    worker = Process(in_ns("b1", BIN / "h3gate-worker", "--bind", f"{NET}.11:8000", "--workers", "1",
-                           "--app-dir", APPS, "probe:app"), cwd=APPS, name="worker-b1")
     gw_ip = f"{NET}.{HOSTS['gw']}"
-    (tmp_path / "gateway.yaml").write_text(f"""
-log: {{level: info, access_log: "off"}}
-listen:
-  - address: ":8080"
-upstreams:
-  - name: app
-    servers: [{NET}.11:8000]
-routes:
-  - path_prefix: /
-    upstream: app
-""")
-    gateway = Process(in_ns("gw", BIN / "h3gate", "-c", tmp_path / "gateway.yaml"), cwd=tmp_path, name="gateway")
+    worker, gateway = one_worker_behind_a_gateway(tmp_path, '":8080"')
     try:
-        assert worker.wait_log("1 worker processes ready", timeout=60), worker.log()
-        assert gateway.wait_log(GATEWAY_READY), gateway.log()
         for ip in (gw_ip, "127.0.0.1"):
             r = sh(*in_ns("gw", PYTHON, "-c", HOSTLESS_CLIENT, ip, 8080))
             assert r.stdout.splitlines() == [f"HTTP/1.1 200 OK {ip}:8080"] * 2, (r.stdout, gateway.log()[-2000:])
