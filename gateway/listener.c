@@ -37,8 +37,9 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
                        const unsigned char *in, unsigned int inlen, void *arg) {
   (void)ssl;
   (void)arg;
-  static const unsigned char ours[] = "\x02h2\x08http/1.1";
-  /* Our preference order, h2 first. */
+  /* Our preference order, h2 first; http/1.0 (RFC 7301's registry) as
+   * nginx takes it, for old clients and health checks that name it. */
+  static const unsigned char ours[] = "\x02h2\x08http/1.1\x08http/1.0";
   if (SSL_select_next_proto((unsigned char **)out, outlen, ours, sizeof ours - 1, in, inlen) ==
       OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_OK;

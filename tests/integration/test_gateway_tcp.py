@@ -102,6 +102,7 @@ def test_alpn_without_a_protocol_of_ours_is_refused(gateway):
     with pytest.raises(ssl.SSLError, match="no application protocol"):
         handshake(["h3"])
     assert handshake(["spdy/3", "http/1.1"]) == ("http/1.1", b"HTTP/1.1 200 OK")
+    assert handshake(["http/1.0"]) == ("http/1.0", b"HTTP/1.1 200 OK")
     assert handshake(None) == (None, b"HTTP/1.1 200 OK")
 
 
