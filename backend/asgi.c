@@ -1339,12 +1339,16 @@ static void access_log(struct asgi_stream *s) {
     if (host) snprintf(client, sizeof client, "%s:%ld", host, port);
     PyErr_Clear();
   }
-  const char *method = s->method ? PyUnicode_AsUTF8(s->method) : "-";
-  log_info("%s - \"%s %.*s%s%.*s HTTP/%s\" %d", client, method ? method : "-",
-           s->raw_path ? (int)PyBytes_GET_SIZE(s->raw_path) : 1,
-           s->raw_path ? PyBytes_AS_STRING(s->raw_path) : "-",
-           s->query && PyBytes_GET_SIZE(s->query) ? "?" : "",
-           s->query ? (int)PyBytes_GET_SIZE(s->query) : 0, s->query ? PyBytes_AS_STRING(s->query) : "",
+  const char *method = s->method ? PyUnicode_AsUTF8(s->method) : NULL;
+  if (method == NULL) PyErr_Clear();
+  /* The target as it came (HTTP/2 lets quotes and any byte above 0x7f
+   * through), escaped as the gateway's log escapes it. */
+  char path[2048], query[2048];
+  h3g_log_escape(s->raw_path ? PyBytes_AS_STRING(s->raw_path) : "-",
+                 s->raw_path ? (size_t)PyBytes_GET_SIZE(s->raw_path) : 1, path, sizeof path);
+  h3g_log_escape(s->query ? PyBytes_AS_STRING(s->query) : "", s->query ? (size_t)PyBytes_GET_SIZE(s->query) : 0,
+                 query, sizeof query);
+  log_info("%s - \"%s %s%s%s HTTP/%s\" %d", client, method ? method : "-", path, query[0] ? "?" : "", query,
            s->log_version ? s->log_version : s->http_version, s->status);
 }
 

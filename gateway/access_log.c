@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "gw.h"
+#include "log.h"
 #include "xchg.h"
 
 static int log_fd = -1;
@@ -30,45 +31,8 @@ int access_log_open(const struct gw_conf *conf) {
   return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (1 to 4), or 0 when the bytes
- * there are not one (RFC 3629: no overlongs, surrogates or values past
- * U+10FFFF). */
-static size_t utf8_sequence(const unsigned char *s) {
-  unsigned char c = s[0];
-  size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-  if (n == 0) return 0;
-  for (size_t i = 1; i < n; i++)
-    if ((s[i] & 0xc0) != 0x80) return 0; /* a NUL ends the string here too */
-  if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))) return 0;
-  if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))) return 0;
-  return n;
-}
-
-/* Copies s into out with quotes and backslashes escaped, and control bytes
- * and bytes that are not UTF-8 as \u00XX: a line of either format is one
- * line, and a JSON one stays valid JSON (clients may send any byte above
- * 0x7f in a field value, RFC 9110 5.5; raw, they made log shippers drop
- * the line). Valid UTF-8 passes as it is. */
-static void escape(const char *s, char *out, size_t n) {
-  size_t o = 0;
-  for (const unsigned char *p = (const unsigned char *)s; p && *p && o + 7 < n;) {
-    size_t seq = *p >= 0x80 ? utf8_sequence(p) : 0;
-    if (seq > 0) {
-      memcpy(out + o, p, seq);
-      o += seq, p += seq;
-      continue;
-    }
-    unsigned char c = *p++;
-    if (c == '"' || c == '\\') {
-      out[o++] = '\\';
-      out[o++] = (char)c;
-    } else if (c < 0x20 || c >= 0x7f) {
-      o += (size_t)snprintf(out + o, n - o, "\\u%04x", c);
-    } else {
-      out[o++] = (char)c;
-    }
-  }
-  out[o] = '\0';
+static void escape(const char *s, char *out, size_t size) {
+  h3g_log_escape(s ? s : "", s ? strlen(s) : 0, out, size);
 }
 
 static const char *req_field(const struct xchg *x, const char *name) {

@@ -89,3 +89,42 @@ void h3g_describe_exit(int status, char *buf, size_t size) {
     snprintf(buf, size, "was killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
   else snprintf(buf, size, "ended (status %d)", status);
 }
+
+/* Length of the valid UTF-8 sequence at s[0..n) (2 to 4), or 0 when the
+ * bytes there are not one (RFC 3629: no overlongs, surrogates or values
+ * past U+10FFFF). */
+static size_t utf8_sequence(const unsigned char *s, size_t n) {
+  unsigned char c = s[0];
+  size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+  if (len == 0 || len > n) return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((s[i] & 0xc0) != 0x80) return 0;
+  if (len == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))) return 0;
+  if (len == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))) return 0;
+  return len;
+}
+
+/* Bytes above 0x7f that are not UTF-8 were written raw: the log was then
+ * not UTF-8, and JSON lines did not parse (log shippers drop them). */
+void h3g_log_escape(const char *s, size_t len, char *out, size_t size) {
+  const unsigned char *p = (const unsigned char *)s, *end = p + len;
+  size_t o = 0;
+  while (p < end && o + 7 < size) {
+    size_t seq = *p >= 0x80 ? utf8_sequence(p, (size_t)(end - p)) : 0;
+    if (seq > 0) {
+      memcpy(out + o, p, seq);
+      o += seq, p += seq;
+      continue;
+    }
+    unsigned char c = *p++;
+    if (c == '"' || c == '\\') {
+      out[o++] = '\\';
+      out[o++] = (char)c;
+    } else if (c < 0x20 || c >= 0x7f) {
+      o += (size_t)snprintf(out + o, size - o, "\\u%04x", c);
+    } else {
+      out[o++] = (char)c;
+    }
+  }
+  out[o] = '\0';
+}

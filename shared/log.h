@@ -24,6 +24,12 @@ int h3g_log_level_parse(const char *name, enum h3g_log_level *out);
 void h3g_log_write(enum h3g_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void h3g_log_vwrite(enum h3g_log_level level, const char *fmt, va_list ap);
+/* Copies s[0..len) into out (size bytes, always NUL-terminated, cut short
+ * if need be) for a quoted field of a log line: quotes and backslashes
+ * escaped, control bytes and bytes that are not UTF-8 as \u00XX, valid
+ * UTF-8 as it is. The line stays one line of UTF-8, and valid JSON as a
+ * JSON string. */
+void h3g_log_escape(const char *s, size_t len, char *out, size_t size);
 /* How a child process ended (a waitpid status), for a log line:
  * "exited with code 1", "was killed by signal 9 (Killed)". */
 void h3g_describe_exit(int status, char *buf, size_t size);

@@ -335,6 +335,23 @@ def test_unix_socket_factory_and_access_log(tmp_path):
     assert not sock.exists()  # removed on exit
 
 
+def test_worker_access_log_escapes_what_it_cannot_write_as_is():
+    """--access-log writes a target whose bytes HTTP/2 lets through (a
+    quote, bytes that are not UTF-8) escaped, as the gateway's log does:
+    they used to be written raw, so the line's quoting broke and the log
+    was not UTF-8."""
+    w = Worker("probe:app", args=["--access-log"])
+    try:
+        head = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x")]
+        status, _ = h2_raw_request(w.port, head + [(b":path", b'/x"\xff\xc3\xa9?a="b"')])
+        assert status == "404", status
+        assert w.wait_log('"GET /x\\"\\u00ff\u00e9?a=\\"b\\" HTTP/2" 404'), w.log()[-1000:]
+        w.log().encode("utf-8")  # read as UTF-8 without replacements: the line was valid
+        assert "\ufffd" not in w.log()
+    finally:
+        assert w.stop() == 0
+
+
 def test_factory_that_is_not_a_factory_fails_clearly():
     from h3env import APPS, BIN, free_port, run
     r = run([BIN / "h3gate-worker", "--bind", f"127.0.0.1:{free_port()}", "--app-dir", APPS,
