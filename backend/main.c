@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "options.h"
+#include "sock.h"
 #include "supervisor.h"
 #include "worker.h"
 
@@ -31,5 +32,6 @@ int main(int argc, char **argv) {
   if (rc == 1) return 0;
   if (rc != 0) return rc;
   if (check_app(&opt) != 0 && !opt.reload) return 1;
+  h3g_raise_nofile_limit(); /* worker processes inherit it */
   return supervisor_run(&opt);
 }

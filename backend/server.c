@@ -61,7 +61,8 @@ static struct {
   int ready_fd;
   /* cached loop methods and our own callbacks */
   PyObject *add_reader, *remove_reader, *add_writer, *remove_writer, *call_soon, *call_later;
-  PyObject *cb_accept, *cb_readable, *cb_writable, *cb_flush, *cb_tick;
+  PyObject *cb_accept, *cb_readable, *cb_writable, *cb_flush, *cb_tick, *cb_accept_rested;
+  bool accept_resting; /* out of files: the listeners are not watched for a moment */
   uint8_t *read_buf;
 } S = {.ready_fd = -1};
 
@@ -244,6 +245,38 @@ err_close:
   close(cfd);
 }
 
+/* Out of file descriptors (or kernel memory), accept() fails while the
+ * listening socket stays readable: retrying at once spun a CPU and logged
+ * every try. Accepting rests for a moment instead, as the gateway's does;
+ * the connections wait in the backlog (the supervisor keeps the socket). */
+enum { ACCEPT_REST_MS = 500 };
+
+static void watch_listeners(bool on) {
+  for (size_t i = 0; i < S.n_listeners; i++)
+    if (S.listeners[i].fd >= 0)
+      fd_watch(on ? S.add_reader : S.remove_reader, S.listeners[i].fd, on ? S.cb_accept : NULL);
+}
+
+static void rest_accepting(int err) {
+  if (S.accept_resting) return;
+  log_warn("accept: %s: pausing accept for %d ms (raise the open-files limit: LimitNOFILE= in systemd, "
+           "ulimit -n)", strerror(err), ACCEPT_REST_MS);
+  PyObject *delay = PyFloat_FromDouble(ACCEPT_REST_MS / 1000.0);
+  if (delay && loop_call(S.call_later, delay, S.cb_accept_rested) == 0) {
+    S.accept_resting = true;
+    watch_listeners(false);
+  }
+  Py_XDECREF(delay);
+}
+
+static PyObject *on_accept_rested(PyObject *mod, PyObject *unused) {
+  (void)mod;
+  (void)unused;
+  S.accept_resting = false;
+  if (!S.stopping) watch_listeners(true);
+  Py_RETURN_NONE;
+}
+
 static PyObject *on_accept(PyObject *mod, PyObject *fdo) {
   (void)mod;
   int lfd = (int)PyLong_AsLong(fdo);
@@ -256,8 +289,8 @@ static PyObject *on_accept(PyObject *mod, PyObject *fdo) {
     socklen_t len = sizeof ss;
     int cfd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd < 0) {
-      if (errno == EMFILE || errno == ENFILE)
-        log_warn("accept: %s (raise the open file limit)", strerror(errno));
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        rest_accepting(errno);
       else if (errno != EAGAIN && errno != ECONNABORTED && errno != EINTR)
         log_warn("accept: %s", strerror(errno));
       break;
@@ -555,7 +588,8 @@ static PyObject *py_start(PyObject *mod, PyObject *args) {
       !(S.cb_readable = PyObject_GetAttrString(mod, "_on_readable")) ||
       !(S.cb_writable = PyObject_GetAttrString(mod, "_on_writable")) ||
       !(S.cb_flush = PyObject_GetAttrString(mod, "_on_flush")) ||
-      !(S.cb_tick = PyObject_GetAttrString(mod, "_on_tick")))
+      !(S.cb_tick = PyObject_GetAttrString(mod, "_on_tick")) ||
+      !(S.cb_accept_rested = PyObject_GetAttrString(mod, "_on_accept_rested")))
     return NULL;
   S.read_buf = malloc(READ_CHUNK);
   if (S.read_buf == NULL) return PyErr_NoMemory();
@@ -633,6 +667,7 @@ static PyMethodDef module_methods[] = {
     {"_on_writable", on_writable, METH_O, NULL},
     {"_on_flush", on_flush, METH_NOARGS, NULL},
     {"_on_tick", on_tick, METH_NOARGS, NULL},
+    {"_on_accept_rested", on_accept_rested, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,6 +41,7 @@ struct conn_streams {
 struct up_conn_impl {
   struct up_conn pub;
   struct conn_streams streams;
+  int connect_errno; /* connect failed at once with this (0: it did not) */
 };
 
 static struct up_conn_impl *impl(struct up_conn *c) { return (struct up_conn_impl *)c; }
@@ -300,10 +301,29 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
   }
 }
 
+/* Out of file descriptors or memory here: the gateway's trouble, not the
+ * backend's. */
+static bool local_shortage(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+
 static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
-  conn_broken(arg, "connect timed out", true);
+  struct up_conn *c = arg;
+  int err = impl(c)->connect_errno;
+  char why[160];
+  if (err == 0) {
+    conn_broken(c, "connect timed out", true);
+  } else if (local_shortage(err)) {
+    /* It used to wait out connect_timeout and count as the server's
+     * failure: a gateway short of files ejected every healthy backend. */
+    snprintf(why, sizeof why, "cannot open a connection: %s (the gateway's own limit)", strerror(err));
+    log_warn("upstream %s: %s", c->server ? c->server->name : "?", why);
+    up_note_files_short();
+    conn_broken(c, why, false);
+  } else {
+    snprintf(why, sizeof why, "connect failed: %s", strerror(err));
+    conn_broken(c, why, true);
+  }
 }
 
 static void conn_free(void *p) {
@@ -397,8 +417,11 @@ struct up_conn *up_conn_open(struct up_server *srv) {
   struct timeval tv = {(time_t)(conf->connect_timeout_ms / 1000),
                        (suseconds_t)(conf->connect_timeout_ms % 1000) * 1000};
   evtimer_add(c->connect_timer, &tv);
+  errno = 0;
   if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&srv->addr, (int)srv->addr_len) != 0) {
-    /* Refused at once (unix socket missing): report from the loop, not here. */
+    /* Failed at once (out of files, unix socket missing): report from the
+     * loop, not here. */
+    ci->connect_errno = errno ? errno : ECONNREFUSED;
     event_active(c->connect_timer, EV_TIMEOUT, 0);
   }
   return c;

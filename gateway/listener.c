@@ -17,6 +17,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -27,6 +28,11 @@
 #include "sock.h"
 
 enum { ACCEPT_BATCH = 64, BACKLOG = 4096 };
+
+/* Why accepting is held. Each reason holds every listener until it lifts,
+ * and a listener accepts only while none holds. */
+enum { HOLD_MAX_CONNECTIONS = 1, HOLD_OUT_OF_FILES = 2 };
+static unsigned holds;
 
 static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -216,7 +222,10 @@ int listener_open(struct listener *l, int inherit_fd, char *err, size_t err_size
 }
 
 void listener_start(struct listener *l) {
-  if (l->ev && !l->paused) event_add(l->ev, NULL);
+  if (l->ev == NULL) return;
+  l->paused = holds != 0; /* a new generation's listeners wait as the old ones do */
+  if (l->paused) event_del(l->ev);
+  else event_add(l->ev, NULL);
 }
 
 int listener_release_fd(struct listener *l) {
@@ -238,8 +247,9 @@ void listener_free(struct listener *l) {
   free(l);
 }
 
-void listeners_pause_all(bool paused) {
+static void apply_holds(void) {
   struct gw_runtime *rt = gw.rt;
+  bool paused = holds != 0;
   for (size_t i = 0; i < rt->n_listeners; i++) {
     struct listener *l = rt->listeners[i];
     if (l->paused == paused || l->ev == NULL) continue;
@@ -247,6 +257,40 @@ void listeners_pause_all(bool paused) {
     if (paused) event_del(l->ev);
     else event_add(l->ev, NULL);
   }
+}
+
+static void set_hold(unsigned reason, bool on) {
+  holds = on ? holds | reason : holds & ~reason;
+  apply_holds();
+}
+
+void listeners_pause_all(bool paused) { set_hold(HOLD_MAX_CONNECTIONS, paused); }
+
+/* Out of file descriptors (EMFILE, ENFILE) or kernel memory: the pending
+ * connection stays in the backlog and the listening socket stays readable,
+ * so retrying at once spun a CPU and wrote a warning per try (1.7 million
+ * lines in 5 s). Accepting rests instead, as nginx's does, and the warning
+ * comes once per rest. */
+enum { OUT_OF_FILES_REST_MS = 500 };
+static struct event out_of_files_timer;
+static bool out_of_files_timer_ready;
+
+static void out_of_files_rest_over(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what, (void)arg;
+  set_hold(HOLD_OUT_OF_FILES, false);
+}
+
+static void rest_out_of_files(int err) {
+  if (holds & HOLD_OUT_OF_FILES) return;
+  log_warn("accept: %s: pausing accept for %d ms (raise the open-files limit: LimitNOFILE= in "
+           "systemd, ulimit -n)", strerror(err), OUT_OF_FILES_REST_MS);
+  if (!out_of_files_timer_ready) {
+    evtimer_assign(&out_of_files_timer, gw.base, out_of_files_rest_over, NULL);
+    out_of_files_timer_ready = true;
+  }
+  set_hold(HOLD_OUT_OF_FILES, true);
+  struct timeval tv = {0, OUT_OF_FILES_REST_MS * 1000};
+  evtimer_add(&out_of_files_timer, &tv);
 }
 
 /* ---------------------------------------------------------------------------
@@ -339,7 +383,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
     socklen_t len = sizeof ss;
     int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE) log_warn("accept: %s", strerror(errno));
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) rest_out_of_files(errno);
       return;
     }
     h3g_set_nodelay(fd);

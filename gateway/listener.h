@@ -13,7 +13,7 @@ struct listener {
   SSL_CTX *ssl_ctx;      /* the default certificate's */
   struct sni_set *sni;   /* the further certificates', chosen by SNI; NULL: none */
   struct event *ev;
-  bool paused;          /* max_connections reached */
+  bool paused;          /* accepting held: max_connections reached, or out of files */
   bool h3_running;      /* a QUIC endpoint serves this port: advertise it */
   struct quic_endpoint *quic;
   struct quic_certs *h3_certs; /* the certificates again, for QUIC (GnuTLS); NULL without HTTP/3 */
@@ -39,6 +39,8 @@ void listener_start(struct listener *l);
 /* Stops accepting and gives the fd away (for the next generation); returns it. */
 int listener_release_fd(struct listener *l);
 void listener_free(struct listener *l);
+/* max_connections reached (or no longer): every listener stops accepting
+ * (or may start again, unless it rests for want of file descriptors). */
 void listeners_pause_all(bool paused);
 
 #endif

@@ -28,6 +28,7 @@
 #include "master.h"
 #include "mem_cache.h"
 #include "quic.h"
+#include "sock.h"
 #include "upstream.h"
 #include "xchg.h"
 
@@ -342,6 +343,13 @@ int main(int argc, char **argv) {
     return 0;
   }
   signal(SIGPIPE, SIG_IGN);
+  /* Every client connection holds a file; so do backend connections, QUIC
+   * sockets and logs. nginx warns likewise about worker_connections. */
+  unsigned long nofile = h3g_raise_nofile_limit();
+  if (nofile < (unsigned long)conf->max_connections + 256)
+    log_warn("the open-files limit (%lu) is below what max_connections (%u) needs: accepting will rest "
+             "when it runs out (raise LimitNOFILE= or ulimit -Hn, or lower limits.max_connections)",
+             nofile, conf->max_connections);
   if (conf->workers > 1) return master_run(conf);
   return gateway_serve(conf, NULL);
 }

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from h3env import (APPS, BASIC_CONFIG, BIN, PYTHON, Gateway, Process, Worker, curl, curl_json,
-                   eventually, free_port, h2_raw_request, log_time, make_cert, raw_http, run, wait_port)
+from h3env import (APPS, BASIC_CONFIG, BIN, GATEWAY_READY, PYTHON, Gateway, Process, Worker, children_of, curl,
+                   curl_json, eventually, free_port, h2_raw_request, log_time, make_cert, raw_http, run,
+                   wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -990,6 +991,90 @@ def test_max_connections_pauses_accepting(worker):
             s.close()
     finally:
         g.stop()
+
+
+def test_out_of_file_descriptors_rests_accepting_and_loses_no_one(worker):
+    """At its open-files limit, accept() fails with EMFILE while the
+    listening socket stays readable. The gateway retried at once: it spun a
+    CPU and wrote a warning per try (1.7 million lines in 5 s). It now rests
+    accepting for 500 ms, says so once per rest, and the connections left
+    waiting in the backlog are served once files free up. An upstream
+    connection that cannot get a file fails at once and is not the
+    backend's failure: it used to wait out connect_timeout and eject the
+    server, so every request for fail_timeout (10 s) after got a 503."""
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+
+    def limit_files(extra):
+        open_now = len(os.listdir(f"/proc/{g.pid}/fd"))
+        # the soft limit only: raising a lowered hard limit needs CAP_SYS_RESOURCE
+        run(["prlimit", "--pid", str(g.pid), f"--nofile={open_now + extra}:"], check=True)
+
+    def get_pid(s):
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return s.recv(100).split(b"\r\n")[0]
+
+    try:
+        # no upstream connection yet, and room for one client only
+        limit_files(1)
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            assert get_pid(s) == b"HTTP/1.1 502 Bad Gateway"
+        assert g.wait_log("cannot open a connection: Too many open files"), g.log()[-2000:]
+        limit_files(100)
+        assert curl_json(g.plain_url("/pid"))["pid"] > 0  # the backend was not ejected
+        assert "ejected" not in g.log(), g.log()[-2000:]
+        # clients beyond the limit wait in the backlog
+        limit_files(20)
+        held = [socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) for _ in range(60)]
+        time.sleep(2)  # over the limit for a while
+        warnings = g.log_count("accept: Too many open files")
+        assert 1 <= warnings <= 10, (warnings, g.log()[-1000:])
+        for s in held[:45]:
+            s.close()
+        for s in held[45:]:  # these waited in the backlog: each is served now
+            assert get_pid(s) == b"HTTP/1.1 200 OK", "a connection from the backlog was lost"
+            s.close()
+    finally:
+        g.stop()
+
+
+def soft_nofile(pid):
+    for line in pathlib.Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return None
+
+
+def test_the_open_files_limit_is_raised_and_a_short_one_is_said(worker, tmp_path):
+    """Both programs raise their soft open-files limit to the hard one at
+    start, as Go servers (Caddy) do: started from a shell with a soft limit
+    of 1024, the gateway held about a thousand connections while the hard
+    limit allowed far more. A limit still below max_connections is said at
+    start, as nginx says it of worker_connections."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want = min(hard, 1 << 20)
+    for max_conns, warned in ((100, False), (want + 1, True)):
+        config = BASIC_CONFIG.replace("log:\n", f"limits: {{{{max_connections: {max_conns}}}}}\nlog:\n")
+        (tmp_path / "g").mkdir(exist_ok=True)
+        g = Gateway(config, directory=tmp_path / "g", servers=f"127.0.0.1:{worker.port}", response_timeout="5s",
+                    wait=False)
+        g.stop()  # only its start matters: run it again below under a soft limit of 512
+        p = Process(["prlimit", "--nofile=512:", BIN / "h3gate", "-c", g.config], cwd=g.dir, name="gateway")
+        try:
+            assert p.wait_log(GATEWAY_READY), p.log()[-2000:]
+            assert soft_nofile(p.pid) == want
+            assert ("is below what max_connections" in p.log()) == warned, p.log()[-2000:]
+        finally:
+            p.stop()
+    w = Process(["prlimit", "--nofile=512:", BIN / "h3gate-worker", "--bind", f"127.0.0.1:{free_port()}",
+                 "--app-dir", APPS, "probe:app"], cwd=APPS, name="worker")
+    try:
+        assert w.wait_log("worker processes ready", timeout=60), w.log()
+        assert soft_nofile(w.pid) == want
+        children = [soft_nofile(pid) for pid in children_of(w.pid)]
+        assert children and set(children) == {want}, children  # the worker processes inherit it
+    finally:
+        w.stop()
 
 
 @pytest.mark.parametrize("fmt", ["json", "combined"])

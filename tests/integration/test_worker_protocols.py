@@ -2,6 +2,7 @@
 trailers, errors, limits."""
 
 import json
+import os
 import socket
 import ssl  # noqa: F401  (h2 needs it importable)
 import time
@@ -348,6 +349,31 @@ def test_worker_access_log_escapes_what_it_cannot_write_as_is():
         assert w.wait_log('"GET /x\\"\\u00ff\u00e9?a=\\"b\\" HTTP/2" 404'), w.log()[-1000:]
         w.log().encode("utf-8")  # read as UTF-8 without replacements: the line was valid
         assert "\ufffd" not in w.log()
+    finally:
+        assert w.stop() == 0
+
+
+def test_worker_out_of_file_descriptors_rests_accepting():
+    """At its open-files limit a worker process's accept() fails with
+    EMFILE while its listening socket stays readable: it spun a CPU and
+    logged every try. It now rests accepting for 500 ms, says so once per
+    rest, and the connections waiting in the backlog are served once files
+    free up."""
+    w = Worker("probe:app")
+    try:
+        pid, = w.worker_pids()
+        open_now = len(os.listdir(f"/proc/{pid}/fd"))
+        run(["prlimit", "--pid", str(pid), f"--nofile={open_now + 10}:"], check=True)
+        held = [socket.create_connection(("127.0.0.1", w.port), timeout=10) for _ in range(40)]
+        time.sleep(2)  # over the limit for a while
+        warnings = w.log_count("accept: Too many open files")
+        assert 1 <= warnings <= 10, (warnings, w.log()[-1000:])
+        for s in held[:30]:
+            s.close()
+        for s in held[30:]:  # these waited in the backlog
+            s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200"), "a connection from the backlog was lost"
+            s.close()
     finally:
         assert w.stop() == 0
 
