@@ -88,12 +88,29 @@ static void on_read(struct bufferevent *bev, void *arg) {
   bufferevent_setcb(bev, NULL, on_written, on_event, NULL);
 }
 
+/* Out of file descriptors, the pending scrape stays in the backlog and the
+ * socket stays readable: accepting rests a moment instead of spinning, as
+ * the listeners' does. */
+static void on_rest_over(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what, (void)arg;
+  if (A.ev) event_add(A.ev, NULL);
+}
+
+static void rest(void) {
+  struct timeval tv = {0, 500 * 1000};
+  event_del(A.ev);
+  if (event_base_once(gw.base, -1, EV_TIMEOUT, on_rest_over, NULL, &tv) != 0) event_add(A.ev, NULL);
+}
+
 static void on_accept(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   (void)arg;
   for (int i = 0; i < 16; i++) {
     int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (cfd < 0) return;
+    if (cfd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) rest();
+      return;
+    }
     struct bufferevent *bev = bufferevent_socket_new(gw.base, cfd, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
       close(cfd);

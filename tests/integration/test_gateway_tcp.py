@@ -1002,7 +1002,13 @@ def test_out_of_file_descriptors_rests_accepting_and_loses_no_one(worker):
     connection that cannot get a file fails at once and is not the
     backend's failure: it used to wait out connect_timeout and eject the
     server, so every request for fail_timeout (10 s) after got a 503."""
-    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="10s")
+    admin = free_port()
+    g = Gateway(BASIC_CONFIG + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="10s")
+
+    def cpu_seconds():
+        fields = pathlib.Path(f"/proc/{g.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def limit_files(extra):
         open_now = len(os.listdir(f"/proc/{g.pid}/fd"))
@@ -1025,7 +1031,11 @@ def test_out_of_file_descriptors_rests_accepting_and_loses_no_one(worker):
         # clients beyond the limit wait in the backlog
         limit_files(20)
         held = [socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) for _ in range(60)]
+        scrape = socket.create_connection(("127.0.0.1", admin), timeout=10)  # the admin listener too
+        before = cpu_seconds()
         time.sleep(2)  # over the limit for a while
+        # not a speed: a spinning loop would use the whole 2 s; resting uses next to none
+        assert cpu_seconds() - before < 1.0
         warnings = g.log_count("accept: Too many open files")
         assert 1 <= warnings <= 10, (warnings, g.log()[-1000:])
         for s in held[:45]:
@@ -1033,6 +1043,9 @@ def test_out_of_file_descriptors_rests_accepting_and_loses_no_one(worker):
         for s in held[45:]:  # these waited in the backlog: each is served now
             assert get_pid(s) == b"HTTP/1.1 200 OK", "a connection from the backlog was lost"
             s.close()
+        scrape.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert scrape.recv(100).startswith(b"HTTP/1.1 200"), "the waiting scrape was lost"
+        scrape.close()
     finally:
         g.stop()
 
