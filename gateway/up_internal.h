@@ -86,8 +86,8 @@ void up_server_stream_done(struct up_server *srv, bool ok);
  * a drained server once nothing of it is left. srv may be gone after this. */
 void up_server_settle(struct up_server *srv);
 /* A connection could not get a file descriptor (the gateway's own limit):
- * for a moment no new connection is tried, and requests that would wait
- * for one get 502 at once. */
+ * the requests waiting for one get 502 at the next kick (up_server_settle)
+ * instead of waking the queue to try again. */
 void up_note_files_short(void);
 /* A connection learnt which worker process it reached. */
 void up_server_worker_seen(struct up_server *srv, struct up_conn *c);

@@ -230,20 +230,17 @@ static struct up_conn *best_conn(struct up_server *s) {
   return n ? tied[s->conn_rr++ % n] : NULL;
 }
 
-/* Out of file descriptors, no connection can open for now. Retrying at
- * once looped without end (each failure woke the queue, which tried
- * again), and a request could only time out; so for a moment none is
- * tried, and waiting requests get 502 at once, as nginx answers. Servers
+/* A connection just failed for want of a file descriptor. The requests
+ * waiting for one get 502 at the next kick, as nginx answers: waking the
+ * queue to try again looped without end (each failure woke it), and a
+ * request could only time out. The next request tries afresh, and servers
  * stay in rotation: the shortage is the gateway's own. */
-enum { FILES_SHORT_REST_US = 500000 };
-static uint64_t files_short_until_us;
+static bool files_short;
 
-void up_note_files_short(void) { files_short_until_us = gw_now_us() + FILES_SHORT_REST_US; }
-
-static bool files_short(void) { return files_short_until_us && gw_now_us() < files_short_until_us; }
+void up_note_files_short(void) { files_short = true; }
 
 static void open_conns(struct up_server *s) {
-  if (s->pool->retired || files_short()) return;
+  if (s->pool->retired) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -258,7 +255,7 @@ static void open_conns(struct up_server *s) {
  * until they time out. One opens at a time; each brings the peer's
  * SETTINGS_MAX_CONCURRENT_STREAMS of room. */
 static void open_overflow_conn(struct up_server *s) {
-  if (s->pool->retired || files_short()) return;
+  if (s->pool->retired) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -371,7 +368,7 @@ static void kick(struct up_pool *p) {
     next = TAILQ_NEXT(x, queue_link);
     struct up_server *s = x->server;
     struct up_conn *c = s ? best_conn(s) : NULL;
-    if (c == NULL && s != NULL && server_usable(s, gw_now_us())) open_overflow_conn(s);
+    if (c == NULL && s != NULL && server_usable(s, gw_now_us()) && !files_short) open_overflow_conn(s);
     if (c == NULL && x->pinned) continue; /* waits for its own server */
     if (c == NULL) {
       /* Its server can't take it (yet): any other server with room? */
@@ -379,7 +376,7 @@ static void kick(struct up_pool *p) {
       TAILQ_FOREACH(o, &p->servers, link) {
         if (server_usable(o, gw_now_us()) && !answered_already(x, o) && (c = best_conn(o)) != NULL) break;
       }
-      if (c == NULL && files_short()) {
+      if (c == NULL && files_short) {
         TAILQ_REMOVE(&p->waiting, x, queue_link);
         p->n_waiting--;
         xchg_up_give_up(x, 502, "cannot open a connection to a backend: the gateway is out of file descriptors");
@@ -419,6 +416,7 @@ static void kick(struct up_pool *p) {
       break;
     }
   }
+  files_short = false; /* said to the requests that were waiting */
 }
 
 void up_cancel(struct xchg *x) {
