@@ -239,10 +239,24 @@ static void conn_flush(struct flushable *f) {
     conn_broken(c, "closed", false);
 }
 
+/* A backend that answers our preface with an HTTP/1.x status line speaks
+ * only HTTP/1 (uvicorn, gunicorn, a plain web server). nghttp2 only saw a
+ * frame too large, and the client got "refused the stream". */
+static bool answers_http1(struct up_conn *c, struct evbuffer *in) {
+  char head[5];
+  return !c->settings_seen && evbuffer_copyout(in, head, sizeof head) == (ev_ssize_t)sizeof head &&
+         memcmp(head, "HTTP/", 5) == 0;
+}
+
 static void on_read(struct bufferevent *bev, void *arg) {
   struct up_conn *c = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
   struct evbuffer_iovec v[16];
+  if (answers_http1(c, in)) {
+    conn_broken(c, "the backend speaks HTTP/1.x, not HTTP/2 (h2c): use an HTTP/2 backend such as h3gate-worker",
+                true);
+    return;
+  }
   while (evbuffer_get_length(in) > 0 && c->state != UC_CLOSED) {
     int n = evbuffer_peek(in, -1, NULL, v, 16);
     size_t used = 0;

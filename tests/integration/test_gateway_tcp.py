@@ -1429,6 +1429,37 @@ def test_valid_and_empty_hosts_pass(gateway):
     assert h2_status(gateway.plain_port, base + [(":authority", "")]) in ("400", "reset 1")
 
 
+def test_a_backend_that_speaks_only_http1_is_named_as_such():
+    """Pointed at an HTTP/1.1-only server (uvicorn, gunicorn), the gateway
+    said "refused the stream (REFUSED_STREAM)": nghttp2 only saw a frame too
+    large in the answer to our preface. The 502 and the log now say that
+    the backend speaks HTTP/1.x, not HTTP/2."""
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def answer_like_http1():
+        try:
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        except OSError:
+            pass
+
+    threading.Thread(target=answer_like_http1, daemon=True).start()
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{server.getsockname()[1]}", response_timeout="5s")
+    try:
+        r = curl("-w", "\n%{http_code}", g.plain_url("/"))
+        body, status = r.stdout.rsplit("\n", 1)
+        assert status == "502" and "speaks HTTP/1.x, not HTTP/2" in body, r.stdout
+        assert "speaks HTTP/1.x, not HTTP/2 (h2c): use an HTTP/2 backend such as h3gate-worker" in g.log()
+    finally:
+        g.stop()
+        server.close()
+
+
 def test_a_reload_serves_requests_already_on_their_way(worker):
     """Graceful shutdown in two steps (RFC 9113 6.8): a reload first sends a
     GOAWAY that refuses nothing (2^31-1), and only a second later one that
