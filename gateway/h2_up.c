@@ -101,6 +101,10 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (frame->hd.flags & NGHTTP2_FLAG_ACK) break;
     c->max_streams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
     read_worker_settings(c, &frame->settings);
+    if (!c->settings_seen && c->connect_timer) {
+      event_free(c->connect_timer);
+      c->connect_timer = NULL;
+    }
     if (!c->settings_seen && c->server) {
       c->settings_seen = true;
       if (c->worker_id) up_server_worker_seen(c->server, c);
@@ -281,8 +285,11 @@ static void on_write(struct bufferevent *bev, void *arg) {
 
 static void connected(struct up_conn *c) {
   if (c->connect_timer) {
-    event_free(c->connect_timer);
-    c->connect_timer = NULL;
+    /* Now it waits for the backend's SETTINGS, for as long again. */
+    const struct gw_conf *conf = gw.rt->conf;
+    struct timeval tv = {(time_t)(conf->connect_timeout_ms / 1000),
+                         (suseconds_t)(conf->connect_timeout_ms % 1000) * 1000};
+    evtimer_add(c->connect_timer, &tv);
   }
   c->state = UC_READY;
   c->idle_since_us = gw_now_us();
@@ -325,7 +332,12 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
   struct up_conn *c = arg;
   int err = impl(c)->connect_errno;
   char why[160];
-  if (err == 0) {
+  if (c->state != UC_CONNECTING) {
+    /* Connected, and silent: a backend that accepts and never answers
+     * (another service, a TLS port) held every request on it until the
+     * response timeout (60 s), and was never counted as failing. */
+    conn_broken(c, "no HTTP/2 SETTINGS from the backend within connect_timeout: is it an h2c server?", true);
+  } else if (err == 0) {
     conn_broken(c, "connect timed out", true);
   } else if (local_shortage(err)) {
     /* It used to wait out connect_timeout and count as the server's

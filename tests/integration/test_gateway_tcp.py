@@ -1460,6 +1460,37 @@ def test_a_backend_that_speaks_only_http1_is_named_as_such():
         server.close()
 
 
+def test_a_backend_that_accepts_and_never_answers_is_given_up_after_connect_timeout():
+    """A backend that accepts connections and never speaks (another
+    service, a TLS port) held every request until the response timeout and
+    was never counted as failing. Without its SETTINGS within
+    connect_timeout (2 s here), the connection is given up: a 502 that says
+    why, and the server is ejected (passive health)."""
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept_and_stay_silent():
+        try:
+            while True:
+                held.append(server.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{server.getsockname()[1]}", response_timeout="60s")
+    try:
+        r = curl("--max-time", "30", "-w", "\n%{http_code}", g.plain_url("/"))
+        body, status = r.stdout.rsplit("\n", 1)
+        assert status == "502" and "no HTTP/2 SETTINGS from the backend" in body, (r.stdout, r.stderr)
+        assert g.wait_log("ejected"), g.log()[-2000:]
+    finally:
+        g.stop()
+        server.close()
+        for c in held:
+            c.close()
+
+
 def test_a_reload_serves_requests_already_on_their_way(worker):
     """Graceful shutdown in two steps (RFC 9113 6.8): a reload first sends a
     GOAWAY that refuses nothing (2^31-1), and only a second later one that
