@@ -16,7 +16,6 @@ static const char *refusal(struct h1_parser *p, int status, const char *otherwis
   p->refusal = NULL;
   if (why) return why;
   switch (status) {
-  case 405: return "method not allowed here";
   case 413: return "request body too large";
   case 431: return "request header fields too large";
   case 503: return "out of memory";
@@ -62,7 +61,6 @@ static int on_message_begin(llhttp_t *l) {
   p->fields = 0;
   p->in_message = true;
   p->head_done = false;
-  p->chunked_codings = 0;
   return 0;
 }
 
@@ -82,19 +80,17 @@ static bool is_tchar(unsigned char c) {
          (c != 0 && strchr(extra, c) != NULL);
 }
 
-/* RFC 9112 6.1: chunked, once, is the only transfer coding a request may
- * use here (our side upstream is HTTP/2, which has none). llhttp 8.1 only
+/* RFC 9112 6.1: chunked is the only transfer coding a request may use
+ * here (our side upstream is HTTP/2, which has none). llhttp 8.1 only
  * looks at the last coding, so "identity, chunked" passed as chunked; any
- * other coding now gets 501, as the RFC and nginx answer, and chunked
- * applied twice (in one field or two) is a 400. */
+ * other coding now gets 501, as the RFC and nginx answer. (chunked twice,
+ * in one field or two, llhttp refuses itself.) */
 static int check_transfer_codings(struct h1_parser *p, const char *v, size_t len) {
   size_t pos = 0, n;
   const char *coding;
-  while (h3g_list_next(v, len, &pos, &coding, &n)) {
+  while (h3g_list_next(v, len, &pos, &coding, &n))
     if (n != 7 || strncasecmp(coding, "chunked", 7) != 0)
       return fail(p, 501, "transfer coding not implemented");
-    if (++p->chunked_codings > 1) return fail(p, 400, "chunked applied more than once");
-  }
   return 0;
 }
 

@@ -65,7 +65,6 @@ struct h1_parser {
   bool head_done;    /* fields from now on are trailers */
   size_t head_bytes;
   uint32_t fields;
-  uint32_t chunked_codings; /* "chunked" seen in Transfer-Encoding so far */
   const char *refusal;     /* h1_parser_refuse's reason, until used */
   int error_status;        /* when feed fails: the status to answer with */
   const char *error_reason;
