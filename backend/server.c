@@ -289,8 +289,7 @@ static PyObject *on_accept(PyObject *mod, PyObject *fdo) {
     socklen_t len = sizeof ss;
     int cfd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        rest_accepting(errno);
+      if (h3g_out_of_files(errno)) rest_accepting(errno);
       else if (errno != EAGAIN && errno != ECONNABORTED && errno != EINTR)
         log_warn("accept: %s", strerror(errno));
       break;

@@ -108,7 +108,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
   for (int i = 0; i < 16; i++) {
     int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) rest();
+      if (h3g_out_of_files(errno)) rest();
       return;
     }
     struct bufferevent *bev = bufferevent_socket_new(gw.base, cfd, BEV_OPT_CLOSE_ON_FREE);

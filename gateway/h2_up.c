@@ -322,10 +322,6 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
   }
 }
 
-/* Out of file descriptors or memory here: the gateway's trouble, not the
- * backend's. */
-static bool local_shortage(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
-
 static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
@@ -339,7 +335,7 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
     conn_broken(c, "no HTTP/2 SETTINGS from the backend within connect_timeout: is it an h2c server?", true);
   } else if (err == 0) {
     conn_broken(c, "connect timed out", true);
-  } else if (local_shortage(err)) {
+  } else if (h3g_out_of_files(err)) { /* the gateway's trouble, not the backend's */
     /* It used to wait out connect_timeout and count as the server's
      * failure: a gateway short of files ejected every healthy backend. */
     snprintf(why, sizeof why, "cannot open a connection: %s (the gateway's own limit)", strerror(err));

@@ -383,8 +383,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
     socklen_t len = sizeof ss;
     int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        rest_out_of_files(errno);
+      if (h3g_out_of_files(errno)) rest_out_of_files(errno);
       return;
     }
     h3g_set_nodelay(fd);

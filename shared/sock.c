@@ -72,3 +72,5 @@ unsigned long h3g_raise_nofile_limit(void) {
   }
   return (unsigned long)rl.rlim_cur;
 }
+
+bool h3g_out_of_files(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }

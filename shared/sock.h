@@ -33,6 +33,10 @@ int h3g_listen(const struct sockaddr *sa, socklen_t len, int backlog, bool reuse
  * count of them unanswered ending the connection (ETIMEDOUT). */
 void h3g_set_keepalive(int fd, unsigned idle_s, unsigned interval_s, unsigned count);
 void h3g_set_nodelay(int fd);
+/* True for the errors that say the process (or the system) is out of file
+ * descriptors or socket memory, not that the peer did anything: EMFILE,
+ * ENFILE, ENOBUFS, ENOMEM. */
+bool h3g_out_of_files(int err);
 /* Raises the soft open-files limit to the hard one (at most 1,048,576), as
  * Go servers such as Caddy do at start: a shell's soft limit (often 1024)
  * would cap a server at about a thousand connections while the hard one
