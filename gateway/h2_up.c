@@ -101,9 +101,9 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     if (frame->hd.flags & NGHTTP2_FLAG_ACK) break;
     c->max_streams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
     read_worker_settings(c, &frame->settings);
-    if (!c->settings_seen && c->connect_timer) {
-      event_free(c->connect_timer);
-      c->connect_timer = NULL;
+    if (c->handshake_timer) { /* the first SETTINGS: the handshake is done */
+      event_free(c->handshake_timer);
+      c->handshake_timer = NULL;
     }
     if (!c->settings_seen && c->server) {
       c->settings_seen = true;
@@ -283,14 +283,15 @@ static void on_write(struct bufferevent *bev, void *arg) {
   want_flush(c);
 }
 
+/* connect_timeout from now: for the connection, then for the SETTINGS. */
+static void arm_handshake_timer(struct up_conn *c) {
+  uint64_t ms = gw.rt->conf->connect_timeout_ms;
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  evtimer_add(c->handshake_timer, &tv);
+}
+
 static void connected(struct up_conn *c) {
-  if (c->connect_timer) {
-    /* Now it waits for the backend's SETTINGS, for as long again. */
-    const struct gw_conf *conf = gw.rt->conf;
-    struct timeval tv = {(time_t)(conf->connect_timeout_ms / 1000),
-                         (suseconds_t)(conf->connect_timeout_ms % 1000) * 1000};
-    evtimer_add(c->connect_timer, &tv);
-  }
+  if (c->handshake_timer) arm_handshake_timer(c); /* now for the backend's SETTINGS */
   c->state = UC_READY;
   c->idle_since_us = gw_now_us();
   evutil_socket_t fd = bufferevent_getfd(c->bev);
@@ -322,7 +323,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
   }
 }
 
-static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
+static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   struct up_conn *c = arg;
@@ -350,7 +351,7 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
 
 static void conn_free(void *p) {
   struct up_conn *c = p;
-  if (c->connect_timer) event_free(c->connect_timer);
+  if (c->handshake_timer) event_free(c->handshake_timer);
   if (c->session) nghttp2_session_del(c->session);
   free(impl(c));
 }
@@ -435,16 +436,14 @@ struct up_conn *up_conn_open(struct up_server *srv) {
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
   TAILQ_INSERT_TAIL(&srv->conns, c, link);
   srv->n_conns++;
-  c->connect_timer = evtimer_new(gw.base, on_connect_timeout, c);
-  struct timeval tv = {(time_t)(conf->connect_timeout_ms / 1000),
-                       (suseconds_t)(conf->connect_timeout_ms % 1000) * 1000};
-  evtimer_add(c->connect_timer, &tv);
+  c->handshake_timer = evtimer_new(gw.base, on_handshake_timeout, c);
+  arm_handshake_timer(c);
   errno = 0;
   if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&srv->addr, (int)srv->addr_len) != 0) {
     /* Failed at once (out of files, unix socket missing): report from the
      * loop, not here. */
     ci->connect_errno = errno ? errno : ECONNREFUSED;
-    event_active(c->connect_timer, EV_TIMEOUT, 0);
+    event_active(c->handshake_timer, EV_TIMEOUT, 0);
   }
   return c;
 

@@ -33,7 +33,7 @@ struct up_conn {
   bool settings_seen;
   bool had_error;         /* refused, reset or broke: counts against the server */
   uint64_t idle_since_us;
-  struct event *connect_timer;
+  struct event *handshake_timer; /* connect, then the first SETTINGS, each within connect_timeout */
   TAILQ_ENTRY(up_conn) link;
 };
 
