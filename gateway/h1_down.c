@@ -85,9 +85,7 @@ static int on_header(void *ctx, const char *name, size_t nlen, const char *value
   if (rc) return rc;
   if (nlen >= 7 && (name[0] == 'u' || name[0] == 's')) ws_handshake_field(&h->ws, name, nlen, value, vlen);
   rc = xchg_req_field(h->x, name, nlen, value, vlen);
-  if (rc == 400) /* the fields xchg_req_field refuses (names are lower-case here) */
-    h1_parser_refuse(&h->parser, nlen == 4 && memcmp(name, "host", 4) == 0 ? "more than one Host field"
-                                                                             : "invalid Content-Length");
+  if (rc) h1_parser_refuse(&h->parser, xchg_field_refusal(h->x, rc));
   return rc;
 }
 

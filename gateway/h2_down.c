@@ -113,8 +113,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 static void request_head_done(struct h2d_strm *s, bool end_stream) {
   struct xchg *x = s->x;
   if (s->error) {
-    xchg_respond_local(x, s->error, s->error == 431 ? "request header fields too large"
-                                                    : "malformed request header");
+    xchg_respond_local(x, s->error, xchg_field_refusal(x, s->error));
     return;
   }
   if (end_stream) x->req_end = true;

@@ -216,8 +216,7 @@ static int cb_end_headers(nghttp3_conn *conn, int64_t stream_id, int fin, void *
   if (s == NULL) return 0;
   struct xchg *x = s->x;
   if (s->error) {
-    xchg_respond_local(x, s->error, s->error == 431 ? "request header fields too large"
-                                                    : "malformed request header");
+    xchg_respond_local(x, s->error, xchg_field_refusal(x, s->error));
     return 0;
   }
   if (!quic_conn_handshake_done(s->qc)) {

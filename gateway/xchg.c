@@ -206,17 +206,44 @@ static bool name_eq(const char *name, size_t nlen, const char *lit) {
   return nlen == n && strncasecmp(name, lit, n) == 0;
 }
 
+static int refuse_field(struct xchg *x, int status, const char *why) {
+  x->field_refusal = why;
+  return status;
+}
+
+const char *xchg_field_refusal(const struct xchg *x, int status) {
+  if (x->field_refusal) return x->field_refusal;
+  return status == 431 ? "request header fields too large" : "malformed request header";
+}
+
+/* RFC 9110 8.6: digits only, and several values must agree. */
+static int note_content_length(struct xchg *x, const char *value, size_t vlen) {
+  int64_t v = 0;
+  if (vlen == 0 || vlen > 18) return refuse_field(x, 400, "invalid Content-Length");
+  for (size_t i = 0; i < vlen; i++) {
+    if (!isdigit((unsigned char)value[i])) return refuse_field(x, 400, "invalid Content-Length");
+    v = v * 10 + (value[i] - '0');
+  }
+  if (x->req_content_length >= 0 && x->req_content_length != v)
+    return refuse_field(x, 400, "Content-Length fields that differ");
+  x->req_content_length = v; /* held against the route's max_body_size once routed */
+  return 0;
+}
+
 int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *value, size_t vlen) {
   const struct gw_conf *conf = x->rt->conf;
   /* HTTP/2 and HTTP/3 clients may send Cookie as one field per cookie
    * (RFC 9113 8.2.3; Firefox does), which the app gets joined as one: a
    * site with a hundred cookies is not a request with too many fields.
    * max_header_bytes still holds them all. */
-  bool crumb = name_eq(name, nlen, "cookie") && x->saw_cookie;
-  if (!crumb && x->req.n - x->cookie_crumbs >= conf->max_header_count + 4) return 431;
-  if (x->req.bytes + nlen + vlen > conf->max_header_bytes) return 431;
+  bool cookie = name_eq(name, nlen, "cookie");
+  bool crumb = cookie && x->saw_cookie;
+  if (!crumb && x->req.n - x->cookie_crumbs >= conf->max_header_count + 4)
+    return refuse_field(x, 431, "too many request header fields");
+  if (x->req.bytes + nlen + vlen > conf->max_header_bytes)
+    return refuse_field(x, 431, "request header fields too large");
   int idx = hdr_add(&x->req, name, nlen, value, vlen);
-  if (idx < 0) return 503;
+  if (idx < 0) return refuse_field(x, 503, "out of memory");
   if (nlen > 0 && name[0] == ':') {
     int *slot = name_eq(name, nlen, ":method")      ? &x->i_method
                 : name_eq(name, nlen, ":path")      ? &x->i_path
@@ -224,27 +251,19 @@ int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *va
                 : name_eq(name, nlen, ":authority") ? &x->i_authority
                 : name_eq(name, nlen, ":protocol")  ? &x->i_protocol
                                                     : NULL;
-    if (slot == NULL) return 400;
-    if (*slot >= 0) return 400;   /* repeated pseudo-header */
+    if (slot == NULL) return refuse_field(x, 400, "unknown pseudo-header");
+    if (*slot >= 0) return refuse_field(x, 400, "pseudo-header given twice");
     *slot = idx;
     return 0;
   }
-  if (name_eq(name, nlen, "content-length")) {
-    int64_t v = 0;
-    if (vlen == 0 || vlen > 18) return 400;
-    for (size_t i = 0; i < vlen; i++) {
-      if (!isdigit((unsigned char)value[i])) return 400;
-      v = v * 10 + (value[i] - '0');
-    }
-    if (x->req_content_length >= 0 && x->req_content_length != v) return 400;
-    x->req_content_length = v; /* held against the route's max_body_size once routed */
-  } else if (name_eq(name, nlen, "host")) {
-    if (x->saw_host) return 400; /* RFC 9112 3.2: one Host, or the hosts may disagree */
-    x->saw_host = true;
-  } else if (crumb) {
-    x->cookie_crumbs++;
-  } else if (name_eq(name, nlen, "cookie")) {
+  if (cookie) {
+    x->cookie_crumbs += crumb;
     x->saw_cookie = true;
+  } else if (name_eq(name, nlen, "content-length")) {
+    return note_content_length(x, value, vlen);
+  } else if (name_eq(name, nlen, "host")) {
+    if (x->saw_host) return refuse_field(x, 400, "more than one Host field"); /* RFC 9112 3.2 */
+    x->saw_host = true;
   } else if (name_eq(name, nlen, "expect")) {
     if (vlen == 12 && strncasecmp(value, "100-continue", 12) == 0) x->expect_continue = true;
     x->req.v[idx].flags |= HDR_DROPPED; /* we answer 100 ourselves */
@@ -563,9 +582,8 @@ static int websocket_from_upgrade(struct xchg *x, const char **why) {
 /* An HTTP/2 or HTTP/3 request whose Host names another host than its
  * :authority is malformed (RFC 9113 8.3.1, RFC 9114 4.3.1). Over HTTP/1.1
  * :authority comes from an absolute-form target, which Host yields to. */
-static bool host_differs(const struct xchg *x) {
+static bool host_differs(const struct xchg *x, int host) {
   if (x->proto != XCHG_HTTP_2 && x->proto != XCHG_HTTP_3) return false;
-  int host = hdr_find(&x->req, "host", 4, 0);
   return host >= 0 && strcasecmp(hdr_value(&x->req, host), hdr_value(&x->req, x->i_authority)) != 0;
 }
 
@@ -574,10 +592,9 @@ static bool host_differs(const struct xchg *x) {
  * stream (a 502 for the client's error), or the app, for one with
  * userinfo ("a@b"). An HTTP/1.1 Host that an absolute-form target
  * overrides is checked too; an empty one stands for none (h1_down). */
-static bool authority_valid(const struct xchg *x) {
+static bool authority_valid(const struct xchg *x, int host) {
   const struct hdr *a = &x->req.v[x->i_authority];
   if (!hdr_authority_valid(hdr_value(&x->req, x->i_authority), a->value_len)) return false;
-  int host = hdr_find(&x->req, "host", 4, 0);
   if (host < 0 || x->req.v[host].value_len == 0) return true;
   return hdr_authority_valid(hdr_value(&x->req, host), x->req.v[host].value_len);
 }
@@ -595,8 +612,9 @@ static int check_head(struct xchg *x, const char **why) {
   }
   if (x->i_method < 0 || x->i_path < 0) return *why = "missing method or path", 400;
   if (x->i_authority < 0) return *why = "missing Host", 400;
-  if (!authority_valid(x)) return *why = "invalid Host", 400;
-  if (host_differs(x)) return *why = "Host and :authority differ", 400;
+  int host = hdr_find(&x->req, "host", 4, 0);
+  if (!authority_valid(x, host)) return *why = "invalid Host", 400;
+  if (host_differs(x, host)) return *why = "Host and :authority differ", 400;
   const char *path = hdr_value(&x->req, x->i_path);
   if (strcmp(path, "*") == 0) {
     if (strcmp(hdr_value(&x->req, x->i_method), "OPTIONS") != 0)

@@ -96,6 +96,7 @@ struct xchg {
   bool expect_continue;
   bool saw_host;            /* a Host field came: a second is refused */
   bool saw_cookie;
+  const char *field_refusal; /* why xchg_req_field refused the last field it refused */
   uint32_t cookie_crumbs;   /* cookie fields after the first: one header, not several */
   uint64_t req_bytes;     /* received from the client */
   uint64_t req_taken;     /* handed to the upstream (less what a retry gave back) */
@@ -151,6 +152,8 @@ struct xchg *xchg_new(struct gw_runtime *rt, enum xchg_proto proto, const struct
  * ":scheme", ":authority") may come in any order; HTTP/1.1 fronts give Host
  * as a field. Returns 0 or an HTTP status to fail the request with. */
 int xchg_req_field(struct xchg *x, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Why xchg_req_field refused a field with this status, for the answer. */
+const char *xchg_field_refusal(const struct xchg *x, int status);
 /* The head is complete: validate, rewrite headers, route and dispatch.
  * Returns 0, or an error status (the front answers it via the usual
  * callbacks: the exchange has made a local error response). */
