@@ -1232,25 +1232,8 @@ int asgi_init_types(PyObject *module) {
 /* ---------------------------------------------------------------------------
  * Protocol-facing response accessors.
  */
-/* Appends "name: value\r\n" lines to a list of header pairs. */
-static int add_field_lines(PyObject *headers, const char *lines) {
-  while (*lines) {
-    const char *colon = strchr(lines, ':'), *end = strstr(lines, "\r\n");
-    if (colon == NULL || end == NULL || colon > end) return -1;
-    PyObject *name = PyBytes_FromStringAndSize(lines, colon - lines);
-    PyObject *value = PyBytes_FromStringAndSize(colon + 2, end - colon - 2);
-    PyObject *pair = name && value ? PyTuple_Pack(2, name, value) : NULL;
-    Py_XDECREF(name);
-    Py_XDECREF(value);
-    int rc = pair ? PyList_Append(headers, pair) : -1;
-    Py_XDECREF(pair);
-    if (rc != 0) return -1;
-    lines = end + 2;
-  }
-  return 0;
-}
-
-static void respond_local(struct asgi_stream *s, int status, const char *text, const char *fields) {
+static void respond_local(struct asgi_stream *s, int status, const char *text, const char *name,
+                          const char *value) {
   if (s->head_sent) {
     if (s->conn) s->conn->proto->abort_stream(s->conn, s);
     return;
@@ -1262,7 +1245,11 @@ static void respond_local(struct asgi_stream *s, int status, const char *text, c
   PyObject *body = PyBytes_FromStringAndSize(text, (Py_ssize_t)len);
   PyObject *headers = Py_BuildValue("[(yy)(yy)]", "content-type", "text/plain; charset=utf-8",
                                     "content-length", num);
-  if (headers && add_field_lines(headers, fields) != 0) Py_CLEAR(headers);
+  if (headers && name) {
+    PyObject *pair = Py_BuildValue("(yy)", name, value);
+    if (pair == NULL || PyList_Append(headers, pair) != 0) Py_CLEAR(headers);
+    Py_XDECREF(pair);
+  }
   if (body == NULL || headers == NULL) {
     PyErr_Clear();
     Py_XDECREF(body);
@@ -1283,14 +1270,14 @@ static void respond_local(struct asgi_stream *s, int status, const char *text, c
 }
 
 void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *text) {
-  respond_local(s, status, text, "");
+  respond_local(s, status, text, NULL, NULL);
 }
 
-void asgi_stream_respond_refusal(struct asgi_stream *s, int status, const char *why,
-                                 const char *fields) {
+void asgi_stream_respond_refusal(struct asgi_stream *s, int status, const char *why, const char *name,
+                                 const char *value) {
   char text[256];
   snprintf(text, sizeof text, "%s: %s\n", http_reason(status), why);
-  respond_local(s, status, text, fields);
+  respond_local(s, status, text, name, value);
 }
 
 bool asgi_stream_head_ready(const struct asgi_stream *s) {

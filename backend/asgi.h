@@ -100,10 +100,10 @@ void asgi_ws_tick(uint64_t now_ms);
 int asgi_stream_start_app(struct asgi_stream *s);
 /* An early error answered without the app (400, 413, 431...). */
 void asgi_stream_respond_error(struct asgi_stream *s, int status, const char *text);
-/* The same for a refusal whose answer carries fields of its own, written
- * as "name: value\r\n" lines (ws_refusal_fields), and says why. */
-void asgi_stream_respond_refusal(struct asgi_stream *s, int status, const char *why,
-                                 const char *fields);
+/* The same for a refusal that says why, and whose answer may carry one
+ * field of its own (name NULL: none). */
+void asgi_stream_respond_refusal(struct asgi_stream *s, int status, const char *why, const char *name,
+                                 const char *value);
 
 /* Request body. */
 int asgi_stream_on_body(struct asgi_stream *s, const uint8_t *data, size_t len);

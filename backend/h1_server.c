@@ -201,7 +201,7 @@ static void write_error_and_close(struct conn *c, int status, const char *reason
   int hlen = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
                       "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n",
-                      status, http_reason(status), ws_refusal_fields(status), blen, h3g_http_date());
+                      status, http_reason(status), ws_refusal_field_line(status), blen, h3g_http_date());
   bytebuf_append(&c->out, head, (size_t)hlen);
   bytebuf_append(&c->out, body, (size_t)blen);
   if (h->cur) {

@@ -76,7 +76,7 @@ static void note_ws_version(struct asgi_stream *s, const char *v, size_t vlen) {
     return;
   }
   stream_set_flag(s, H2S_WS_VERSION);
-  if (vlen == 2 && memcmp(v, "13", 2) == 0) stream_set_flag(s, H2S_WS_VERSION_13);
+  if (ws_version_is_ours(v, vlen)) stream_set_flag(s, H2S_WS_VERSION_13);
 }
 
 /* 0, or how a WebSocket's extended CONNECT is refused for its version. */
@@ -158,7 +158,7 @@ static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end
     }
     int refused = ws_version_refusal(f);
     if (refused) {
-      asgi_stream_respond_refusal(s, refused, ws_refusal_reason(refused), ws_refusal_fields(refused));
+      asgi_stream_respond_refusal(s, refused, ws_refusal_reason(refused), ws_refusal_field(refused), WS_VERSION);
       return;
     }
     if (asgi_stream_set_websocket(s) != 0) {

@@ -241,7 +241,7 @@ static void write_local_error(struct h1d *h, int status, const char *why) {
   evbuffer_add_printf(bufferevent_get_output(c->bev),
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n%s"
                       "content-length: %d\r\ndate: %s\r\nconnection: close\r\n\r\n%.*s",
-                      status, http_reason(status), ws_refusal_fields(status), n, h3g_http_date(), n, body);
+                      status, http_reason(status), ws_refusal_field_line(status), n, h3g_http_date(), n, body);
   record_refused(h, status, (size_t)n);
   if (h->x) {
     xchg_down_detach(h->x);

@@ -161,7 +161,7 @@ void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, 
       hs->key[vlen] = '\0';
     }
   } else if (nlen == 21 && memcmp(name, "sec-websocket-version", 21) == 0) {
-    hs->version_ok = !hs->version_seen && vlen == 2 && memcmp(value, "13", 2) == 0;
+    hs->version_ok = !hs->version_seen && ws_version_is_ours(value, vlen);
     hs->version_seen = true;
   }
 }
@@ -178,7 +178,15 @@ int ws_handshake_status(const struct ws_handshake *hs) {
   return hs->version_ok ? 0 : 426;
 }
 
-const char *ws_refusal_fields(int status) { return status == 426 ? WS_VERSION_FIELD : ""; }
+bool ws_version_is_ours(const char *value, size_t len) {
+  return len == sizeof WS_VERSION - 1 && memcmp(value, WS_VERSION, len) == 0;
+}
+
+const char *ws_refusal_field(int status) { return status == 426 ? "sec-websocket-version" : NULL; }
+
+const char *ws_refusal_field_line(int status) {
+  return status == 426 ? "sec-websocket-version: " WS_VERSION "\r\n" : "";
+}
 
 const char *ws_refusal_reason(int status) {
   return status == 426 ? "WebSocket version 13 only"

@@ -74,12 +74,16 @@ void ws_handshake_field(struct ws_handshake *hs, const char *name, size_t nlen, 
 /* 0 when the request can be answered with 101; else the status to refuse
  * it with: 400 for a malformed handshake (no version, no key, several, or
  * one that is not 16 bytes in base64), 426 for another version, whose
- * answer carries WS_VERSION_FIELD (RFC 6455 4.2.1, 4.4). */
+ * answer names ours (RFC 6455 4.2.1, 4.4). */
 int ws_handshake_status(const struct ws_handshake *hs);
-#define WS_VERSION_FIELD "sec-websocket-version: 13\r\n"
-/* The fields an answer with this status carries besides the usual: "" but
- * for a 426, which names the version we speak. */
-const char *ws_refusal_fields(int status);
+/* The version we speak, as Sec-WebSocket-Version says it. */
+#define WS_VERSION "13"
+bool ws_version_is_ours(const char *value, size_t len);
+/* The field a refusal with this status carries besides the usual (a 426
+ * names our version: Sec-WebSocket-Version, WS_VERSION), or NULL. */
+const char *ws_refusal_field(int status);
+/* The same as an HTTP/1.1 header line ("" for none). */
+const char *ws_refusal_field_line(int status);
 /* Why a handshake was refused with this status, for the answer and the log. */
 const char *ws_refusal_reason(int status);
 

@@ -179,7 +179,7 @@ class H2WebSocket:
         self.conn.send_headers(self.sid, [
             (":method", method), (":protocol", protocol), (":scheme", "https" if tls else "http"),
             (":path", path), (":authority", "localhost")] +
-            ([("sec-websocket-version", version)] if version else []))
+            [("sec-websocket-version", v) for v in ([version] if isinstance(version, str) else version or [])])
         self.sock.sendall(self.conn.data_to_send())
         while self.status is None and not self.reset:
             self._pump()
@@ -473,12 +473,13 @@ def test_worker_rfc8441(worker):
     assert H2WebSocket(worker.port, "/", protocol="not-websocket").status in (400, 501)
 
 
-@pytest.mark.parametrize("version,status", [(None, 400), ("8", 426), ("13", 200)])
+@pytest.mark.parametrize("version,status", [(None, 400), ("8", 426), (["13", "13"], 426), ("13", 200)],
+                         ids=["none", "8", "13-twice", "13"])
 def test_rfc8441_handshakes_check_the_version(gateway, worker, version, status):
     """RFC 8441 5 keeps RFC 6455's version: an extended CONNECT without
-    Sec-WebSocket-Version is a 400, another version a 426 naming 13 (the
-    worker decides; through the gateway too). Any version used to open the
-    WebSocket."""
+    Sec-WebSocket-Version is a 400, another version (or more than one) a
+    426 naming 13 (the worker decides; through the gateway too). Any
+    version used to open the WebSocket."""
     for port in (worker.port, gateway.plain_port):
         c = H2WebSocket(port, "/echo", version=version)
         assert c.status == status, (port, c.status, c.headers)

@@ -181,8 +181,9 @@ static void test_handshake(void) {
   CHECK(HANDSHAKE(key) == 400);
   CHECK(HANDSHAKE(key, "sec-websocket-version: 8") == 426);
   CHECK(HANDSHAKE(key, v13, "sec-websocket-version: 13") == 426); /* not one version */
-  CHECK(strcmp(ws_refusal_fields(426), "sec-websocket-version: 13\r\n") == 0);
-  CHECK(strcmp(ws_refusal_fields(400), "") == 0);
+  CHECK(strcmp(ws_refusal_field_line(426), "sec-websocket-version: 13\r\n") == 0);
+  CHECK(strcmp(ws_refusal_field_line(400), "") == 0);
+  CHECK(strcmp(ws_refusal_field(426), "sec-websocket-version") == 0 && ws_refusal_field(400) == NULL);
 }
 
 int main(void) {
