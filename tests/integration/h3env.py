@@ -320,12 +320,16 @@ class Gateway(Process):
         return 0
 
 
-BASIC_CONFIG = """
+# A TLS listener (HTTP/3 too) and a cleartext one, the cleartext one last,
+# so that a config may add keys to it.
+LISTEN_TLS_AND_CLEARTEXT = """
 listen:
   - address: 127.0.0.1:{tls_port}
     tls: {{certificate: cert.pem, key: key.pem}}
   - address: 127.0.0.1:{plain_port}
-log:
+"""
+
+BASIC_CONFIG = LISTEN_TLS_AND_CLEARTEXT + """log:
   level: info
 timeouts:
   connect: 2s

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from h3env import (APPS, BASIC_CONFIG, BIN, GATEWAY_READY, PYTHON, Gateway, Process, Worker, children_of, curl,
-                   curl_json, eventually, free_port, h2_raw_request, log_time, make_cert, raw_http, run,
-                   wait_port)
+from h3env import (APPS, BASIC_CONFIG, BIN, GATEWAY_READY, LISTEN_TLS_AND_CLEARTEXT, PYTHON, Gateway, Process,
+                   Worker, children_of, curl, curl_json, eventually, free_port, h2_raw_request, log_time, make_cert,
+                   raw_http, run, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -750,12 +750,7 @@ def test_a_route_can_strip_its_prefix(worker):
         untrusting.stop()
 
 
-REDIRECT_CONFIG = """
-listen:
-  - address: 127.0.0.1:{tls_port}
-    tls: {{certificate: cert.pem, key: key.pem}}
-  - address: 127.0.0.1:{plain_port}
-    redirect_https: {tls_port}
+REDIRECT_CONFIG = LISTEN_TLS_AND_CLEARTEXT + """    redirect_https: {tls_port}
   - address: 127.0.0.1:{third_port}
     redirect_https: 443
 upstreams:
@@ -797,12 +792,7 @@ def test_a_cleartext_listener_redirects_to_https(worker):
         g.stop()
 
 
-ROUTE_LIMITS_CONFIG = """
-listen:
-  - address: 127.0.0.1:{tls_port}
-    tls: {{certificate: cert.pem, key: key.pem}}
-  - address: 127.0.0.1:{plain_port}
-limits: {{max_body_size: 1k}}
+ROUTE_LIMITS_CONFIG = LISTEN_TLS_AND_CLEARTEXT + """limits: {{max_body_size: 1k}}
 timeouts: {{response_header: 1s, idle: 1s}}
 upstreams:
   - name: app
