@@ -1450,6 +1450,21 @@ def test_a_backend_that_speaks_only_http1_is_named_as_such():
         server.close()
 
 
+def test_a_missing_unix_socket_backend_is_named_as_such(tmp_path):
+    """A backend on a unix socket that is not there fails at once. The
+    gateway logged it from its connect timer as "connect timed out"; the log
+    now gives the error itself (the client gets its 502, as for a refused
+    TCP connection)."""
+    g = Gateway(BASIC_CONFIG, servers=f"unix:{tmp_path}/no-such.sock", response_timeout="5s")
+    try:
+        r = curl("-o", "/dev/null", "-w", "%{http_code}", g.plain_url("/"))
+        assert r.stdout == "502", r.stdout
+        assert "connect failed: No such file or directory" in g.log(), g.log()[-2000:]
+        assert "connect timed out" not in g.log()
+    finally:
+        g.stop()
+
+
 def test_a_backend_that_accepts_and_never_answers_is_given_up_after_connect_timeout():
     """A backend that accepts connections and never speaks (another
     service, a TLS port) held every request until the response timeout and
