@@ -12,8 +12,8 @@
 # request, which is the like-for-like comparison.
 #
 # The origin is one nghttpd process, so h3gate keeps one connection to it
-# (CONNS=1; its default of 4 per address is for reaching several worker
-# processes behind one port). Spread over 4 connections, the responses of a
+# (CONNS=1; nghttpd does not announce its processes as h3gate-worker does,
+# so the default, auto, would open 4 for any that might share its port). Spread over 4 connections, the responses of a
 # client's streams come back in 4 bursts and leave in about twice as many
 # TLS records, which costs the client (h2load) twice the reads.
 #

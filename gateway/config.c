@@ -80,7 +80,7 @@ enum key_type {
   K_HOSTPORT, /* char * kept, checked as an address */
   K_LOGLEVEL, /* enum h3g_log_level */
   K_ENUM,     /* int, from names */
-  K_WORKERS,  /* uint32_t: a count from 1 to max, or "auto" (the CPUs this process may use) */
+  K_U32_AUTO, /* uint32_t: a count from min to max, or "auto" (what auto_value gives) */
   K_CIDRS,    /* struct cidr_list from a list of strings */
   K_STRLIST,  /* char ** + size_t count at count_offset */
   K_MAP,      /* nested struct at offset */
@@ -95,6 +95,7 @@ struct key_spec {
   size_t offset;
   uint64_t min, max;
   const char *const *names;  /* K_ENUM */
+  uint32_t (*auto_value)(uint32_t max); /* K_U32_AUTO */
   const struct map_spec *sub; /* K_MAP, K_LIST */
   size_t count_offset;        /* K_LIST, K_STRLIST */
   bool required;
@@ -114,6 +115,12 @@ struct map_spec {
 #define SECTION(key, spec) { .name = key, .type = K_MAP, .sub = &spec }
 #define END_KEYS { .name = NULL }
 #define SEC(x) ((uint64_t)(x) * 1000)
+
+/* "auto" for connections_per_server: decided per server, by what it says. */
+static uint32_t conns_by_backend(uint32_t max) {
+  (void)max;
+  return CONNS_PER_SERVER_AUTO;
+}
 
 static const char *const balance_names[] = {"least_outstanding", "round_robin", NULL};
 static const char *const retry_names[] = {"auto", "always", "never", NULL};
@@ -195,7 +202,7 @@ static void upstream_defaults(void *obj) {
   struct conf_upstream *u = obj;
   u->resolve_interval_ms = SEC(5);
   u->balance = BALANCE_LEAST_OUTSTANDING;
-  u->connections_per_server = 4;
+  u->connections_per_server = CONNS_PER_SERVER_AUTO;
   u->max_fails = 1;
   u->fail_timeout_ms = SEC(10);
   u->retries = 2;
@@ -230,8 +237,8 @@ static const struct key_spec upstream_keys[] = {
     KEY("resolve_interval", K_DURATION, struct conf_upstream, resolve_interval_ms, .min = 100,
         .max = SEC(86400)),
     KEY("balance", K_ENUM, struct conf_upstream, balance, .names = balance_names),
-    KEY("connections_per_server", K_U32, struct conf_upstream, connections_per_server, .min = 1,
-        .max = 256),
+    KEY("connections_per_server", K_U32_AUTO, struct conf_upstream, connections_per_server,
+        .min = 1, .max = 256, .auto_value = conns_by_backend),
     KEY("max_fails", K_U32, struct conf_upstream, max_fails, .min = 0, .max = 1000),
     KEY("fail_timeout", K_DURATION, struct conf_upstream, fail_timeout_ms, .min = 0, .max = SEC(3600)),
     KEY("retries", K_U32, struct conf_upstream, retries, .min = 0, .max = 10),
@@ -455,6 +462,15 @@ static const struct key_spec log_keys[] = {
 };
 static const struct map_spec log_spec = {"log", log_keys, 0, NULL, NULL};
 
+/* CPUs in this process's affinity mask: what taskset and container cpusets
+ * allow, not every CPU of the host. */
+static uint32_t usable_cpus(uint32_t max) {
+  cpu_set_t set;
+  int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  if (n < 1) n = 1;
+  return (uint32_t)n > max ? max : (uint32_t)n;
+}
+
 static void top_defaults(void *obj) {
   struct gw_conf *c = obj;
   c->log_level = H3G_LOG_INFO;
@@ -482,7 +498,8 @@ static void top_defaults(void *obj) {
 }
 
 static const struct key_spec top_keys[] = {
-    KEY("workers", K_WORKERS, struct gw_conf, workers, .min = 1, .max = GW_MAX_WORKERS),
+    KEY("workers", K_U32_AUTO, struct gw_conf, workers, .min = 1, .max = GW_MAX_WORKERS,
+        .auto_value = usable_cpus),
     KEY("resolver", K_HOSTPORT, struct gw_conf, resolver),
     KEY("resolver_timeout", K_DURATION, struct gw_conf, resolver_timeout_ms, .min = 100, .max = SEC(60)),
     SECTION("log", log_spec),
@@ -514,15 +531,6 @@ static int parse_bool(const char *v, bool *out) {
     if (strcasecmp(v, no[i]) == 0) return *out = false, 0;
   }
   return -1;
-}
-
-/* CPUs in this process's affinity mask: what taskset and container cpusets
- * allow, not every CPU of the host. */
-static uint32_t usable_cpus(uint32_t max) {
-  cpu_set_t set;
-  int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-  if (n < 1) n = 1;
-  return (uint32_t)n > max ? max : (uint32_t)n;
 }
 
 static int parse_uint(const char *v, uint64_t *out) {
@@ -623,9 +631,9 @@ static int apply_scalar(struct parse_ctx *ctx, const struct key_spec *k, char *b
     if (k->type == K_SIZE32) *(uint32_t *)field = (uint32_t)u;
     else *(uint64_t *)field = u;
     return 0;
-  case K_WORKERS:
+  case K_U32_AUTO:
     if (strcmp(v, "auto") == 0) {
-      *(uint32_t *)field = usable_cpus((uint32_t)k->max);
+      *(uint32_t *)field = k->auto_value((uint32_t)k->max);
       return 0;
     }
     if (parse_uint(v, &u) != 0 || u < k->min || u > k->max)

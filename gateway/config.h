@@ -53,6 +53,10 @@ struct conf_health_check {
   uint32_t passes;          /* consecutive successes that bring it back */
 };
 
+/* connections_per_server "auto" (the default): one per worker process an
+ * h3gate-worker announces, else AUTO_CONNS_UNANNOUNCED. */
+enum { CONNS_PER_SERVER_AUTO = 0 };
+
 struct conf_upstream {
   char *name;
   char **servers;           /* as written */
@@ -60,7 +64,7 @@ struct conf_upstream {
   size_t n_servers;
   uint64_t resolve_interval_ms;
   enum balance_policy balance;
-  uint32_t connections_per_server;
+  uint32_t connections_per_server; /* or CONNS_PER_SERVER_AUTO */
   uint32_t max_fails;       /* passive health: failures before ejection */
   uint64_t fail_timeout_ms; /* how long an ejected server rests */
   uint32_t retries;         /* other attempts for a request that never reached a server */

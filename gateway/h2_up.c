@@ -107,7 +107,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     }
     if (!c->settings_seen && c->server) {
       c->settings_seen = true;
-      if (c->worker_id) up_server_worker_seen(c->server, c);
+      up_server_answered(c->server, c);
     }
     if (c->server) up_server_conn_ready(c->server, c); /* the limit may have grown */
     break;

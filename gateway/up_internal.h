@@ -60,6 +60,8 @@ struct up_server {
   uint32_t outstanding;      /* exchanges on this server */
   uint32_t n_conns;
   uint32_t reconnects;       /* extra connections opened to reach more workers */
+  bool answered;             /* a connection's SETTINGS came, once */
+  uint32_t workers_said;     /* the processes it announced in the latest; 0: none */
   uint32_t conn_rr;          /* rotates ties between equally busy connections */
   uint64_t requests;
   TAILQ_HEAD(, up_conn) conns;
@@ -89,7 +91,7 @@ void up_server_settle(struct up_server *srv);
  * the requests waiting for one get 502 at the next kick (up_server_settle)
  * instead of waking the queue to try again. */
 void up_note_files_short(void);
-/* A connection learnt which worker process it reached. */
-void up_server_worker_seen(struct up_server *srv, struct up_conn *c);
+/* A connection's first SETTINGS came: what the server said of itself. */
+void up_server_answered(struct up_server *srv, struct up_conn *c);
 
 #endif

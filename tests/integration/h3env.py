@@ -83,6 +83,27 @@ def children_of(pid):
     return [int(x) for x in out]
 
 
+def tcp_connections(pid, remote_port):
+    """How many established TCP connections process pid holds to remote_port
+    (the sockets among its descriptors, looked up in its namespace's tables)."""
+    inodes = set()
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    n = 0
+    for table in ("tcp", "tcp6"):
+        for line in pathlib.Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()  # sl local remote st ... inode (10th)
+            established = f[3] == "01"
+            if established and int(f[2].rsplit(":", 1)[1], 16) == remote_port and f[9] in inodes:
+                n += 1
+    return n
+
+
 def rss_kb(pid):
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():

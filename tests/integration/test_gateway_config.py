@@ -42,7 +42,7 @@ def test_good_config_passes():
     (GOOD.replace("    servers: [127.0.0.1:8000]", "    servers: [127.0.0.1:8000]\n    resolve_interval: soon"),
      7, 23, '"resolve_interval" must be a duration'),
     (GOOD.replace("    servers: [127.0.0.1:8000]", "    servers: [127.0.0.1:8000]\n    connections_per_server: 0"),
-     7, 29, '"connections_per_server" must be from 1 to 256, got 0'),
+     7, 29, '"connections_per_server" must be auto or from 1 to 256, got "0"'),
     (GOOD.replace("upstream: app", "upstream: nope"), 8, 5, 'route names upstream "nope", which is not defined'),
     (GOOD.replace("  - name: app\n", "  - servers: [x:1]\n    name: app\n").replace("    servers: [127.0.0.1:8000]\n", ""),
      5, 5, None),

@@ -18,7 +18,7 @@ import pytest
 
 from h3env import (APPS, BASIC_CONFIG, BIN, GATEWAY_READY, LISTEN_TLS_AND_CLEARTEXT, PYTHON, Gateway, Process,
                    Worker, children_of, curl, curl_json, eventually, free_port, h2_raw_request, log_time, make_cert,
-                   raw_http, run, wait_port)
+                   raw_http, run, tcp_connections, wait_port)
 
 SIZE = 100 * 1024 * 1024
 
@@ -124,6 +124,32 @@ def test_h2load_and_nghttp_through_the_gateway(gateway):
 def test_requests_reach_every_worker_process(gateway, worker):
     pids = {curl_json(gateway.plain_url("/pid"))["pid"] for _ in range(40)}
     assert pids == set(worker.worker_pids())
+
+
+def test_each_worker_process_gets_one_upstream_connection():
+    """connections_per_server: auto (the default) opens one connection per
+    process an h3gate-worker announces (two here; it was four), a single
+    process gets one, and a number is a floor the announcement raises."""
+    keep = ["--timeout-keep-alive", "60"]  # idle connections stay for the count
+    two, one = Worker("probe:app", workers=2, args=keep), Worker("probe:app", workers=1, args=keep)
+    try:
+        for backend, setting, want in ((two, "", 2), (one, "auto", 1), (two, "1", 2), (one, "3", 3)):
+            config = BASIC_CONFIG.replace(
+                "resolve_interval: 1s", f"resolve_interval: 1s\n    connections_per_server: {setting}"
+                if setting else "resolve_interval: 1s")
+            g = Gateway(config, servers=f"127.0.0.1:{backend.port}", response_timeout="10s")
+            try:
+                pids = {curl_json(g.plain_url("/pid"))["pid"] for _ in range(20)}
+                assert pids == set(backend.worker_pids()), (setting, pids)
+                assert eventually(lambda: tcp_connections(g.pid, backend.port) == want), \
+                    (setting, tcp_connections(g.pid, backend.port), g.log()[-2000:])
+                time.sleep(0.5)  # and no more open later
+                assert tcp_connections(g.pid, backend.port) == want, setting
+            finally:
+                g.stop()
+    finally:
+        two.stop()
+        one.stop()
 
 
 def test_trailers_cross_the_gateway(gateway):
@@ -499,6 +525,9 @@ def test_hypercorn_as_backend():
                 assert s["body"]["size"] == 3 and s["method"] == "POST"
             r = run(["h2load", "-n", "500", "-c", "4", "-m", "4", g.tls_url("/pid")], timeout=60)
             assert "500 succeeded, 0 failed" in r.stdout, r.stdout[r.stdout.find("requests:"):][:200]
+            # It does not say how many processes share its port: the
+            # default opens four connections, for any that might.
+            assert eventually(lambda: tcp_connections(g.pid, port) == 4), tcp_connections(g.pid, port)
         finally:
             g.stop()
     finally:
