@@ -949,6 +949,22 @@ static int check_declared_length(const struct asgi_stream *s, size_t n, bool mor
   return PyErr_Occurred() ? -1 : 0;
 }
 
+/* headers without their Content-Length fields, as a new list. */
+static PyObject *without_length(PyObject *headers) {
+  PyObject *seq = PySequence_Fast(headers, "headers must be a list of [name, value] pairs");
+  PyObject *kept = seq ? PyList_New(0) : NULL;
+  for (Py_ssize_t i = 0; kept && i < PySequence_Fast_GET_SIZE(seq); i++) {
+    PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+    const char *name, *value;
+    Py_ssize_t nl, vl;
+    if (asgi_header_item(item, &name, &nl, &value, &vl) != 0) Py_CLEAR(kept); /* checked already */
+    else if (!(nl == 14 && strncasecmp(name, "content-length", 14) == 0) && PyList_Append(kept, item) != 0)
+      Py_CLEAR(kept);
+  }
+  Py_XDECREF(seq);
+  return kept;
+}
+
 PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   if (s->resp_started) {
     PyErr_SetString(PyExc_RuntimeError, "http.response.start sent twice");
@@ -975,7 +991,17 @@ PyObject *asgi_send_start(struct asgi_stream *s, PyObject *msg) {
   PyObject *trailers = PyDict_GetItemWithError(msg, K.trailers);
   if (trailers == NULL && PyErr_Occurred()) return NULL;
   s->status = (int)code;
-  Py_XSETREF(s->resp_headers, headers ? Py_NewRef(headers) : PyList_New(0));
+  if (code == 204 && s->resp_has_length) {
+    /* A 204 has no Content-Length (RFC 9110 8.6, a MUST): nginx drops it.
+     * Django's CommonMiddleware sets one, and a client's HTTP/2 or HTTP/3
+     * stack resets a 204 whose length is not 0: the app's right answer
+     * became the client's error. */
+    Py_XSETREF(s->resp_headers, without_length(headers));
+    s->resp_has_length = false;
+  } else {
+    Py_XSETREF(s->resp_headers, headers ? Py_NewRef(headers) : PyList_New(0));
+  }
+  if (s->resp_headers == NULL) return NULL;
   s->resp_wants_trailers = trailers != NULL && PyObject_IsTrue(trailers) == 1;
   s->resp_started = true;
   return Py_NewRef(ready_none);

@@ -224,6 +224,13 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT")]})
         await send({"type": "http.response.body", "body": b"dated"})
+    elif path == "/status":
+        # ?code=N[&length=L]: status N with the body "body", and a
+        # Content-Length of L when given, whatever N allows
+        q = _query(scope)
+        extra = [(b"content-length", q["length"].encode())] if "length" in q else []
+        await send({"type": "http.response.start", "status": int(q["code"]), "headers": extra})
+        await send({"type": "http.response.body", "body": b"body"})
     elif path == "/headers":
         # Django-style capitalised names and a repeated header
         await send({"type": "http.response.start", "status": 201,

@@ -13,7 +13,7 @@ import h2.events
 import httpx
 import pytest
 
-from h3env import Worker, curl, curl_json, eventually, h2_raw_request, run
+from h3env import Worker, curl, curl_json, eventually, h2_raw_request, raw_http, run
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,26 @@ def test_head_has_no_body(worker):
         r = curl(flag, "-I", worker.url("/download?size=1000"))
         assert r.returncode == 0
         assert "content-length: 1000" in r.stdout.lower()
+
+
+def test_204_and_304_have_no_body_and_a_204_no_length(worker):
+    """A 204 or 304 carries no body, whatever the app sends, and a 204 no
+    Content-Length (RFC 9110 8.6; Django's CommonMiddleware sets one): an
+    HTTP/2 client reset a 204 with "content-length: 4". The request after
+    it on the same HTTP/1.1 connection is framed right."""
+    for code in (204, 304):
+        for length in (None, "0", "4"):
+            target = f"/status?code={code}" + (f"&length={length}" if length else "")
+            answer = raw_http(worker.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"
+                                           "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            head, rest = answer.split(b"\r\n\r\n", 1)
+            assert head.startswith(f"HTTP/1.1 {code} ".encode()), (target, answer)
+            kept = code == 304 and length  # a 304's length is the representation's
+            assert (f"content-length: {length}".encode() in head.lower()) == bool(kept), (target, head)
+            assert rest.startswith(b"HTTP/1.1 200 OK"), (target, answer)
+            r = curl("--http2-prior-knowledge", "-sS", "-D", "-", "-o", "/dev/null", worker.url(target))
+            assert r.returncode == 0 and r.stdout.startswith(f"HTTP/2 {code}"), (target, r.stdout, r.stderr)
+            assert ("content-length" in r.stdout) == bool(kept), (target, r.stdout)
 
 
 def test_oversized_headers_get_431(worker):
