@@ -6,7 +6,10 @@
  *          [--sha256] [--token-file FILE] [--timeout SECONDS] URL
  *
  * Reports req/s, bytes, latency percentiles and status codes; --sha256
- * prints the SHA-256 of response bodies (for integrity tests). The server
+ * prints the SHA-256 of response bodies (for integrity tests). --cancel
+ * resets each request once the server has its HEADERS (a rapid-reset
+ * client, as in CVE-2023-44487) and says how the server closed the
+ * connection. The server
  * certificate is not verified: this is a test tool. */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -51,6 +54,7 @@ struct options {
   const char *output; /* the body of the last response is written here */
   int hold_s;         /* keep connections open (idle) this long after their requests */
   int pause_ms;       /* between a connection's requests, this long with its socket unread */
+  bool cancel;        /* reset each request stream once the server has its HEADERS */
   int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
   size_t ws_size;     /* bytes per message */
   nghttp3_nv extra[MAX_EXTRA_HEADERS]; /* -H "name: value", names lower-cased */
@@ -102,6 +106,8 @@ struct conn {
   int to_issue, inflight;
   bool paused;   /* --pause: the socket is left unread */
   int64_t qpack_encoder_stream;
+  int64_t *to_cancel; /* --cancel: streams whose HEADERS were acknowledged */
+  int n_to_cancel;
   bool ready, closed;
   ngtcp2_connection_close_error ccerr;
 };
@@ -113,7 +119,8 @@ static struct {
   uint64_t *latencies;
   size_t n_lat;
   uint64_t started_ns;
-  uint64_t bytes_in, done, failed, errored, retries, ws_echoed;
+  uint64_t bytes_in, done, failed, errored, retries, ws_echoed, cancelled;
+  uint64_t peer_closes, peer_close_code; /* connections the server closed; the last one's code */
   uint64_t request_stream_sent, qpack_encoder_sent; /* first transmissions only */
   uint64_t status_class[6];
   char shas[16][65];
@@ -215,6 +222,8 @@ static int h3_stream_close(nghttp3_conn *h3, int64_t sid, uint64_t err, void *us
   c->inflight--;
   if (s->ws) {
     ws_session_done(s, err);
+  } else if (O.cancel && err == NGHTTP3_H3_REQUEST_CANCELLED) {
+    G.cancelled++;
   } else if (s->status && err == NGHTTP3_H3_NO_ERROR) {
     G.done++;
     G.status_class[s->status / 100 < 6 ? s->status / 100 : 0]++;
@@ -536,8 +545,11 @@ static int cb_recv_stream_data(ngtcp2_conn *q, uint32_t flags, int64_t sid, uint
 }
 
 static int cb_acked(ngtcp2_conn *q, int64_t sid, uint64_t off, uint64_t len, void *user, void *su) {
-  (void)q; (void)off; (void)su;
+  (void)q; (void)su;
   struct conn *c = user;
+  /* The server has the request's HEADERS (its first bytes, acknowledged
+   * once): --cancel resets it at the next write, outside this call. */
+  if (O.cancel && (sid & 3) == 0 && off == 0 && c->n_to_cancel < O.m) c->to_cancel[c->n_to_cancel++] = sid;
   return nghttp3_conn_add_ack_offset(c->h3, sid, len) == 0 ? 0 : NGTCP2_ERR_CALLBACK_FAILURE;
 }
 
@@ -669,6 +681,9 @@ static void stream_data_sent(struct conn *c, int64_t sid, ngtcp2_ssize n) {
 
 static void conn_write(struct conn *c) {
   if (c->closed) return;
+  for (int i = 0; i < c->n_to_cancel; i++)
+    ngtcp2_conn_shutdown_stream(c->q, c->to_cancel[i], NGHTTP3_H3_REQUEST_CANCELLED);
+  c->n_to_cancel = 0;
   static uint8_t batch[GSO_MAX * MAX_UDP];
   size_t blen = 0, seg = 0;
   ngtcp2_path_storage ps;
@@ -735,6 +750,14 @@ static void conn_write(struct conn *c) {
   update_timer(c);
 }
 
+/* The server closed the connection: its error code, for the summary. */
+static void note_peer_close(struct conn *c) {
+  ngtcp2_connection_close_error e;
+  ngtcp2_conn_get_connection_close_error(c->q, &e);
+  G.peer_closes++;
+  G.peer_close_code = e.error_code;
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct conn *c = arg;
@@ -763,6 +786,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
       if (rv != 0) {
         if (!O.quiet && rv != NGTCP2_ERR_DRAINING)
           fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror(rv));
+        if (rv == NGTCP2_ERR_DRAINING) note_peer_close(c);
         conn_close(c);
         return;
       }
@@ -950,6 +974,7 @@ static void usage(void) {
         "              [-H 'Name: value']... [--sha256] [-o FILE] [--token-file FILE]\n"
         "              [--timeout SECONDS] [--hold SECONDS] [--pause MS] [-q] [--cacert PEM] [--sni NAME]\n"
         "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
+        "              [--cancel]   (reset each request once its HEADERS are out)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
 }
@@ -965,7 +990,7 @@ int main(int argc, char **argv) {
       {"header", required_argument, NULL, 'H'},
       {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
       {"cacert", required_argument, NULL, 'A'}, {"sni", required_argument, NULL, 'N'},
-      {"pause", required_argument, NULL, 'P'},
+      {"pause", required_argument, NULL, 'P'}, {"cancel", no_argument, NULL, 'X'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:H:", opts, NULL)) != -1) {
@@ -1001,6 +1026,7 @@ int main(int argc, char **argv) {
     case 'A': O.cacert = optarg; break;
     case 'N': O.sni = optarg; break;
     case 'P': O.pause_ms = atoi(optarg); break;
+    case 'X': O.cancel = true; break;
     default: usage(); return 2;
     }
   }
@@ -1034,6 +1060,7 @@ int main(int argc, char **argv) {
     struct conn *c = &G.conns[i];
     c->index = i;
     c->to_issue = O.n / O.c + (i < O.n % O.c);
+    c->to_cancel = calloc((size_t)O.m, sizeof *c->to_cancel); /* at most -m streams are open */
     ngtcp2_connection_close_error_default(&c->ccerr);
     if (conn_open(c, ai) != 0) {
       fprintf(stderr, "connection %d: set-up failed\n", i);
@@ -1074,5 +1101,10 @@ int main(int argc, char **argv) {
            (unsigned long long)G.ws_echoed, O.ws_size, (double)G.ws_echoed / secs);
   for (size_t i = 0; i < G.n_shas; i++) printf("body sha256: %s\n", G.shas[i]);
   printf("retries: %llu\n", (unsigned long long)G.retries);
+  if (O.cancel) printf("cancelled: %llu\n", (unsigned long long)G.cancelled);
+  if (G.peer_closes)
+    printf("closed by the server: %llu connections, the last with error 0x%llx\n",
+           (unsigned long long)G.peer_closes, (unsigned long long)G.peer_close_code);
+  if (O.cancel) return G.cancelled == (uint64_t)O.n ? 0 : 1;
   return ok == (uint64_t)O.n ? 0 : 1;
 }

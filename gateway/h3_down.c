@@ -27,6 +27,8 @@
 
 enum {
   BLOCK_SIZE = 16384,
+  CANCEL_BURST = 1000, /* requests a client may cancel at once (h3_stream_reset) */
+  CANCEL_RATE = 33,    /* and a second after that */
 };
 
 /* ---------------------------------------------------------------------------
@@ -135,6 +137,7 @@ struct h3_strm {
   int error;        /* status to answer with once the head is in */
   size_t field_bytes; /* the head's size as RFC 9114 counts it (+32 per field) */
   bool deferred;    /* read_data said WOULDBLOCK */
+  bool reset_by_us; /* its error code at close is ours, not a client's cancel */
   struct sendbuf out;
   LIST_ENTRY(h3_strm) link;
 };
@@ -147,6 +150,11 @@ static void strm_free(struct h3_strm *s) {
   if (s->x) xchg_down_detach(s->x);
   sendbuf_free(&s->out);
   free(s);
+}
+
+static void strm_reset(struct h3_strm *s) {
+  s->reset_by_us = true;
+  quic_conn_shutdown_stream(s->qc, s->id, NGHTTP3_H3_INTERNAL_ERROR);
 }
 
 static size_t out_limit(const struct h3_strm *s) { return s->qc->rt->conf->body_buffer; }
@@ -375,7 +383,7 @@ static void on_resp_head(struct xchg *x) {
   struct h3_strm *s = x->down_ctx;
   nghttp3_nv *nva = gw_nv_scratch(x->resp.n + 1, sizeof *nva); /* + :status */
   if (nva == NULL) {
-    quic_conn_shutdown_stream(s->qc, s->id, NGHTTP3_H3_INTERNAL_ERROR);
+    strm_reset(s);
     quic_conn_want_flush(s->qc);
     return;
   }
@@ -396,7 +404,7 @@ static void on_resp_head(struct xchg *x) {
   if (rc != 0) {
     log_debug("quic conn %llu: submit response: %s", (unsigned long long)s->qc->id,
               nghttp3_strerror(rc));
-    quic_conn_shutdown_stream(s->qc, s->id, NGHTTP3_H3_INTERNAL_ERROR);
+    strm_reset(s);
   }
   quic_conn_want_flush(s->qc);
 }
@@ -415,10 +423,7 @@ static void on_req_credit(struct xchg *x, size_t n) {
   quic_conn_extend_stream(s->qc, s->id, n);
 }
 
-static void on_abort(struct xchg *x) {
-  struct h3_strm *s = x->down_ctx;
-  quic_conn_shutdown_stream(s->qc, s->id, NGHTTP3_H3_INTERNAL_ERROR);
-}
+static void on_abort(struct xchg *x) { strm_reset(x->down_ctx); }
 
 static const struct xchg_down_ops xchg_ops = {on_resp_head, on_resp_body, on_req_credit, on_abort};
 
@@ -435,6 +440,7 @@ int h3_conn_setup(struct quic_conn *qc) {
   settings.qpack_blocked_streams = q->qpack_blocked_streams;
   settings.enable_connect_protocol = 1; /* WebSockets over HTTP/3 (RFC 9220) */
   if (nghttp3_conn_server_new(&qc->h3, &h3_callbacks, &settings, quic_nghttp3_mem(), qc) != 0) return -1;
+  token_bucket_init(&qc->cancels, CANCEL_BURST);
   nghttp3_conn_set_max_client_streams_bidi(qc->h3, q->max_streams_bidi);
   int64_t ctrl, qenc, qdec;
   if (quic_conn_open_uni(qc, &ctrl) != 0 || nghttp3_conn_bind_control_stream(qc->h3, ctrl) != 0 ||
@@ -459,8 +465,37 @@ int h3_read_stream(struct quic_conn *qc, int64_t stream_id, const uint8_t *data,
   return (int)n;
 }
 
-void h3_stream_close(struct quic_conn *qc, int64_t stream_id, uint64_t app_error) {
-  if (qc->h3) nghttp3_conn_close_stream(qc->h3, stream_id, app_error);
+static struct h3_strm *strm_find(struct quic_conn *qc, int64_t stream_id) {
+  struct h3_strm *s;
+  LIST_FOREACH(s, &qc->streams, link) {
+    if (s->id == stream_id) return s;
+  }
+  return NULL;
+}
+
+/* A request the client cancelled before its response was in: it cost the
+ * backend its work all the same, and its stream is free again at once. A
+ * rapid-reset client (CVE-2023-44487) opens and cancels streams as fast
+ * as MAX_STREAMS comes back, past max_streams_bidi, each one a request
+ * upstream. Clients cancel now and then; the budget is nghttp2's for
+ * HTTP/2: a burst of CANCEL_BURST, then CANCEL_RATE a second. False when
+ * it is spent. */
+static bool charge_cancel(struct quic_conn *qc, const struct h3_strm *s) {
+  if (s == NULL || s->reset_by_us || s->x == NULL || s->x->state == XS_DONE) return true;
+  if (token_bucket_take(&qc->cancels, quic_now_ns() / 1000000, CANCEL_RATE, CANCEL_BURST)) return true;
+  log_warn("quic conn %llu %s: too many cancelled requests: closing with H3_EXCESSIVE_LOAD",
+           (unsigned long long)qc->id, qc->peer_ip);
+  return false;
+}
+
+/* A stream closes with an error code when the client reset it or sent
+ * STOP_SENDING (ngtcp2 has no callback for the latter: it answers it
+ * itself), or when we reset it. */
+int h3_stream_close(struct quic_conn *qc, int64_t stream_id, uint64_t app_error) {
+  if (qc->h3 == NULL) return 0;
+  bool within = app_error == NGHTTP3_H3_NO_ERROR || charge_cancel(qc, strm_find(qc, stream_id));
+  nghttp3_conn_close_stream(qc->h3, stream_id, app_error);
+  return within ? 0 : -1;
 }
 
 void h3_stream_reset(struct quic_conn *qc, int64_t stream_id) {

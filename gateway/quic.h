@@ -20,6 +20,7 @@
 #include <ngtcp2/ngtcp2_crypto.h>
 
 #include "gw.h"
+#include "token_bucket.h"
 
 struct listener;
 struct quic_conn;
@@ -135,6 +136,7 @@ struct quic_conn {
   uint16_t peer_port;
   LIST_HEAD(, h3_strm) streams;
   size_t n_streams;
+  struct token_bucket cancels;     /* requests the client may cancel (h3_stream_reset) */
   LIST_ENTRY(quic_conn) link;
   TAILQ_ENTRY(quic_conn) blocked_link;
 };
@@ -191,7 +193,9 @@ bool quic_conn_handshake_done(struct quic_conn *qc);
 int h3_conn_setup(struct quic_conn *qc);
 int h3_read_stream(struct quic_conn *qc, int64_t stream_id, const uint8_t *data, size_t len,
                    bool fin);
-void h3_stream_close(struct quic_conn *qc, int64_t stream_id, uint64_t app_error);
+/* -1 when the client has cancelled too many requests: the connection must
+ * close with H3_EXCESSIVE_LOAD. */
+int h3_stream_close(struct quic_conn *qc, int64_t stream_id, uint64_t app_error);
 void h3_stream_reset(struct quic_conn *qc, int64_t stream_id);
 void h3_acked(struct quic_conn *qc, int64_t stream_id, uint64_t n);
 void h3_unblock(struct quic_conn *qc, int64_t stream_id);

@@ -31,6 +31,7 @@
 enum {
   H3_NO_ERROR = 0x100,
   H3_INTERNAL_ERROR = 0x102,
+  H3_EXCESSIVE_LOAD = 0x107,
   MAX_SEGMENTS = QUIC_GSO_MAX_SEGMENTS,
 };
 
@@ -118,7 +119,12 @@ static int stream_close(ngtcp2_conn *conn, uint32_t flags, int64_t stream_id,
                         uint64_t app_error_code, void *user, void *stream_user) {
   (void)stream_user;
   if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)) app_error_code = H3_NO_ERROR;
-  h3_stream_close(user, stream_id, app_error_code);
+  if (h3_stream_close(user, stream_id, app_error_code) != 0) {
+    /* too many cancelled requests; handle_error keeps this code */
+    struct quic_conn *qc = user;
+    ngtcp2_connection_close_error_set_application_error(&qc->ccerr, H3_EXCESSIVE_LOAD, NULL, 0);
+    return NGTCP2_ERR_CALLBACK_FAILURE;
+  }
   /* ngtcp2 0.12 does not give stream credit back by itself: one closed
    * client stream, one more the client may open. */
   if (!ngtcp2_conn_is_local_stream(conn, stream_id)) {

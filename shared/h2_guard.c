@@ -49,15 +49,12 @@ int h2_guard_submit_settings(nghttp2_session *session, const struct h2_server_se
                                                (int32_t)s->conn_window);
 }
 
-void h2_abuse_init(struct h2_abuse *a) {
-  a->tokens = ABUSE_BURST;
-  a->last_ms = 0;
-}
+void h2_abuse_init(struct h2_abuse *a) { token_bucket_init(&a->budget, ABUSE_BURST); }
 
 void h2_abuse_refund(struct h2_abuse *a, const nghttp2_frame *sent) {
   if (sent->hd.type != NGHTTP2_DATA || sent->hd.length == 0) return;
-  a->tokens += 2; /* one WINDOW_UPDATE for the stream, one for the connection */
-  if (a->tokens > ABUSE_BURST) a->tokens = ABUSE_BURST;
+  /* one WINDOW_UPDATE for the stream, one for the connection */
+  token_bucket_give(&a->budget, 2, ABUSE_BURST);
 }
 
 bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*clock_ms)(void)) {
@@ -76,14 +73,7 @@ bool h2_abuse_charge(struct h2_abuse *a, const nghttp2_frame *frame, uint64_t (*
   default:
     return false;
   }
-  uint64_t now_ms = clock_ms();
-  if (a->last_ms != 0 && now_ms > a->last_ms) {
-    a->tokens += (double)(now_ms - a->last_ms) * ABUSE_RATE / 1000.0;
-    if (a->tokens > ABUSE_BURST) a->tokens = ABUSE_BURST;
-  }
-  a->last_ms = now_ms;
-  a->tokens -= 1;
-  return a->tokens < 0;
+  return !token_bucket_take(&a->budget, clock_ms(), ABUSE_RATE, ABUSE_BURST);
 }
 
 int h2_guard_reset_unsent_headers(nghttp2_session *session, const nghttp2_frame *frame, int error,

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
 
+#include "token_bucket.h"
+
 struct h2_server_settings {
   uint32_t max_concurrent_streams;
   uint32_t stream_window;
@@ -43,8 +45,7 @@ int h2_guard_reset_unsent_headers(nghttp2_session *session, const nghttp2_frame 
                                   void *user);
 
 struct h2_abuse {
-  double tokens;
-  uint64_t last_ms;
+  struct token_bucket budget;
 };
 
 void h2_abuse_init(struct h2_abuse *a);

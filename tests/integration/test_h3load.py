@@ -47,6 +47,26 @@ def test_many_requests_per_connection(gateway):
     assert ok == 3000, r.stdout + r.stderr[-2000:]
 
 
+def test_a_rapid_reset_client_is_closed_with_excessive_load(gateway, worker):
+    """HTTP/3 rapid reset (CVE-2023-44487): a client that cancels each request
+    once the gateway has it opens streams past max_streams_bidi, each one a
+    request to the backend. Past nghttp2's HTTP/2 budget (1,000, then 33 a
+    second) the connection closes with H3_EXCESSIVE_LOAD; a client that
+    cancels fewer keeps its connection, and others are served throughout."""
+    url = f"https://127.0.0.1:{gateway.tls_port}/sleep?s=1"  # the backend still works on each
+    before = gateway.log_count("too many cancelled requests")
+    r = run([BIN / "h3load", "--cancel", "-n", "600", "-m", "50", url], timeout=60)
+    assert r.returncode == 0 and "cancelled: 600" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "closed by the server" not in r.stdout, r.stdout
+    r = run([BIN / "h3load", "--cancel", "-n", "20000", "-m", "100", url], timeout=60)
+    cancelled = int(re.search(r"cancelled: (\d+)", r.stdout).group(1))
+    assert "closed by the server: 1 connections, the last with error 0x107" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert 1000 <= cancelled < 3000 and r.returncode != 0, r.stdout  # the burst, not the 20,000
+    assert gateway.log_count("too many cancelled requests") == before + 1, gateway.log()[-2000:]
+    r, ok = h3load("-n", "50", "-c", "2", f"https://127.0.0.1:{gateway.tls_port}/pid")
+    assert ok == 50, r.stdout + r.stderr[-2000:]
+
+
 def test_100mb_download_and_upload_in_bounded_memory(gateway, tmp_path):
     before = gateway.peak_rss_kb()
     r, ok = h3load("-n", "1", "--sha256", f"https://127.0.0.1:{gateway.tls_port}/download?size={SIZE}")
