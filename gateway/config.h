@@ -145,7 +145,7 @@ struct gw_conf {
   uint64_t resolver_timeout_ms;
   /* limits */
   uint32_t max_connections;
-  uint32_t max_connections_per_ip; /* TCP and QUIC together, per process; 0: no limit */
+  uint32_t max_connections_per_ip; /* TCP and QUIC together, all processes; 0: no limit */
   uint64_t max_header_bytes;
   uint32_t max_header_count;
   struct conf_exchange_limits exchange; /* with the timeouts below: each route's defaults */

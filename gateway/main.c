@@ -27,6 +27,7 @@
 #include "log.h"
 #include "master.h"
 #include "mem_cache.h"
+#include "per_ip.h"
 #include "quic.h"
 #include "sock.h"
 #include "upstream.h"
@@ -364,6 +365,12 @@ int gateway_serve(struct gw_conf *conf, const struct gw_child *child) {
   M.child = child;
   if (child) gw.worker_index = child->slot;
   if (gw_loop_init() != 0 || apply_logs(conf) != 0 || setup_dns(conf) != 0) return 1;
+  /* Under a master, the master made the tables, one per process. */
+  if (child == NULL && per_ip_prepare(1, conf) != 0) {
+    log_error("cannot map the table of connections per address: %s", strerror(errno));
+    return 1;
+  }
+  per_ip_attach(child ? (uint32_t)child->slot : 0);
   struct gw_runtime *rt = runtime_build(conf, NULL, err, sizeof err);
   if (rt == NULL) {
     log_error("%s", err);

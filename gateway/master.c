@@ -42,6 +42,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "per_ip.h"
 #include "quic.h"
 
 enum {
@@ -606,6 +607,10 @@ int master_run(struct gw_conf *conf) {
   if (quic_shared_prepare(conf) != 0) http3_off_everywhere(conf, strerror(errno));
   if (listener_share_ticket_keys() != 0) {
     log_error("cannot make session-ticket keys: %s", strerror(errno));
+    return 1;
+  }
+  if (per_ip_prepare(V.n, conf) != 0) {
+    log_error("cannot map the table of connections per address: %s", strerror(errno));
     return 1;
   }
   if (probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;

@@ -159,6 +159,55 @@ def test_a_killed_process_is_replaced(gateway):
             s.close()
 
 
+def served_connections(port, n):
+    """Opens n HTTP/1.1 connections one after another; those answered stay
+    open and are returned, those closed at once (refused) are not."""
+    served = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = s.recv(4096)
+        except ConnectionResetError:
+            got = b""
+        if got.startswith(b"HTTP/1.1 200"):
+            served.append(s)
+        else:
+            assert got == b"", got[:100]
+            s.close()
+    return served
+
+
+def test_max_connections_per_ip_holds_across_the_processes(worker):
+    """limits.max_connections_per_ip counts an address over every process,
+    as nginx's limit_conn does in shared memory: of 12 connections from one
+    address, spread over 3 processes, 4 are served (it was 4 per process).
+    Processes killed while they held them give them back: their
+    replacements start with none."""
+    admin = free_port()
+    g = Gateway(CONFIG + "limits: {{max_connections_per_ip: 4}}\n", servers=f"127.0.0.1:{worker.port}",
+                response_timeout="5s", workers=WORKERS, admin=admin)
+    held = []
+    try:
+        pids = worker_pids(g)
+        held = served_connections(g.plain_port, 12)
+        assert len(held) == 4, len(held)
+        assert metric(metrics(admin), "h3gate_connections_refused_total", reason="per_ip") == 8
+        owners = owners_of_connections(g.plain_port)
+        for pid in owners:
+            os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: len(set(worker_pids(g)) - pids) == len(owners), timeout=20), g.log()[-2000:]
+        assert g.wait_log("serving again", count=len(owners), timeout=20), g.log()[-2000:]
+        for s in held:
+            s.close()
+        held = served_connections(g.plain_port, 6)
+        assert len(held) == 4, (len(held), g.log()[-2000:])
+    finally:
+        for s in held:
+            s.close()
+        g.stop()
+
+
 def test_metrics_answer_without_a_worker_that_does_not_reply(gateway):
     pids = sorted(worker_pids(gateway))
     stuck = pids[0]
@@ -411,6 +460,21 @@ def test_a_listening_socket_that_cannot_be_bound_stops_the_master(worker):
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as s:
                 s.bind(("127.0.0.1", g.tls_port))
+    finally:
+        g.stop()
+
+
+def test_a_per_address_table_that_cannot_be_mapped_stops_the_master(worker):
+    # The master's second shared mapping (after the 0-RTT store) is the table
+    # of connections per address: without it each process would count alone
+    # and let an address hold the limit times the processes. It says so and
+    # exits before forking.
+    g = Gateway(CONFIG, servers=f"127.0.0.1:{worker.port}", response_timeout="5s", workers=WORKERS,
+                admin=free_port(), wait=False, env=faulty_env(mmap_shared="2"))
+    try:
+        assert g.proc.wait(timeout=30) == 1
+        assert "cannot map the table of connections per address: Cannot allocate memory" in g.log(), g.log()
+        assert run(["pgrep", "-f", str(g.config)]).returncode == 1  # no worker was forked
     finally:
         g.stop()
 
