@@ -9,7 +9,8 @@
  * prints the SHA-256 of response bodies (for integrity tests). --cancel
  * resets each request once the server has its HEADERS (a rapid-reset
  * client, as in CVE-2023-44487) and says how the server closed the
- * connection. The server
+ * connection. --stall-headers sends each request's HEADERS frame but its
+ * last byte, and no more (a slow-headers client). The server
  * certificate is not verified: this is a test tool. */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -55,6 +56,7 @@ struct options {
   int hold_s;         /* keep connections open (idle) this long after their requests */
   int pause_ms;       /* between a connection's requests, this long with its socket unread */
   bool cancel;        /* reset each request stream once the server has its HEADERS */
+  bool stall_headers; /* each request's HEADERS frame but its last byte */
   int ws_messages;    /* WebSocket mode (RFC 9220): echo this many messages per session */
   size_t ws_size;     /* bytes per message */
   nghttp3_nv extra[MAX_EXTRA_HEADERS]; /* -H "name: value", names lower-cased */
@@ -572,6 +574,7 @@ static int cb_reset(ngtcp2_conn *q, int64_t sid, uint64_t fs, uint64_t err, void
 static int cb_extend_stream(ngtcp2_conn *q, int64_t sid, uint64_t max, void *user, void *su) {
   (void)q; (void)max; (void)su;
   struct conn *c = user;
+  if (O.stall_headers && (sid & 3) == 0) return 0; /* stays stalled */
   if (c->h3) nghttp3_conn_unblock_stream(c->h3, sid);
   return 0;
 }
@@ -704,6 +707,12 @@ static void conn_write(struct conn *c) {
         return;
       }
     }
+    bool stall = O.stall_headers && sid >= 0 && (sid & 3) == 0 && vcnt > 0;
+    if (stall) { /* a request's HEADERS frame (its only frame): all but its last byte */
+      vcnt = 1;
+      vec[0].len -= 1;
+      fin = 0;
+    }
     ngtcp2_ssize ndatalen;
     uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE | (fin ? NGTCP2_WRITE_STREAM_FLAG_FIN : 0);
     uint8_t *buf = batch + blen;
@@ -720,6 +729,7 @@ static void conn_write(struct conn *c) {
       }
       if (n == NGTCP2_ERR_WRITE_MORE) {
         stream_data_sent(c, sid, ndatalen);
+        if (stall) nghttp3_conn_block_stream(c->h3, sid); /* the rest never goes */
         continue;
       }
       fprintf(stderr, "connection %d: %s\n", c->index, ngtcp2_strerror((int)n));
@@ -727,6 +737,7 @@ static void conn_write(struct conn *c) {
       return;
     }
     if (c->h3) stream_data_sent(c, sid, ndatalen);
+    if (stall && ndatalen >= 0) nghttp3_conn_block_stream(c->h3, sid);
     if (n == 0) break;
     pkts++;
     size_t pkt = (size_t)n;
@@ -974,7 +985,8 @@ static void usage(void) {
         "              [-H 'Name: value']... [--sha256] [-o FILE] [--token-file FILE]\n"
         "              [--timeout SECONDS] [--hold SECONDS] [--pause MS] [-q] [--cacert PEM] [--sni NAME]\n"
         "              [--websocket MESSAGES [--ws-size BYTES]]   (RFC 9220 echo sessions)\n"
-        "              [--cancel]   (reset each request once its HEADERS are out)\n"
+        "              [--cancel]   (reset each request once the server has its HEADERS)\n"
+        "              [--stall-headers]   (send each HEADERS frame but its last byte)\n"
         "              https://HOST:PORT/PATH\n",
         stderr);
 }
@@ -991,6 +1003,7 @@ int main(int argc, char **argv) {
       {"websocket", required_argument, NULL, 'W'}, {"ws-size", required_argument, NULL, 'Z'},
       {"cacert", required_argument, NULL, 'A'}, {"sni", required_argument, NULL, 'N'},
       {"pause", required_argument, NULL, 'P'}, {"cancel", no_argument, NULL, 'X'},
+      {"stall-headers", no_argument, NULL, 'Y'},
       {NULL, 0, NULL, 0}};
   int o;
   while ((o = getopt_long(argc, argv, "n:c:m:d:qt:o:H:", opts, NULL)) != -1) {
@@ -1027,6 +1040,7 @@ int main(int argc, char **argv) {
     case 'N': O.sni = optarg; break;
     case 'P': O.pause_ms = atoi(optarg); break;
     case 'X': O.cancel = true; break;
+    case 'Y': O.stall_headers = true; break;
     default: usage(); return 2;
     }
   }

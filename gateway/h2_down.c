@@ -91,6 +91,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
   down_introduce_xchg(c, s->x);
+  xchg_arm_head_timer(s->x);
   LIST_INSERT_HEAD(&h->streams, s, link);
   h->n_streams++;
   if (!h->goaway) down_set_timer(c, 0, NULL); /* not the final GOAWAY's timer */

@@ -138,6 +138,7 @@ struct h3_strm {
   size_t field_bytes; /* the head's size as RFC 9114 counts it (+32 per field) */
   bool deferred;    /* read_data said WOULDBLOCK */
   bool reset_by_us; /* its error code at close is ours, not a client's cancel */
+  bool stopped_reading; /* answered before the request ended: STOP_SENDING asked */
   struct sendbuf out;
   LIST_ENTRY(h3_strm) link;
 };
@@ -177,6 +178,7 @@ static int cb_begin_headers(nghttp3_conn *conn, int64_t stream_id, void *user, v
   s->x->tls = true;
   h3g_copy_str(s->x->client_ip, sizeof s->x->client_ip, qc->peer_ip);
   s->x->client_port = qc->peer_port;
+  xchg_arm_head_timer(s->x);
   LIST_INSERT_HEAD(&qc->streams, s, link);
   qc->n_streams++;
   nghttp3_conn_set_stream_user_data(conn, stream_id, s);
@@ -286,21 +288,23 @@ static int cb_stream_close(nghttp3_conn *conn, int64_t stream_id, uint64_t app_e
   return 0;
 }
 
+/* nghttp3 asks for STOP_SENDING: we stop reading (ngtcp2 sends it). */
 static int cb_stop_sending(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
                            void *user, void *stream_user) {
   (void)conn;
   (void)stream_user;
   struct quic_conn *qc = user;
-  ngtcp2_conn_shutdown_stream_write(qc->conn, stream_id, app_error_code);
+  ngtcp2_conn_shutdown_stream_read(qc->conn, stream_id, app_error_code);
   return 0;
 }
 
+/* nghttp3 asks for RESET_STREAM: we stop writing (ngtcp2 sends it). */
 static int cb_reset_stream(nghttp3_conn *conn, int64_t stream_id, uint64_t app_error_code,
                            void *user, void *stream_user) {
   (void)conn;
   (void)stream_user;
   struct quic_conn *qc = user;
-  ngtcp2_conn_shutdown_stream_read(qc->conn, stream_id, app_error_code);
+  ngtcp2_conn_shutdown_stream_write(qc->conn, stream_id, app_error_code);
   return 0;
 }
 
@@ -379,6 +383,18 @@ static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
   return (nghttp3_ssize)n;
 }
 
+/* A whole response to a request still coming (a 408 or 413 of ours, or a
+ * backend's answer before the body): the rest is not wanted, and RFC 9114
+ * 4.1 says to ask for STOP_SENDING with H3_NO_ERROR. Else the stream stays
+ * half open on both sides until the client sends the rest, perhaps never.
+ * Asked here, outside the libraries' calls: from nghttp3's read_data the
+ * frame did not always go out. */
+static void stop_reading_if_answered(struct h3_strm *s) {
+  if (s->stopped_reading || !s->x->resp_end || s->x->req_end) return;
+  s->stopped_reading = true;
+  ngtcp2_conn_shutdown_stream_read(s->qc->conn, s->id, NGHTTP3_H3_NO_ERROR);
+}
+
 static void on_resp_head(struct xchg *x) {
   struct h3_strm *s = x->down_ctx;
   nghttp3_nv *nva = gw_nv_scratch(x->resp.n + 1, sizeof *nva); /* + :status */
@@ -406,11 +422,13 @@ static void on_resp_head(struct xchg *x) {
               nghttp3_strerror(rc));
     strm_reset(s);
   }
+  stop_reading_if_answered(s);
   quic_conn_want_flush(s->qc);
 }
 
 static void on_resp_body(struct xchg *x) {
   struct h3_strm *s = x->down_ctx;
+  stop_reading_if_answered(s);
   if (s->deferred && s->out.unacked < out_limit(s)) {
     s->deferred = false;
     nghttp3_conn_resume_stream(s->qc->h3, s->id);

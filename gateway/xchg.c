@@ -652,6 +652,8 @@ static bool redirect_to_https(struct xchg *x) {
 }
 
 int xchg_req_head_done(struct xchg *x) {
+  if (x->state != XS_REQ_HEAD) return x->status; /* answered already: its head came too late */
+  event_del(&x->timer);
   if (x->i_authority < 0) {
     int host = hdr_find(&x->req, "host", 4, 0);
     if (host >= 0) {
@@ -753,6 +755,8 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
  */
 
 void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->limits->response_header_timeout_ms); }
+
+void xchg_arm_head_timer(struct xchg *x) { arm_timer(x, x->rt->conf->client_header_timeout_ms); }
 
 /* The backend's head as the client gets it: the connection-specific
  * fields it may carry dropped (by length first: this runs for every
@@ -942,6 +946,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct xchg *x = arg;
   switch (x->state) {
+  case XS_REQ_HEAD:
+    xchg_respond_local(x, 408, "the request head did not come within timeouts.client_header");
+    break;
   case XS_QUEUED:
     up_cancel(x);
     xchg_respond_local(x, 504, "no upstream connection in time");

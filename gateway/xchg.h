@@ -203,5 +203,11 @@ size_t xchg_websockets_going_away(void);
 
 /* Called by the pool when the exchange is put on an upstream stream. */
 void xchg_arm_response_timer(struct xchg *x);
+/* An HTTP/2 or HTTP/3 stream's head must be in within
+ * timeouts.client_header (nginx bounds an HTTP/2 stream's by
+ * client_header_timeout too), else 408. A client could hold streams open
+ * on unfinished heads for good, its connection kept alive by other
+ * frames. HTTP/1.x has its connection's timer. */
+void xchg_arm_head_timer(struct xchg *x);
 
 #endif

@@ -4,6 +4,7 @@ floods and empty DATA frames end with GOAWAY and a closed connection, and
 never harm other clients; and the limits a client is told in SETTINGS."""
 
 import socket
+import time
 
 import h2.config
 import h2.connection
@@ -105,3 +106,47 @@ def test_http2_limits_reach_the_client_in_settings():
     finally:
         g.stop()
         w.stop()
+
+
+def frames_until(s, limit_s):
+    """(type, flags, stream, payload) of each frame until the peer closes or
+    limit_s passes."""
+    s.settimeout(0.2)
+    buf, frames = b"", []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
+            buf = buf[9 + n:]
+    return frames
+
+
+def test_a_header_block_that_never_ends_gets_408_after_client_header():
+    """A HEADERS frame without END_HEADERS, and no CONTINUATION: the stream
+    held its place for good (no timer runs while a stream is open). After
+    timeouts.client_header it gets 408 and a reset, as nginx's
+    client_header_timeout bounds an HTTP/2 stream's head."""
+    w = Worker("probe:app")
+    cfg = BASIC_CONFIG.replace("  connect: 2s\n", "  connect: 2s\n  client_header: 1s\n")
+    g = Gateway(cfg, servers=f"127.0.0.1:{w.port}", response_timeout="5s")
+    try:
+        with connect(g.plain_port) as s:
+            s.sendall(frame(HEADERS, 0, 1, GET_BLOCK))  # END_STREAM, not END_HEADERS
+            started = time.monotonic()
+            frames = [f for f in frames_until(s, 4) if f[2] == 1]
+        assert frames and frames[0][0] == HEADERS and b"408" in frames[0][3], frames
+        assert any(f[0] == DATA and b"timeouts.client_header" in f[3] for f in frames), frames
+        assert frames[-1][0] == RST_STREAM, frames
+        assert time.monotonic() - started >= 1  # not before its time
+    finally:
+        g.stop()
+        w.stop()
+

@@ -67,6 +67,22 @@ def test_a_rapid_reset_client_is_closed_with_excessive_load(gateway, worker):
     assert ok == 50, r.stdout + r.stderr[-2000:]
 
 
+def test_request_heads_that_never_end_get_408_after_client_header(worker):
+    """Each request's HEADERS frame but its last byte: the streams stayed
+    open for good. After timeouts.client_header each gets 408, and the
+    gateway asks the client to stop sending (H3_NO_ERROR, RFC 9114 4.1), so
+    the streams close."""
+    g = Gateway(H3_CONFIG.replace("  connect: 2s\n", "  connect: 2s\n  client_header: 1s\n"),
+                servers=f"127.0.0.1:{worker.port}", response_timeout="5s", secret=SECRET, retry="never")
+    try:
+        r = run([BIN / "h3load", "--stall-headers", "-n", "10", "-c", "2", "-m", "5", "--timeout", "10",
+                 f"https://127.0.0.1:{g.tls_port}/pid"], timeout=40)
+        assert "10 done, 0 succeeded, 10 failed, 0 errored" in r.stdout, r.stdout + r.stderr[-2000:]
+        assert "status codes: 0 2xx, 0 3xx, 10 4xx" in r.stdout, r.stdout
+    finally:
+        g.stop()
+
+
 def test_100mb_download_and_upload_in_bounded_memory(gateway, tmp_path):
     before = gateway.peak_rss_kb()
     r, ok = h3load("-n", "1", "--sha256", f"https://127.0.0.1:{gateway.tls_port}/download?size={SIZE}")
