@@ -27,7 +27,7 @@
 
 enum {
   BLOCK_SIZE = 16384,
-  CANCEL_BURST = 1000, /* requests a client may cancel at once (h3_stream_reset) */
+  CANCEL_BURST = 1000, /* requests a client may cancel at once (charge_cancel) */
   CANCEL_RATE = 33,    /* and a second after that */
 };
 
