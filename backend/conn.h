@@ -39,6 +39,9 @@ struct proto_ops {
   void (*abort_stream)(struct conn *c, struct asgi_stream *s);
   /* The app's task finished; the stream may be released. */
   void (*app_finished)(struct conn *c, struct asgi_stream *s);
+  /* A request head did not come within --timeout-request-head: answer
+   * 408 if the protocol can, and close. */
+  void (*head_timed_out)(struct conn *c);
   /* Begin a graceful close: finish open streams, accept no new ones. */
   void (*shutdown)(struct conn *c);
   /* The connection is being freed: release protocol state and streams. */
@@ -73,6 +76,7 @@ struct conn {
   uint64_t linger_until_ms;
   uint32_t active_streams;    /* streams whose app task has not finished */
   uint64_t last_activity_ms;
+  uint64_t head_since_ms;     /* a request head under way since; 0: none */
   uint64_t id;                /* for log lines */
   struct conn *flush_next;
 };

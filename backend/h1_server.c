@@ -47,6 +47,7 @@ struct h1_conn {
   bool app_length;        /* the app's response has its own Content-Length */
   struct ws_handshake ws; /* the request's WebSocket fields */
   bool websocket;         /* the request is a handshake: bytes after the head are frames */
+  bool head_in;           /* the current request's head is complete */
   uint32_t seq;
 };
 
@@ -116,6 +117,8 @@ static int on_head(void *ctx, const struct h1_request_head *head) {
   struct h1_conn *h = ctx;
   int rc = ensure_stream(h);
   if (rc) return rc;
+  h->head_in = true;
+  h->conn->head_since_ms = 0;
   struct asgi_stream *s = h->cur;
   h->version_minor = head->version_minor;
   h->keep_alive = head->keep_alive && !h->conn->draining;
@@ -227,6 +230,7 @@ static void tunnel_input(struct conn *c, const uint8_t *data, size_t len) {
 
 static void parse_input(struct conn *c, const uint8_t *data, size_t len) {
   struct h1_conn *h = h1(c);
+  if (len > 0 && !h->head_in && c->head_since_ms == 0) c->head_since_ms = server_now_ms();
   while (len > 0 && c->state == CONN_OPEN) {
     /* A pipelined request waits (below) until this response is complete. */
     if (h1_parser_message_done(&h->parser)) break;
@@ -279,6 +283,7 @@ static void finish_exchange(struct conn *c) {
   c->active_streams--;
   asgi_stream_release(s);
   h1_parser_next(&h->parser);
+  h->head_in = false;
   if (bytebuf_size(&h->pending) > 0) {
     struct bytebuf rest = h->pending;
     memset(&h->pending, 0, sizeof h->pending);
@@ -500,6 +505,10 @@ static void h1_app_finished(struct conn *c, struct asgi_stream *s) {
  * the last; the server's idle sweep closes the connection if none comes. */
 static void h1_shutdown(struct conn *c) { h1(c)->keep_alive = false; }
 
+static void h1_head_timed_out(struct conn *c) {
+  write_error_and_close(c, 408, "the request head did not come within --timeout-request-head");
+}
+
 static void h1_destroy(struct conn *c) {
   struct h1_conn *h = h1(c);
   if (h == NULL) return;
@@ -523,6 +532,7 @@ const struct proto_ops h1_proto_ops = {
     .send_continue = h1_send_continue,
     .abort_stream = h1_abort_stream,
     .app_finished = h1_app_finished,
+    .head_timed_out = h1_head_timed_out,
     .shutdown = h1_shutdown,
     .destroy = h1_destroy,
 };

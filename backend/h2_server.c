@@ -95,6 +95,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
   asgi_stream_list_add(&h2(c)->streams, s);
   c->active_streams++;
+  c->head_since_ms = server_now_ms(); /* one header block at a time (RFC 9113 6.10) */
   return 0;
 }
 
@@ -140,6 +141,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 }
 
 static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end_stream) {
+  c->head_since_ms = 0;
   unsigned f = stream_flags(s);
   if (f & H2S_HEADERS_TOO_LARGE) {
     asgi_stream_respond_error(s, 431, "Request Header Fields Too Large\n");
@@ -470,6 +472,13 @@ static void h2_shutdown(struct conn *c) {
   conn_want_flush(c);
 }
 
+/* nginx closes an HTTP/2 connection whose header block does not end in
+ * time; a response cannot go out in the middle of the client's block. */
+static void h2_head_timed_out(struct conn *c) {
+  nghttp2_session_terminate_session(h2(c)->session, NGHTTP2_NO_ERROR);
+  conn_want_flush(c);
+}
+
 static void h2_destroy(struct conn *c) {
   struct h2_conn *h = h2(c);
   if (h == NULL) return;
@@ -490,12 +499,14 @@ const struct proto_ops h2_proto_ops = {
     .send_continue = h2_send_continue,
     .abort_stream = h2_abort_stream,
     .app_finished = h2_app_finished,
+    .head_timed_out = h2_head_timed_out,
     .shutdown = h2_shutdown,
     .destroy = h2_destroy,
 };
 
 int h2_conn_start(struct conn *c) {
   const struct worker_config *cfg = server_config();
+  c->head_since_ms = 0; /* counted per header block from here */
   struct h2_conn *h = calloc(1, sizeof *h);
   if (h == NULL) return -ENOMEM;
   nghttp2_session_callbacks *cbs;

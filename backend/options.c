@@ -37,6 +37,8 @@ static const char usage_text[] =
     "                             process (default 0: no limit)\n"
     "  --graceful-timeout SECONDS time in-flight requests get on stop (default 30)\n"
     "  --timeout-keep-alive SECS  close idle connections after this (default 5)\n"
+    "  --timeout-request-head SECS a request head must be in within this, else 408\n"
+    "                             and a closed connection (default 30)\n"
     "  --limit-request-head BYTES largest request head (default 65536)\n"
     "  --ws-max-size BYTES        largest incoming WebSocket message (default 16m)\n"
     "  --ws-ping-interval SECS    ping a quiet WebSocket this often (default 20; 0: never)\n"
@@ -59,7 +61,7 @@ enum {
   OPT_LIFESPAN, OPT_LOOP, OPT_MAX_REQ, OPT_GRACEFUL, OPT_KEEPALIVE, OPT_HEAD, OPT_STREAMS,
   OPT_SWIN, OPT_CWIN, OPT_BACKLOG, OPT_LOG_LEVEL, OPT_ACCESS, OPT_NO_ACCESS, OPT_HELP,
   OPT_VERSION, OPT_WS_MAX, OPT_WS_PING, OPT_WS_PING_TIMEOUT, OPT_RELOAD, OPT_RELOAD_DIR,
-  OPT_HOST, OPT_PORT, OPT_LIMIT_CONCURRENCY,
+  OPT_HOST, OPT_PORT, OPT_LIMIT_CONCURRENCY, OPT_HEAD_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -82,6 +84,7 @@ static const struct option long_opts[] = {
     {"timeout-graceful-shutdown", required_argument, NULL, OPT_GRACEFUL},
     {"graceful-timeout", required_argument, NULL, OPT_GRACEFUL},
     {"timeout-keep-alive", required_argument, NULL, OPT_KEEPALIVE},
+    {"timeout-request-head", required_argument, NULL, OPT_HEAD_TIMEOUT},
     {"limit-request-head", required_argument, NULL, OPT_HEAD},
     {"ws-max-size", required_argument, NULL, OPT_WS_MAX},
     {"ws-ping-interval", required_argument, NULL, OPT_WS_PING},
@@ -150,6 +153,7 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
   c->ws_ping_interval_ms = 20000; /* uvicorn's defaults */
   c->ws_ping_timeout_ms = 20000;
   c->keepalive_timeout_ms = 5000;
+  c->head_timeout_ms = 30000;
   c->graceful_timeout_ms = 30000;
   const char *fwd = "127.0.0.1,::1,unix";
   const char *host = NULL, *port = NULL;
@@ -212,6 +216,10 @@ int options_parse(int argc, char **argv, struct worker_options *o) {
     case OPT_KEEPALIVE:
       if (parse_seconds(optarg, &c->keepalive_timeout_ms) != 0)
         return usage_error("--timeout-keep-alive must be seconds, got \"%s\"", optarg);
+      break;
+    case OPT_HEAD_TIMEOUT:
+      if (parse_seconds(optarg, &c->head_timeout_ms) != 0 || c->head_timeout_ms == 0)
+        return usage_error("--timeout-request-head must be seconds above 0, got \"%s\"", optarg);
       break;
     case OPT_HEAD:
       if (h3g_parse_size(optarg, &v) != 0 || v < 1024 || v > (16u << 20))

@@ -224,7 +224,7 @@ static void accept_one(struct listener *l, int cfd, struct sockaddr_storage *ss,
   c->client = client_tuple((struct sockaddr *)ss);
   c->id = ++S.next_conn_id;
   c->state = CONN_SNIFFING;
-  c->last_activity_ms = server_now_ms();
+  c->last_activity_ms = c->head_since_ms = server_now_ms(); /* the first head's clock starts now */
   if (c->client == NULL) {
     PyErr_Clear();
     free(c);
@@ -455,6 +455,17 @@ static void idle_sweep(uint64_t now) {
     if (c == NULL || c->state == CONN_CLOSED) continue;
     if (c->lingering) {
       if (now >= c->linger_until_ms) conn_close(c, true);
+      continue;
+    }
+    /* Slowloris: a head that trickles in, a byte now and then, or an
+     * HTTP/2 header block left unfinished, holds its connection for good
+     * otherwise (nginx: client_header_timeout; uvicorn has none). */
+    bool reading_heads = c->state == CONN_OPEN || c->state == CONN_SNIFFING;
+    if (reading_heads && c->head_since_ms && now - c->head_since_ms >= S.config.head_timeout_ms) {
+      log_debug("conn %llu: request head not in within --timeout-request-head", (unsigned long long)c->id);
+      c->head_since_ms = 0;
+      if (c->state == CONN_OPEN) c->proto->head_timed_out(c);
+      else conn_close(c, true); /* still telling HTTP/1.1 from h2c */
       continue;
     }
     if (c->active_streams > 0) continue;

@@ -23,6 +23,7 @@ struct worker_config {
   uint64_t ws_ping_interval_ms; /* 0: no keepalive pings */
   uint64_t ws_ping_timeout_ms;
   uint64_t keepalive_timeout_ms;
+  uint64_t head_timeout_ms;     /* a request head must be in within this */
   uint64_t graceful_timeout_ms;
   uint64_t max_requests;
   uint64_t limit_concurrency;   /* apps running at once in a process, then 503; 0: no limit */

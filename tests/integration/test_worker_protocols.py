@@ -13,6 +13,8 @@ import h2.events
 import httpx
 import pytest
 
+import h2frames
+
 from h3env import Worker, curl, curl_json, eventually, h2_raw_request, raw_http, run
 
 
@@ -267,6 +269,39 @@ def test_malformed_http1_gets_400(worker):
             s.sendall(raw)
             data = s.recv(4096)
         assert data.startswith(b"HTTP/1.1 400 "), data
+
+
+def test_a_request_head_that_trickles_or_stalls_is_cut_off():
+    """Slowloris: an HTTP/1.1 head sent a byte at a time (never idle long
+    enough for --timeout-keep-alive) and an HTTP/2 header block left
+    unfinished held their connections for good. Past --timeout-request-head
+    the first gets 408 and both are closed; a head that comes in time is
+    served."""
+    w = Worker("probe:app", args=["--timeout-request-head", "1"])
+    try:
+        head = b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 40 + b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+            got = b""
+            for i in range(len(head)):  # at most 60 x 0.2 s
+                try:
+                    s.sendall(head[i:i + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                s.settimeout(0.2)
+                try:
+                    got = s.recv(4096)
+                    break
+                except socket.timeout:
+                    pass
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+            s.sendall(h2frames.PREFACE + h2frames.frame(h2frames.SETTINGS, 0, 0) +
+                      h2frames.frame(h2frames.HEADERS, 0, 1, h2frames.GET_BLOCK))  # no END_HEADERS
+            assert h2frames.read_until_closed(s, limit_s=8) == 0  # GOAWAY (NO_ERROR), then closed
+        assert curl_json(w.url("/pid"))["pid"] > 0
+        assert curl_json("--http2-prior-knowledge", w.url("/pid"))["pid"] > 0
+    finally:
+        w.stop()
 
 
 def test_expect_100_continue(worker):
