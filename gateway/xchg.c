@@ -702,7 +702,7 @@ int xchg_req_head_done(struct xchg *x) {
  */
 int xchg_req_body(struct xchg *x, const void *data, size_t len) {
   x->req_bytes += len;
-  if (x->websocket && x->state == XS_RESPONDING) note_progress(x);
+  if ((x->websocket && x->state == XS_RESPONDING) || x->state == XS_SENT) note_progress(x);
   if (x->ws_open) ws_boundary_feed(&x->ws_up, data, len, true);
   uint64_t max_body_size = x->limits->max_body_size;
   if (max_body_size && x->req_bytes > max_body_size && !x->websocket) {
@@ -720,6 +720,7 @@ int xchg_req_body(struct xchg *x, const void *data, size_t len) {
 
 void xchg_req_end(struct xchg *x) {
   x->req_end = true;
+  if (x->state == XS_SENT) xchg_arm_response_timer(x); /* the wait for the answer starts now */
   if (x->up.conn) up_resume_req(x);
 }
 
@@ -728,6 +729,7 @@ size_t xchg_req_buffered(const struct xchg *x) { return evbuffer_get_length(x->r
 size_t xchg_up_take_req_body(struct xchg *x, uint8_t *buf, size_t max) {
   int n = evbuffer_remove(x->req_body, buf, max);
   if (n <= 0) return 0;
+  if (x->state == XS_SENT) note_progress(x);
   if (x->req_replayable) {
     if (evbuffer_get_length(x->req_replay) + (size_t)n <= REPLAY_LIMIT) {
       evbuffer_add(x->req_replay, buf, (size_t)n);
@@ -754,7 +756,22 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
  * Response.
  */
 
-void xchg_arm_response_timer(struct xchg *x) { arm_timer(x, x->limits->response_header_timeout_ms); }
+/* The request is still coming (an upload, not a tunnel): a backend that
+ * reads the whole body before it answers cannot answer yet, and the
+ * response header timeout cut a 100-second upload off at 60 (504). It
+ * starts once the request has ended, as nginx's proxy_read_timeout and
+ * Envoy's route timeout do; until then the body must not stall for
+ * timeouts.idle. */
+static bool request_coming(const struct xchg *x) { return !x->req_end && !x->websocket; }
+
+void xchg_arm_response_timer(struct xchg *x) {
+  if (request_coming(x)) {
+    note_progress(x);
+    arm_timer(x, idle_ms(x));
+  } else {
+    arm_timer(x, x->limits->response_header_timeout_ms);
+  }
+}
 
 void xchg_arm_head_timer(struct xchg *x) { arm_timer(x, x->rt->conf->client_header_timeout_ms); }
 
@@ -954,6 +971,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     xchg_respond_local(x, 504, "no upstream connection in time");
     break;
   case XS_SENT:
+    if (request_coming(x)) {
+      if (!idle_expired(x)) break;
+      up_cancel(x);
+      /* Bytes we hold that the backend did not take: it stopped reading.
+       * Else the client stopped sending (nginx's client_body_timeout). */
+      if (evbuffer_get_length(x->req_body) > 0)
+        xchg_respond_local(x, 504, "upstream did not read the request body within timeouts.idle");
+      else
+        xchg_respond_local(x, 408, "the request body stalled for timeouts.idle");
+      break;
+    }
     up_cancel(x);
     xchg_respond_local(x, 504, "upstream response header timeout");
     break;

@@ -584,6 +584,36 @@ def test_a_stalled_response_meets_the_idle_timeout_and_a_trickle_does_not(worker
         g.stop()
 
 
+def test_response_header_waits_for_the_request_to_end_and_a_stalled_body_gets_408(worker, tmp_path):
+    """timeouts.response_header starts once the request has ended, as
+    nginx's proxy_read_timeout and Envoy's route timeout do: a 2.5 s upload
+    passes a 1 s response_header whole, over HTTP/1.1 and HTTP/2 (it got 504
+    at 1 s). Until its end a body must not stall for timeouts.idle: one the
+    client stops sending gets 408, one the backend stops reading 504. A
+    backend slow to answer a whole request still gets its 504."""
+    config = BASIC_CONFIG.replace("  response_header: {response_timeout}\n",
+                                  "  response_header: {response_timeout}\n  idle: 1500ms\n")
+    g = Gateway(config, servers=f"127.0.0.1:{worker.port}", response_timeout="1s")
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(1_000_000))
+    try:
+        for flags in (["--http1.1"], ["--http2-prior-knowledge"]):
+            r = curl(*flags, "--limit-rate", "400k", "--data-binary", f"@{body}", g.plain_url("/upload"))
+            assert r.returncode == 0 and json.loads(r.stdout)["size"] == 1_000_000, (flags, r.stdout[:300])
+        with socket.create_connection(("127.0.0.1", g.plain_port), timeout=10) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stalled" in answer, answer
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(8_000_000))  # past every window and buffer on the way
+        r = curl("--http1.1", "--data-binary", f"@{big}", "-w", "%{http_code}", g.plain_url("/sleep?s=3"))
+        assert r.stdout.endswith("504") and "did not read the request body" in r.stdout, r.stdout[-300:]
+        r = curl("-w", "%{http_code}", g.plain_url("/sleep?s=3"))
+        assert r.stdout.endswith("504") and "upstream response header timeout" in r.stdout, r.stdout
+    finally:
+        g.stop()
+
+
 @pytest.mark.parametrize("forwarded_header", [True, False])
 def test_a_trusted_proxys_forwarding_fields_are_extended(worker, forwarded_header):
     """From an address in forwarding.trusted_proxies, X-Forwarded-For,
