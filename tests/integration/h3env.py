@@ -21,17 +21,25 @@ PYTHON = "/usr/bin/python3"  # Debian's, with Debian's packages
 SANITIZED = os.environ.get("H3GATE_SANITIZED") == "1"
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    """A port free for both TCP and UDP on 127.0.0.1."""
+    """A port free for both TCP and UDP on 127.0.0.1, and not one handed out
+    before: the kernel may give the same port to two binds in a row, and a
+    gateway given it for both its listeners refused to start."""
     for _ in range(50):
         with socket.socket() as t:
             t.bind(("127.0.0.1", 0))
             port = t.getsockname()[1]
+            if port in _HANDED_OUT:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 try:
                     u.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port")
 
