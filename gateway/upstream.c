@@ -221,9 +221,24 @@ static uint32_t target_conns(const struct up_server *s) {
   return n > MAX_CONNS_PER_SERVER ? MAX_CONNS_PER_SERVER : n;
 }
 
+static bool conn_opening(const struct up_server *s) {
+  const struct up_conn *c;
+  TAILQ_FOREACH(c, &s->conns, link) {
+    if (c->state == UC_CONNECTING) return true;
+  }
+  return false;
+}
+
 /* The least busy connection with room; ties rotate, so sequential
- * requests still spread over the worker processes behind the address. */
-static struct up_conn *best_conn(struct up_server *s) {
+ * requests still spread over the worker processes behind the address.
+ *
+ * A WebSocket that would join a connection already carrying streams waits
+ * while another connection to s is opening. A burst after a quiet spell
+ * (h3gate-worker closes idle connections after 5 s) all went to the first
+ * connection up, one worker process, for the sockets' lives: wsload's 100
+ * sessions cost one process 44 ticks of CPU and the other none. A short
+ * request just goes: it is over before the next connection is up. */
+static struct up_conn *best_conn(struct up_server *s, const struct xchg *x) {
   struct up_conn *tied[MAX_CONNS_PER_SERVER], *c;
   size_t n = 0;
   uint32_t least = UINT32_MAX;
@@ -235,6 +250,7 @@ static struct up_conn *best_conn(struct up_server *s) {
     }
     if (n < MAX_CONNS_PER_SERVER) tied[n++] = c;
   }
+  if (n && least > 0 && x->websocket && conn_opening(s)) return NULL;
   return n ? tied[s->conn_rr++ % n] : NULL;
 }
 
@@ -325,7 +341,7 @@ static struct up_server *pick_server(struct up_pool *p, struct xchg *x) {
 }
 
 static void place(struct up_pool *p, struct xchg *x, struct up_server *s) {
-  struct up_conn *c = best_conn(s);
+  struct up_conn *c = best_conn(s, x);
   open_conns(s);
   if (c && up_conn_submit(c, x) == 0) {
     s->requests++;
@@ -375,14 +391,14 @@ static void kick(struct up_pool *p) {
   for (x = TAILQ_FIRST(&p->waiting); x; x = next) {
     next = TAILQ_NEXT(x, queue_link);
     struct up_server *s = x->server;
-    struct up_conn *c = s ? best_conn(s) : NULL;
+    struct up_conn *c = s ? best_conn(s, x) : NULL;
     if (c == NULL && s != NULL && server_usable(s, gw_now_us()) && !files_short) open_overflow_conn(s);
     if (c == NULL && x->pinned) continue; /* waits for its own server */
     if (c == NULL) {
       /* Its server can't take it (yet): any other server with room? */
       struct up_server *o;
       TAILQ_FOREACH(o, &p->servers, link) {
-        if (server_usable(o, gw_now_us()) && !answered_already(x, o) && (c = best_conn(o)) != NULL) break;
+        if (server_usable(o, gw_now_us()) && !answered_already(x, o) && (c = best_conn(o, x)) != NULL) break;
       }
       if (c == NULL && files_short) {
         TAILQ_REMOVE(&p->waiting, x, queue_link);

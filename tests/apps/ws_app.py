@@ -4,7 +4,7 @@ scope, by path.
   /echo[?sub=1]      accept (the first offered subprotocol when sub=1) and
                      echo text and bytes; the text "close:CODE:REASON" makes
                      the app close with that code
-  /scope             accept, send the scope as JSON, then echo
+  /scope             accept, send the scope (and the process id) as JSON, then echo
   /deny              refuse with a custom HTTP response (websocket.http.response)
   /reject            close before accepting (the server answers 403)
   /raise-before      raise before accepting (500)
@@ -21,6 +21,7 @@ scope, by path.
 """
 import asyncio
 import json
+import os
 
 _ACCEPT = {"type": "websocket.accept"}
 WS_MISUSES = {  # what /misuse sends, by ?how=: each breaks the ASGI contract
@@ -92,7 +93,7 @@ def scope_json(scope):
         "client": list(scope["client"]) if scope["client"] else None,
         "subprotocols": scope["subprotocols"], "extensions": sorted(scope["extensions"]),
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
-        "asgi": scope["asgi"], "has_method": "method" in scope,
+        "asgi": scope["asgi"], "has_method": "method" in scope, "pid": os.getpid(),
     })
 
 
