@@ -45,6 +45,7 @@ enum {
   H2S_WEBSOCKET = 1 << 4,     /* :protocol websocket (RFC 8441) */
   H2S_WS_VERSION = 1 << 5,    /* a sec-websocket-version field came */
   H2S_WS_VERSION_13 = 1 << 6, /* ... and it was the only one and said 13 */
+  H2S_HEAD_DONE = 1 << 7,     /* its header block ended (request_headers_done) */
 };
 
 static unsigned stream_flags(struct asgi_stream *s) {
@@ -142,6 +143,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 
 static void request_headers_done(struct conn *c, struct asgi_stream *s, bool end_stream) {
   c->head_since_ms = 0;
+  stream_set_flag(s, H2S_HEAD_DONE);
   unsigned f = stream_flags(s);
   if (f & H2S_HEADERS_TOO_LARGE) {
     asgi_stream_respond_error(s, 431, "Request Header Fields Too Large\n");
@@ -225,6 +227,9 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
   struct conn *c = user;
   struct asgi_stream *s = find_stream(session, id);
   if (s == NULL) return 0;
+  /* Reset in its header block (a malformed field): that block is over, and
+   * its clock must not end the connection and every stream on it later. */
+  if (!(stream_flags(s) & H2S_HEAD_DONE)) c->head_since_ms = 0;
   nghttp2_session_set_stream_user_data(session, id, NULL);
   asgi_stream_list_remove(&h2(c)->streams, s);
   c->active_streams--;

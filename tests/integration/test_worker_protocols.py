@@ -304,6 +304,35 @@ def test_a_request_head_that_trickles_or_stalls_is_cut_off():
         w.stop()
 
 
+def test_a_stream_reset_in_its_head_does_not_start_the_head_clock_for_good():
+    """A stream nghttp2 resets inside its header block (an upper-case field
+    name) never finished its head: its clock used to stay set, and a second
+    later (--timeout-request-head 1) the connection ended with GOAWAY, a
+    request still running on it. The request finishes."""
+    w = Worker("probe:app", args=["--timeout-request-head", "1", "--timeout-keep-alive", "20"])
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn.initiate_connection()
+        base = [(":method", "GET"), (":scheme", "http"), (":authority", "x")]
+        conn.send_headers(1, base + [(":path", "/sleep?s=2.5")], end_stream=True)
+        conn.send_headers(3, base + [(":path", "/pid"), ("X-Upper", "1")], end_stream=True)
+        seen = []
+        with socket.create_connection(("127.0.0.1", w.port), timeout=10) as s:
+            s.sendall(conn.data_to_send())
+            while not any(isinstance(e, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for e in seen):
+                data = s.recv(65536)  # bounded by the socket timeout
+                if not data:
+                    break
+                seen += conn.receive_data(data)
+                s.sendall(conn.data_to_send())
+        assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == 3 for e in seen), seen
+        assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in seen), seen
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in seen), seen
+    finally:
+        w.stop()
+
+
 def test_expect_100_continue(worker):
     r = curl("--http1.1", "-v", "-H", "Expect: 100-continue", "--data-binary", "x" * 2048,
              worker.url("/upload"))
