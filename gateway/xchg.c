@@ -757,11 +757,12 @@ bool xchg_up_req_body_eof(const struct xchg *x) {
  */
 
 /* The request is still coming (an upload, not a tunnel): a backend that
- * reads the whole body before it answers cannot answer yet, and the
- * response header timeout cut a 100-second upload off at 60 (504). It
- * starts once the request has ended, as nginx's proxy_read_timeout and
- * Envoy's route timeout do; until then the body must not stall for
- * timeouts.idle. */
+ * reads the whole body before it answers cannot answer yet, and a response
+ * header timer started with the head cut off any upload longer than it
+ * (504; a 2.5 s upload against 1 s in the test, so anything over a minute
+ * at the default). It starts once the request has ended, as nginx's
+ * proxy_read_timeout and Envoy's route timeout do; until then the body
+ * must not stall for timeouts.idle. */
 static bool request_coming(const struct xchg *x) { return !x->req_end && !x->websocket; }
 
 void xchg_arm_response_timer(struct xchg *x) {
