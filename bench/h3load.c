@@ -1074,7 +1074,10 @@ int main(int argc, char **argv) {
     struct conn *c = &G.conns[i];
     c->index = i;
     c->to_issue = O.n / O.c + (i < O.n % O.c);
-    c->to_cancel = calloc((size_t)O.m, sizeof *c->to_cancel); /* at most -m streams are open */
+    if (O.cancel && (c->to_cancel = calloc((size_t)O.m, sizeof *c->to_cancel)) == NULL) { /* -m open at most */
+      fprintf(stderr, "h3load: out of memory\n");
+      return 2;
+    }
     ngtcp2_connection_close_error_default(&c->ccerr);
     if (conn_open(c, ai) != 0) {
       fprintf(stderr, "connection %d: set-up failed\n", i);
