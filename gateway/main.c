@@ -226,7 +226,8 @@ static void on_stop_check(evutil_socket_t fd, short what, void *arg) {
     }
   }
   if (gw_now_us() >= M.stop_deadline_us) {
-    log_warn("graceful timeout: closing %zu connections", down_count());
+    log_warn("graceful timeout: closing %zu TCP and %zu HTTP/3 connections", down_count(),
+             quic_connection_count());
     event_base_loopexit(gw.base, NULL);
   }
 }
@@ -237,8 +238,8 @@ static void begin_stop(int sig) {
     return;
   }
   gw.stopping = true;
-  log_info("%s: stopping; %zu connections finish within %.1fs", strsignal(sig), down_count(),
-           (double)gw.rt->conf->graceful_timeout_ms / 1000);
+  log_info("%s: stopping; %zu TCP and %zu HTTP/3 connections finish within %.1fs", strsignal(sig),
+           down_count(), quic_connection_count(), (double)gw.rt->conf->graceful_timeout_ms / 1000);
   for (size_t i = 0; i < gw.rt->n_listeners; i++) {
     int lfd = listener_release_fd(gw.rt->listeners[i]);
     if (lfd >= 0) close(lfd);

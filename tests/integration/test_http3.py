@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
 import tempfile
@@ -434,6 +435,35 @@ def test_faulty_backends_over_http3(mode, status):
     finally:
         g.stop()
         p.stop()
+
+
+def test_graceful_stop_finishes_an_http3_request(worker):
+    """SIGTERM with a request in flight over HTTP/3: the stop message counts
+    the QUIC connection, the response arrives whole, and the gateway exits
+    once it has gone, not at the graceful timeout."""
+    admin = free_port()
+    cfg = H3_CONFIG.replace("  response_header: {response_timeout}\n",
+                            "  response_header: {response_timeout}\n  graceful_shutdown: 60s\n")
+    g = Gateway(cfg + f"admin: {{{{address: 127.0.0.1:{admin}}}}}\n",
+                servers=f"127.0.0.1:{worker.port}", response_timeout="10s", secret=SECRET,
+                retry="never")
+    d = tempfile.mkdtemp(prefix="h3dl-")
+    client = subprocess.Popen(["gtlsclient", "--exit-on-all-streams-close", "--no-quic-dump",
+                               "--timeout=30s", f"--download={d}", "127.0.0.1", str(g.tls_port),
+                               f"https://127.0.0.1:{g.tls_port}/sleep?s=1.5"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert eventually(lambda: metric(metrics(admin), "h3gate_requests_in_flight") == 1)
+        g.signal(signal.SIGTERM)
+        out, _ = client.communicate(timeout=40)
+        assert "[:status: 200]" in out, out[-2000:]
+        assert json.loads((pathlib.Path(d) / "sleep?s=1.5").read_text())["slept"] is True
+        assert g.proc.wait(timeout=20) == 0  # long before the 60 s graceful timeout
+        assert "stopping; 0 TCP and 1 HTTP/3 connections finish within 60.0s" in g.log(), g.log()[-2000:]
+    finally:
+        client.kill()
+        client.wait()
+        g.stop()
 
 
 def test_alt_svc_on_tcp_responses(gateway):
