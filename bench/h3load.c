@@ -418,8 +418,7 @@ static void ws_event(struct stream *s, const struct ws_event *ev) {
 
 static void ws_on_data(struct conn *c, struct stream *s, const uint8_t *data, size_t len) {
   (void)c;
-  G.bytes_in += len;
-  s->bytes += len;
+  s->bytes += len; /* G.bytes_in is counted by the caller, as for any response body */
   uint8_t scratch[16384]; /* the reader works in place; nghttp3's buffer is not ours */
   while (len > 0) {
     size_t n = len < sizeof scratch ? len : sizeof scratch;

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -613,6 +614,9 @@ def test_gateway_rfc9220_with_h3load(gateway, worker):
              "--ws-size", "1000", url], timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "60 succeeded" in r.stdout and "1200 messages" in r.stdout
+    # the echoes and their frame headers, each counted once
+    received = int(re.search(r"traffic: (\d+) bytes", r.stdout).group(1))
+    assert 1200 * 1000 < received < 1200 * 1100, r.stdout
     r = run([BIN / "h3load", "-n", "1", "--websocket", "2", "--ws-size", str(BIG), url], timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ["3", "wss", "127.0.0.1"] in sessions(worker)
