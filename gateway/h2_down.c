@@ -42,6 +42,8 @@ struct h2d_strm {
   int error;          /* status to answer with once the head is in (431, 400...) */
   bool deferred;      /* the data source waits for response bytes */
   bool head_sent;
+  bool head_in;       /* its header block ended (END_HEADERS) */
+  bool answered_mid_block; /* answered (a 408) while its header block was still coming */
   LIST_ENTRY(h2d_strm) link;
 };
 
@@ -113,6 +115,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 
 static void request_head_done(struct h2d_strm *s, bool end_stream) {
   struct xchg *x = s->x;
+  s->head_in = true;
   if (s->error) {
     xchg_respond_local(x, s->error, xchg_field_refusal(x, s->error));
     return;
@@ -155,13 +158,25 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
   return 0;
 }
 
+/* A stream answered while its header block was still coming (the head
+ * timer's 408) leaves the connection able to take nothing but that
+ * block's CONTINUATION frames (RFC 9113 6.2), which nobody will read now:
+ * the connection ends once the answer is out, as nginx ends one whose
+ * frame stays unfinished past its timeout. */
+static void end_after_unfinished_block(struct h2d *h) {
+  h->goaway = true;
+  nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
+  down_want_flush(h->c);
+}
+
 static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_code, void *user) {
   (void)error_code;
-  (void)user;
   struct h2d_strm *s = find(session, id);
   if (s == NULL) return 0;
+  bool unfinished_block = s->answered_mid_block;
   nghttp2_session_set_stream_user_data(session, id, NULL);
   strm_free(s); /* detaches the exchange: a reset cancels the upstream stream */
+  if (unfinished_block) end_after_unfinished_block(user);
   return 0;
 }
 
@@ -224,6 +239,7 @@ static ssize_t read_resp_body(nghttp2_session *session, int32_t id, uint8_t *buf
 static void on_resp_head(struct xchg *x) {
   struct h2d_strm *s = x->down_ctx;
   struct h2d *h = s->h;
+  if (!s->head_in) s->answered_mid_block = true;
   nghttp2_nv *nva = gw_nv_scratch(x->resp.n + 2, sizeof *nva); /* + :status and alt-svc */
   if (nva == NULL) {
     nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);

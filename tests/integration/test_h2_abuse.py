@@ -12,9 +12,9 @@ import h2.events
 import h2.settings
 import pytest
 
-from h2frames import (CONTINUATION, DATA, ENHANCE_YOUR_CALM, END_HEADERS, GET_BLOCK, HEADERS,
-                      PING, POST_BLOCK, RST_STREAM, SETTINGS, connect, frame, read_until_closed,
-                      send_quietly)
+from h2frames import (CONTINUATION, DATA, ENHANCE_YOUR_CALM, END_HEADERS, GET_BLOCK, GOAWAY,
+                      HEADERS, PING, POST_BLOCK, RST_STREAM, SETTINGS, connect, frame,
+                      read_until_closed, send_quietly)
 from h3env import BASIC_CONFIG, Gateway, Worker, curl_json
 
 
@@ -110,9 +110,9 @@ def test_http2_limits_reach_the_client_in_settings():
 
 def frames_until(s, limit_s):
     """(type, flags, stream, payload) of each frame until the peer closes or
-    limit_s passes."""
+    limit_s passes, and whether it closed."""
     s.settimeout(0.2)
-    buf, frames = b"", []
+    buf, frames, closed = b"", [], False
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
@@ -120,20 +120,23 @@ def frames_until(s, limit_s):
         except socket.timeout:
             continue
         if not chunk:
+            closed = True
             break
         buf += chunk
         while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
             n = int.from_bytes(buf[:3], "big")
             frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
             buf = buf[9 + n:]
-    return frames
+    return frames, closed
 
 
 def test_a_header_block_that_never_ends_gets_408_after_client_header():
     """A HEADERS frame without END_HEADERS, and no CONTINUATION: the stream
     held its place for good (no timer runs while a stream is open). After
     timeouts.client_header it gets 408 and a reset, as nginx's
-    client_header_timeout bounds an HTTP/2 stream's head."""
+    client_header_timeout bounds an HTTP/2 stream's head. The connection
+    then ends with GOAWAY: it could carry nothing but that block's
+    CONTINUATION frames."""
     w = Worker("probe:app")
     cfg = BASIC_CONFIG.replace("  connect: 2s\n", "  connect: 2s\n  client_header: 1s\n")
     g = Gateway(cfg, servers=f"127.0.0.1:{w.port}", response_timeout="5s")
@@ -141,11 +144,14 @@ def test_a_header_block_that_never_ends_gets_408_after_client_header():
         with connect(g.plain_port) as s:
             s.sendall(frame(HEADERS, 0, 1, GET_BLOCK))  # END_STREAM, not END_HEADERS
             started = time.monotonic()
-            frames = [f for f in frames_until(s, 4) if f[2] == 1]
+            every, closed = frames_until(s, 10)
+            frames = [f for f in every if f[2] == 1]
         assert frames and frames[0][0] == HEADERS and b"408" in frames[0][3], frames
         assert any(f[0] == DATA and b"timeouts.client_header" in f[3] for f in frames), frames
         assert frames[-1][0] == RST_STREAM, frames
         assert time.monotonic() - started >= 1  # not before its time
+        assert every[-1][0] == GOAWAY and every[-1][3][4:8] == bytes(4), every  # NO_ERROR
+        assert closed, every
     finally:
         g.stop()
         w.stop()
