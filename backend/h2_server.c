@@ -34,6 +34,7 @@ struct h2_conn {
   struct h2_abuse abuse;
   struct asgi_stream_list streams; /* open streams we hold a reference to */
   bool goaway_sent;
+  int32_t goaway_last_id; /* the last stream our graceful GOAWAY lets through */
 };
 
 /* Per-stream protocol state kept in the stream's proto_data word. */
@@ -88,6 +89,16 @@ static int ws_version_refusal(unsigned flags) {
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user) {
   struct conn *c = user;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  struct h2_conn *h = h2(c);
+  if (h->goaway_sent && frame->hd.stream_id > h->goaway_last_id) {
+    /* Read after our GOAWAY was queued and before it left: the GOAWAY
+     * tells the gateway this stream was never processed, and it runs it
+     * on another worker. The app must not see it (a POST would run twice).
+     * nghttp2 ignores such streams only once the GOAWAY is out. */
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+    conn_want_flush(c);
+    return 0;
+  }
   struct asgi_stream *s = asgi_stream_new(c, frame->hd.stream_id, "2");
   if (s == NULL) {
     PyErr_Clear();
@@ -470,10 +481,9 @@ static void h2_shutdown(struct conn *c) {
   if (h->goaway_sent) return;
   h->goaway_sent = true;
   /* Streams up to the last one we saw are served; later ones are refused
-   * and the gateway retries them elsewhere. */
-  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
-                        nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR,
-                        NULL, 0);
+   * (on_begin_headers, then nghttp2) and the gateway retries them elsewhere. */
+  h->goaway_last_id = nghttp2_session_get_last_proc_stream_id(h->session);
+  nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE, h->goaway_last_id, NGHTTP2_NO_ERROR, NULL, 0);
   conn_want_flush(c);
 }
 

@@ -492,6 +492,36 @@ def test_backend_restarted_during_get_load_loses_nothing():
         b.stop()
 
 
+def test_a_worker_rolling_restart_runs_no_request_twice(tmp_path):
+    """Worker SIGHUPs (rolling restarts) under POST load through the
+    gateway. A retiring worker process's GOAWAY names the last stream its
+    app saw; the gateway retries the later ones elsewhere. A stream read
+    between the GOAWAY's queueing and its sending used to reach the app
+    and then be closed under it (the app saw http.disconnect mid-body)
+    while the gateway ran it again on another process: a POST twice."""
+    w = Worker("probe:app", workers=2)
+    g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(20000))
+    try:
+        first = set(w.worker_pids())
+        # Every request runs to its end (a count, not a duration, which
+        # would leave the last ones to disconnect).
+        load = subprocess.Popen(["h2load", "-n", "40000", "-c", "8", "-m", "10", "-d", body,
+                                 g.plain_url("/upload")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(3):
+            time.sleep(0.5)
+            w.signal(signal.SIGHUP)
+        out, _ = load.communicate(timeout=300)
+        assert "40000 succeeded, 0 failed" in out, out
+        assert not first & set(w.worker_pids())  # every process was replaced
+        assert "exception in ASGI application" not in w.log(), w.log()[-3000:]
+    finally:
+        g.stop()
+        w.stop()
+
+
 def test_sighup_reload_under_load():
     w = Worker("probe:app", workers=2)
     g = Gateway(BASIC_CONFIG, servers=f"127.0.0.1:{w.port}", response_timeout="10s")
