@@ -48,7 +48,7 @@ void access_log_write(const struct xchg *x) {
   escape(req_field(x, "user-agent"), ua, sizeof ua);
   escape(req_field(x, "referer"), referer, sizeof referer);
   escape(req_field(x, "x-request-id"), rid, sizeof rid);
-  double ms = (double)(gw_now_us() - x->start_us) / 1000.0;
+  double ms = (double)xchg_duration_us(x) / 1000.0;
   time_t now = time(NULL);
   struct tm tm;
   gmtime_r(&now, &tm);

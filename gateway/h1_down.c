@@ -457,6 +457,7 @@ static void write_response(struct down_conn *c) {
   if (moved) xchg_resp_consumed(x, moved);
   if (x->resp_end && evbuffer_get_length(x->resp_body) == 0) {
     if (h->chunked) write_trailers(h);
+    xchg_resp_out(x);
     finish_exchange(c);
   }
 }

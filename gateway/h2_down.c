@@ -223,6 +223,7 @@ static ssize_t read_resp_body(nghttp2_session *session, int32_t id, uint8_t *buf
   if (n > 0) xchg_resp_consumed(x, (size_t)n);
   if (x->resp_end && evbuffer_get_length(x->resp_body) == 0) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    xchg_resp_out(x);
     if (x->resp_trailers.n > 0) {
       *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
       if (submit_trailers(s) != 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -265,6 +266,7 @@ static void on_resp_head(struct xchg *x) {
                             NGHTTP2_NV_FLAG_NONE};
   bool ends = x->resp_end && evbuffer_get_length(x->resp_body) == 0 && x->resp_trailers.n == 0;
   nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_resp_body};
+  if (ends) xchg_resp_out(x);
   if (nghttp2_submit_response(h->session, s->id, nva, n, ends ? NULL : &prd) != 0) {
     nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
   }

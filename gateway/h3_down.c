@@ -370,6 +370,7 @@ static nghttp3_ssize read_data(nghttp3_conn *conn, int64_t stream_id, nghttp3_ve
   size_t n = sendbuf_give(&s->out, vec, veccnt);
   if (x->resp_end && evbuffer_get_length(x->resp_body) == 0 && sendbuf_all_given(&s->out)) {
     *pflags |= NGHTTP3_DATA_FLAG_EOF;
+    xchg_resp_out(x);
     if (x->resp_trailers.n > 0) {
       *pflags |= NGHTTP3_DATA_FLAG_NO_END_STREAM;
       if (submit_trailers(s) != 0) return NGHTTP3_ERR_CALLBACK_FAILURE;
@@ -416,6 +417,7 @@ static void on_resp_head(struct xchg *x) {
   }
   bool ends = x->resp_end && evbuffer_get_length(x->resp_body) == 0 && x->resp_trailers.n == 0;
   static const nghttp3_data_reader reader = {read_data};
+  if (ends) xchg_resp_out(x);
   int rc = nghttp3_conn_submit_response(s->qc->h3, s->id, nva, n, ends ? NULL : &reader);
   if (rc != 0) {
     log_debug("quic conn %llu: submit response: %s", (unsigned long long)s->qc->id,

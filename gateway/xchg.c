@@ -143,7 +143,7 @@ static void xchg_free(void *p) {
   struct xchg *x = p;
   ws_unlist(x);
   if (!x->pinned) access_log_write(x);
-  metrics_request_done(x, gw_now_us() - x->start_us);
+  metrics_request_done(x, xchg_duration_us(x));
   event_del(&x->timer);
   gw_runtime_unref(x->rt);
   xchg_recycle(x);
@@ -837,6 +837,20 @@ void xchg_up_resp_end(struct xchg *x) {
   x->state = XS_DONE;
   event_del(&x->timer);
   if (x->down_attached) x->down->on_resp_body(x);
+}
+
+/* The request's time ends here, as nginx's $request_time does when the last
+ * byte is handed to the connection: not when the exchange is freed. An
+ * HTTP/3 stream lives on until the client acknowledges every byte (a
+ * round trip and its ACK delay more), or, when the client closes without
+ * acknowledging, until the connection's draining ends: 150 ms logged for a
+ * 1 ms request. */
+void xchg_resp_out(struct xchg *x) {
+  if (x->resp_out_us == 0) x->resp_out_us = gw_now_us();
+}
+
+uint64_t xchg_duration_us(const struct xchg *x) {
+  return (x->resp_out_us ? x->resp_out_us : gw_now_us()) - x->start_us;
 }
 
 void xchg_resp_consumed(struct xchg *x, size_t n) {

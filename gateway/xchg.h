@@ -141,6 +141,7 @@ struct xchg {
   struct event timer;
   uint64_t progress_us; /* last progress of a response, gw_coarse_now_us (the idle timer's start) */
   uint64_t start_us;
+  uint64_t resp_out_us; /* the front took the response's last byte (0: not yet) */
   uint64_t queued_us;
   char upstream_addr[64];
 };
@@ -165,6 +166,11 @@ void xchg_req_end(struct xchg *x);
 size_t xchg_req_buffered(const struct xchg *x);
 /* The front sent n response body bytes on; credit goes to the upstream. */
 void xchg_resp_consumed(struct xchg *x, size_t n);
+/* The front handed the response's end to its client's transport. */
+void xchg_resp_out(struct xchg *x);
+/* Request time, for the access log and metrics: until the response went
+ * out, or until now. */
+uint64_t xchg_duration_us(const struct xchg *x);
 /* The front is done with the exchange (response sent or client gone). */
 void xchg_down_detach(struct xchg *x);
 /* A response made at the gateway (4xx/5xx): short plain text. */
