@@ -3,6 +3,7 @@ trailers, errors, limits."""
 
 import json
 import os
+import signal
 import socket
 import ssl  # noqa: F401  (h2 needs it importable)
 import time
@@ -329,6 +330,65 @@ def test_a_stream_reset_in_its_head_does_not_start_the_head_clock_for_good():
         assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == 3 for e in seen), seen
         assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in seen), seen
         assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in seen), seen
+    finally:
+        w.stop()
+
+
+def get_block(path):
+    """An HPACK block for GET path: :method GET, :scheme http, :path as a
+    literal with the static table's name, :authority "x"."""
+    p = path.encode()
+    return bytes([0x82, 0x86, 0x04, len(p)]) + p + bytes([0x41, 0x01, ord("x")])
+
+
+def read_frames(s, done, limit_s=10):
+    """(type, flags, stream, payload) of the frames read until done(frames)
+    is true, the peer closes or limit_s passes."""
+    s.settimeout(0.2)
+    buf, frames = b"", []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and not done(frames):
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
+            buf = buf[9 + n:]
+    return frames
+
+
+def test_a_stopping_worker_says_goaway_in_two_steps():
+    """RFC 9113 6.8: a stopping worker process first sends a GOAWAY that
+    refuses nothing (2^31-1) and a PING; only once the PING comes back, the
+    GOAWAY naming the last stream. A request sent before the client read
+    the first one is served, not refused: refused, the gateway must send it
+    again, and an upload past the 64 KiB it keeps for that got a 502."""
+    F = h2frames
+    w = Worker("probe:app", workers=1)
+    try:
+        with F.connect(w.port) as s:
+            s.sendall(F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 1, get_block("/sleep?s=1.5")))
+            time.sleep(0.3)  # the app has it
+            w.signal(signal.SIGTERM)
+            first = read_frames(s, lambda fs: any(f[0] == F.PING for f in fs)
+                                and any(f[0] == F.GOAWAY for f in fs))
+            goaways = [f for f in first if f[0] == F.GOAWAY]
+            assert goaways and goaways[0][3][:4] == b"\x7f\xff\xff\xff", first  # refuses nothing
+            ping = next(f for f in first if f[0] == F.PING and not f[1] & F.ACK)
+            # A request the client sent before it read the notice, then the PING's ACK.
+            s.sendall(F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 3, get_block("/pid"))
+                      + F.frame(F.PING, F.ACK, 0, ping[3]))
+            rest = read_frames(s, lambda fs: False)  # until the worker closes
+        final = [f for f in rest if f[0] == F.GOAWAY]
+        assert final and int.from_bytes(final[0][3][:4], "big") == 3, rest
+        for stream in (1, 3):
+            assert any(f[0] == F.HEADERS and f[2] == stream for f in rest), (stream, rest)
+            assert not any(f[0] == F.RST_STREAM and f[2] == stream for f in rest), (stream, rest)
     finally:
         w.stop()
 
