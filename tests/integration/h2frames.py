@@ -56,3 +56,24 @@ def send_quietly(s, data):
         s.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
         pass
+
+
+def read_frames(s, done=lambda frames: False, limit_s=10):
+    """(type, flags, stream, payload) of each frame read until done(frames),
+    the peer closes or limit_s passes; and whether the peer closed."""
+    s.settimeout(0.2)
+    buf, frames = b"", []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and not done(frames):
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            return frames, True
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
+            buf = buf[9 + n:]
+    return frames, False

@@ -492,6 +492,19 @@ def test_backend_restarted_during_get_load_loses_nothing():
         b.stop()
 
 
+def uploads_during_rolling_restarts(w, g, body, *h2load_args, restarts, gap):
+    """h2load POSTs body to g's /upload while w gets `restarts` SIGHUPs,
+    gap seconds apart; returns h2load's output. A count of requests, not a
+    duration: a duration would leave its last ones to disconnect."""
+    load = subprocess.Popen(["h2load", *h2load_args, "-d", body, g.plain_url("/upload")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(restarts):
+        time.sleep(gap)
+        w.signal(signal.SIGHUP)
+    out, _ = load.communicate(timeout=300)
+    return out
+
+
 def test_a_worker_rolling_restart_runs_no_request_twice(tmp_path):
     """Worker SIGHUPs (rolling restarts) under POST load through the
     gateway. A retiring worker process's GOAWAY names the last stream its
@@ -505,15 +518,8 @@ def test_a_worker_rolling_restart_runs_no_request_twice(tmp_path):
     body.write_bytes(os.urandom(20000))
     try:
         first = set(w.worker_pids())
-        # Every request runs to its end (a count, not a duration, which
-        # would leave the last ones to disconnect).
-        load = subprocess.Popen(["h2load", "-n", "40000", "-c", "8", "-m", "10", "-d", body,
-                                 g.plain_url("/upload")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(3):
-            time.sleep(0.5)
-            w.signal(signal.SIGHUP)
-        out, _ = load.communicate(timeout=300)
+        out = uploads_during_rolling_restarts(w, g, body, "-n", "40000", "-c", "8", "-m", "10",
+                                              restarts=3, gap=0.5)
         assert "40000 succeeded, 0 failed" in out, out
         assert not first & set(w.worker_pids())  # every process was replaced
         assert "exception in ASGI application" not in w.log(), w.log()[-3000:]
@@ -534,13 +540,8 @@ def test_uploads_survive_a_worker_rolling_restart(tmp_path):
     body = tmp_path / "body"
     body.write_bytes(os.urandom(5 << 20))
     try:
-        load = subprocess.Popen(["h2load", "-n", "400", "-c", "16", "-m", "4", "-d", body,
-                                 g.plain_url("/upload")],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(5):
-            time.sleep(0.4)
-            w.signal(signal.SIGHUP)
-        out, _ = load.communicate(timeout=300)
+        out = uploads_during_rolling_restarts(w, g, body, "-n", "400", "-c", "16", "-m", "4",
+                                              restarts=5, gap=0.4)
         assert "400 succeeded, 0 failed" in out, out + g.log()[-2000:]
         assert w.log_count("stopping (SIGTERM)") >= 2, w.log()[-3000:]  # both processes were replaced
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from h2frames import (CONTINUATION, DATA, ENHANCE_YOUR_CALM, END_HEADERS, GET_BLOCK, GOAWAY,
                       HEADERS, PING, POST_BLOCK, RST_STREAM, SETTINGS, connect, frame,
-                      read_until_closed, send_quietly)
+                      read_frames, read_until_closed, send_quietly)
 from h3env import BASIC_CONFIG, Gateway, Worker, curl_json
 
 
@@ -108,28 +108,6 @@ def test_http2_limits_reach_the_client_in_settings():
         w.stop()
 
 
-def frames_until(s, limit_s):
-    """(type, flags, stream, payload) of each frame until the peer closes or
-    limit_s passes, and whether it closed."""
-    s.settimeout(0.2)
-    buf, frames, closed = b"", [], False
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            continue
-        if not chunk:
-            closed = True
-            break
-        buf += chunk
-        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-            n = int.from_bytes(buf[:3], "big")
-            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
-            buf = buf[9 + n:]
-    return frames, closed
-
-
 def test_a_header_block_that_never_ends_gets_408_after_client_header():
     """A HEADERS frame without END_HEADERS, and no CONTINUATION: the stream
     held its place for good (no timer runs while a stream is open). After
@@ -144,7 +122,7 @@ def test_a_header_block_that_never_ends_gets_408_after_client_header():
         with connect(g.plain_port) as s:
             s.sendall(frame(HEADERS, 0, 1, GET_BLOCK))  # END_STREAM, not END_HEADERS
             started = time.monotonic()
-            every, closed = frames_until(s, 10)
+            every, closed = read_frames(s)
             frames = [f for f in every if f[2] == 1]
         assert frames and frames[0][0] == HEADERS and b"408" in frames[0][3], frames
         assert any(f[0] == DATA and b"timeouts.client_header" in f[3] for f in frames), frames

@@ -341,27 +341,6 @@ def get_block(path):
     return bytes([0x82, 0x86, 0x04, len(p)]) + p + bytes([0x41, 0x01, ord("x")])
 
 
-def read_frames(s, done, limit_s=10):
-    """(type, flags, stream, payload) of the frames read until done(frames)
-    is true, the peer closes or limit_s passes."""
-    s.settimeout(0.2)
-    buf, frames = b"", []
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and not done(frames):
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            continue
-        if not chunk:
-            break
-        buf += chunk
-        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-            n = int.from_bytes(buf[:3], "big")
-            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + n]))
-            buf = buf[9 + n:]
-    return frames
-
-
 def test_a_stopping_worker_says_goaway_in_two_steps():
     """RFC 9113 6.8: a stopping worker process first sends a GOAWAY that
     refuses nothing (2^31-1) and a PING; only once the PING comes back, the
@@ -375,15 +354,15 @@ def test_a_stopping_worker_says_goaway_in_two_steps():
             s.sendall(F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 1, get_block("/sleep?s=1.5")))
             time.sleep(0.3)  # the app has it
             w.signal(signal.SIGTERM)
-            first = read_frames(s, lambda fs: any(f[0] == F.PING for f in fs)
-                                and any(f[0] == F.GOAWAY for f in fs))
+            first, _ = F.read_frames(s, lambda fs: any(f[0] == F.PING for f in fs)
+                                     and any(f[0] == F.GOAWAY for f in fs))
             goaways = [f for f in first if f[0] == F.GOAWAY]
             assert goaways and goaways[0][3][:4] == b"\x7f\xff\xff\xff", first  # refuses nothing
             ping = next(f for f in first if f[0] == F.PING and not f[1] & F.ACK)
             # A request the client sent before it read the notice, then the PING's ACK.
             s.sendall(F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 3, get_block("/pid"))
                       + F.frame(F.PING, F.ACK, 0, ping[3]))
-            rest = read_frames(s, lambda fs: False)  # until the worker closes
+            rest, _ = F.read_frames(s)  # until the worker closes
         final = [f for f in rest if f[0] == F.GOAWAY]
         assert final and int.from_bytes(final[0][3][:4], "big") == 3, rest
         for stream in (1, 3):
