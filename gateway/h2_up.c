@@ -371,7 +371,7 @@ static void conn_broken(struct up_conn *c, const char *why, bool failed) {
     c->bev = NULL;
   }
   (void)was;
-  if (srv) up_server_conn_closed(srv, c, failed);
+  if (srv) up_server_conn_closed(srv, c, failed, why);
   c->server = NULL;
   struct xchg *x;
   while ((x = TAILQ_FIRST(&impl(c)->streams.head)) != NULL) {

@@ -81,7 +81,8 @@ void up_conn_consume(struct xchg *x, size_t n);
 /* upstream.c, called by h2_up.c */
 void up_server_conn_ready(struct up_server *srv, struct up_conn *c);
 /* Takes c off the server (and counts a failure); no kicking here. */
-void up_server_conn_closed(struct up_server *srv, struct up_conn *c, bool failed);
+/* c is gone; failed: refused, reset, timed out (why says which). */
+void up_server_conn_closed(struct up_server *srv, struct up_conn *c, bool failed, const char *why);
 /* Counters only: a stream of srv ended, well or not. */
 void up_server_stream_done(struct up_server *srv, bool ok);
 /* After an event: hand waiting exchanges to room that opened up, and free

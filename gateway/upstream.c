@@ -482,9 +482,33 @@ void up_server_conn_ready(struct up_server *s, struct up_conn *c) {
   kick(s->pool);
 }
 
+/* Another server of the upstream takes requests now, or will once its
+ * rest is over. */
+static bool others_in_rotation(const struct up_server *s) {
+  uint64_t now = gw_now_us();
+  const struct up_server *o;
+  TAILQ_FOREACH(o, &s->pool->servers, link) {
+    if (o == s) continue;
+    if (o->state == SRV_UP || (o->state == SRV_EJECTED && now >= o->ejected_until_us)) return true;
+  }
+  return false;
+}
+
+/* Passive health never takes out the last server in rotation: every
+ * request would get a 503 for fail_timeout, though the server may well
+ * answer the next one (a worker pool restarting, one of its processes
+ * killed). nginx ignores max_fails for a lone server; Envoy sends to every
+ * host once too few are healthy. Each request still tries it, and one
+ * that cannot be reached is a 502. Active health checks still take it
+ * out (a 503): they asked the server itself. */
 static void eject(struct up_server *s, const char *why) {
   const struct conf_upstream *cu = s->pool->conf;
   if (cu->max_fails == 0 || ++s->fails < cu->max_fails || s->state != SRV_UP) return;
+  if (!others_in_rotation(s)) {
+    log_debug("upstream %s: server %s not ejected: no other server is in rotation (%s)", cu->name,
+              s->name, why);
+    return;
+  }
   s->state = SRV_EJECTED;
   s->ejected_until_us = gw_now_us() + cu->fail_timeout_ms * 1000;
   log_warn("upstream %s: server %s ejected for %.1fs: %s", cu->name, s->name,
@@ -502,10 +526,49 @@ static void server_maybe_remove(struct up_server *s) {
   server_free(s);
 }
 
-void up_server_conn_closed(struct up_server *s, struct up_conn *c, bool failed) {
+/* A connection to the server works still: one that broke went to a
+ * process of its pool that went away (crashed, killed), not to a server
+ * gone, and a request retried lands on a sibling. */
+static bool has_working_conn(const struct up_server *s) {
+  const struct up_conn *o;
+  TAILQ_FOREACH(o, &s->conns, link) {
+    if (o->state == UC_READY) return true;
+  }
+  return false;
+}
+
+/* An attempt to connect to s failed and no connection to it works: the
+ * requests waiting for s go to another server, or try s again, as many
+ * times as upstreams.retries allows, then get their 502. Left waiting,
+ * each failure opened the next attempt for them, as fast as they failed,
+ * until connect_timeout gave them a 504 (a lone server is never ejected,
+ * see eject). Health probes wait for their own timeout. */
+static void fail_waiting(struct up_server *s, const char *why) {
+  struct up_pool *p = s->pool;
+  TAILQ_HEAD(, xchg) failing = TAILQ_HEAD_INITIALIZER(failing);
+  struct xchg *x, *next;
+  for (x = TAILQ_FIRST(&p->waiting); x; x = next) {
+    next = TAILQ_NEXT(x, queue_link);
+    if (x->server != s || x->pinned) continue;
+    TAILQ_REMOVE(&p->waiting, x, queue_link);
+    p->n_waiting--;
+    TAILQ_INSERT_TAIL(&failing, x, queue_link);
+  }
+  /* Taken out first: a retry may queue the request again. */
+  while ((x = TAILQ_FIRST(&failing)) != NULL) {
+    TAILQ_REMOVE(&failing, x, queue_link);
+    char msg[192];
+    snprintf(msg, sizeof msg, "upstream %s: %s", s->name, why);
+    xchg_up_failed(x, UP_UNSEEN, 502, msg);
+  }
+}
+
+void up_server_conn_closed(struct up_server *s, struct up_conn *c, bool failed, const char *why) {
   TAILQ_REMOVE(&s->conns, c, link);
   s->n_conns--;
-  if (failed) eject(s, "connection refused, reset or timed out");
+  if (!failed || has_working_conn(s)) return;
+  eject(s, "connection refused, reset or timed out");
+  if (!c->settings_seen) fail_waiting(s, why);
 }
 
 void up_server_stream_done(struct up_server *s, bool ok) {

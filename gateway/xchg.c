@@ -965,7 +965,8 @@ void xchg_up_failed(struct xchg *x, enum up_reach reach, int status, const char 
     evbuffer_prepend_buffer(x->req_body, x->req_replay);
     x->req_taken -= replay;
     x->state = XS_QUEUED;
-    log_info("xchg %llu: retrying on another server after: %s", (unsigned long long)x->id, why);
+    log_info("xchg %llu: sending it again (another server, or another connection to this one) after: %s",
+             (unsigned long long)x->id, why);
     up_pool_dispatch(x->pool, x);
     return;
   }
