@@ -69,6 +69,13 @@ uint32_t up_pool_retries(const struct up_pool *p) { return p->conf->retries; }
 /* ---------------------------------------------------------------------------
  * Life cycle.
  */
+static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct up_server *s = arg;
+  kick(s->pool);
+}
+
 static struct up_server *server_new(struct up_pool *p, int entry, const struct sockaddr *sa,
                                     socklen_t len) {
   struct up_server *s = calloc(1, sizeof *s);
@@ -79,6 +86,7 @@ static struct up_server *server_new(struct up_pool *p, int entry, const struct s
   s->addr_len = len;
   s->state = SRV_UP;
   s->dns_seen = true;
+  evtimer_assign(&s->retry_timer, gw.base, on_retry_timer, s);
   TAILQ_INIT(&s->conns);
   h3g_sockaddr_format(sa, len, s->addr_text, sizeof s->addr_text);
   const char *written = p->conf->servers[entry];
@@ -91,6 +99,7 @@ static struct up_server *server_new(struct up_pool *p, int entry, const struct s
 }
 
 static void server_free(struct up_server *s) {
+  evtimer_del(&s->retry_timer);
   struct up_conn *c;
   while ((c = TAILQ_FIRST(&s->conns)) != NULL) {
     TAILQ_REMOVE(&s->conns, c, link);
@@ -263,8 +272,11 @@ static bool files_short;
 
 void up_note_files_short(void) { files_short = true; }
 
+/* Between a failed attempt to connect and the next (connect_failed). */
+static bool resting(const struct up_server *s) { return gw_now_us() < s->retry_at_us; }
+
 static void open_conns(struct up_server *s) {
-  if (s->pool->retired) return;
+  if (s->pool->retired || resting(s)) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -279,7 +291,7 @@ static void open_conns(struct up_server *s) {
  * until they time out. One opens at a time; each brings the peer's
  * SETTINGS_MAX_CONCURRENT_STREAMS of room. */
 static void open_overflow_conn(struct up_server *s) {
-  if (s->pool->retired) return;
+  if (s->pool->retired || resting(s)) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -537,28 +549,57 @@ static bool has_working_conn(const struct up_server *s) {
   return false;
 }
 
-/* An attempt to connect to s failed and no connection to it works: the
- * requests waiting for s go to another server, or try s again, as many
- * times as upstreams.retries allows, then get their 502. Left waiting,
- * each failure opened the next attempt for them, as fast as they failed,
- * until connect_timeout gave them a 504 (a lone server is never ejected,
- * see eject). Health probes wait for their own timeout. */
-static void fail_waiting(struct up_server *s, const char *why) {
+/* Another server could take x now. */
+static bool elsewhere(struct up_pool *p, const struct xchg *x, const struct up_server *s) {
+  uint64_t now = gw_now_us();
+  struct up_server *o;
+  TAILQ_FOREACH(o, &p->servers, link) {
+    if (o != s && server_usable(o, now) && !answered_already(x, o)) return true;
+  }
+  return false;
+}
+
+/* An attempt to connect to s failed, and no connection to it works.
+ * HAProxy's turn-around: the next attempt waits min(connect_timeout,
+ * TURNAROUND_MS). Requests waiting for s go to another server when there
+ * is one; else they wait for that attempt, each allowed upstreams.retries
+ * of them, then get their 502. A worker pool that restarts within it
+ * (systemctl restart: a Python app starts in well under a second) costs
+ * its clients a delay, not an error: failing at once, 7,340 of 40,000
+ * GETs got a 502 across a 0.3 s restart. Health probes wait for their own
+ * timeout. */
+enum { TURNAROUND_MS = 1000 };
+
+static void connect_failed(struct up_server *s, const char *why) {
   struct up_pool *p = s->pool;
+  uint64_t rest_ms = p->gconf->connect_timeout_ms < TURNAROUND_MS ? p->gconf->connect_timeout_ms
+                                                                   : TURNAROUND_MS;
+  s->retry_at_us = gw_now_us() + rest_ms * 1000;
+  struct timeval rest = {(time_t)(rest_ms / 1000), (suseconds_t)(rest_ms % 1000) * 1000};
+  evtimer_add(&s->retry_timer, &rest);
+  uint64_t wait_ms = rest_ms + p->gconf->connect_timeout_ms;
+  struct timeval wait = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
+  char msg[192];
+  snprintf(msg, sizeof msg, "upstream %s: %s", s->name, why);
   TAILQ_HEAD(, xchg) failing = TAILQ_HEAD_INITIALIZER(failing);
   struct xchg *x, *next;
   for (x = TAILQ_FIRST(&p->waiting); x; x = next) {
     next = TAILQ_NEXT(x, queue_link);
     if (x->server != s || x->pinned) continue;
-    TAILQ_REMOVE(&p->waiting, x, queue_link);
-    p->n_waiting--;
-    TAILQ_INSERT_TAIL(&failing, x, queue_link);
+    if (elsewhere(p, x, s) || x->attempts > up_pool_retries(p)) {
+      TAILQ_REMOVE(&p->waiting, x, queue_link);
+      p->n_waiting--;
+      TAILQ_INSERT_TAIL(&failing, x, queue_link);
+      continue;
+    }
+    x->attempts++; /* the one that failed; the next comes after the rest */
+    x->last_status = 502;
+    snprintf(x->last_why, sizeof x->last_why, "%.*s", (int)sizeof x->last_why - 1, msg);
+    event_add(&x->timer, &wait);
   }
   /* Taken out first: a retry may queue the request again. */
   while ((x = TAILQ_FIRST(&failing)) != NULL) {
     TAILQ_REMOVE(&failing, x, queue_link);
-    char msg[192];
-    snprintf(msg, sizeof msg, "upstream %s: %s", s->name, why);
     xchg_up_failed(x, UP_UNSEEN, 502, msg);
   }
 }
@@ -568,7 +609,7 @@ void up_server_conn_closed(struct up_server *s, struct up_conn *c, bool failed, 
   s->n_conns--;
   if (!failed || has_working_conn(s)) return;
   eject(s, "connection refused, reset or timed out");
-  if (!c->settings_seen) fail_waiting(s, why);
+  if (!c->settings_seen) connect_failed(s, why);
 }
 
 void up_server_stream_done(struct up_server *s, bool ok) {

@@ -114,6 +114,35 @@ def test_sigterm_during_load_loses_no_in_flight_request():
     assert w.proc.wait(timeout=30) == 0
 
 
+def test_a_stopping_pool_refuses_new_connections_at_once():
+    """SIGTERM: the requests in flight finish, and a new connection is
+    refused at once. The supervisor kept its listening sockets (for a
+    worker's successor, which a full stop never starts): the kernel took
+    new connections into their backlog, nobody accepted them, and the exit
+    reset them, the requests on them lost after waiting."""
+    w = Worker("probe:app", workers=2, args=["--graceful-timeout", "20"])
+    held = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                             w.url("/sleep?s=4")], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # the request is in the app
+        w.signal(signal.SIGTERM)
+        assert w.wait_log("stopping (SIGTERM)")
+
+        def refused():
+            try:
+                socket.create_connection(("127.0.0.1", w.port), timeout=2).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+        assert eventually(refused, timeout=1)
+        assert held.poll() is None  # while the pool still serves its request
+        assert held.communicate(timeout=30)[0] == "200"  # which finishes
+        assert w.proc.wait(timeout=30) == 0
+    finally:
+        held.kill()
+        w.stop()
+
+
 def test_sighup_reloads_code_with_no_refused_request():
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="h3reload-"))
     w = None
