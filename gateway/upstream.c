@@ -73,6 +73,10 @@ static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   struct up_server *s = arg;
+  /* The rest is over, even if the clock says a hair before: libevent's
+   * timers run on a coarse clock, and a kick that still found the server
+   * resting opened nothing, and nothing kicked again. */
+  s->retry_at_us = 0;
   kick(s->pool);
 }
 
@@ -571,6 +575,7 @@ static bool elsewhere(struct up_pool *p, const struct xchg *x, const struct up_s
 enum { TURNAROUND_MS = 1000 };
 
 static void connect_failed(struct up_server *s, const char *why) {
+  if (resting(s)) return; /* another attempt of the same round failed first: one rest, one count */
   struct up_pool *p = s->pool;
   uint64_t rest_ms = p->gconf->connect_timeout_ms < TURNAROUND_MS ? p->gconf->connect_timeout_ms
                                                                    : TURNAROUND_MS;
