@@ -381,9 +381,7 @@ void up_pool_dispatch(struct up_pool *p, struct xchg *x) {
       TAILQ_INSERT_TAIL(&p->waiting, x, queue_link);
       p->n_waiting++;
       x->state = XS_QUEUED;
-      struct timeval tv = {(time_t)(p->gconf->connect_timeout_ms / 1000),
-                           (suseconds_t)(p->gconf->connect_timeout_ms % 1000) * 1000};
-      event_add(&x->timer, &tv);
+      add_timer(&x->timer, p->gconf->connect_timeout_ms);
       return;
     }
     if (x->last_status) /* a retry found nowhere to go: report what went wrong */
@@ -393,11 +391,7 @@ void up_pool_dispatch(struct up_pool *p, struct xchg *x) {
     return;
   }
   x->server = s;
-  if (x->state == XS_QUEUED && !x->up.conn) {
-    struct timeval tv = {(time_t)(p->gconf->connect_timeout_ms / 1000),
-                         (suseconds_t)(p->gconf->connect_timeout_ms % 1000) * 1000};
-    event_add(&x->timer, &tv);
-  }
+  if (x->state == XS_QUEUED && !x->up.conn) add_timer(&x->timer, p->gconf->connect_timeout_ms);
   place(p, x, s);
 }
 
@@ -574,16 +568,19 @@ static bool elsewhere(struct up_pool *p, const struct xchg *x, const struct up_s
  * timeout. */
 enum { TURNAROUND_MS = 1000 };
 
+/* The server rests: no connection opens to it until its timer. */
+static uint64_t begin_rest(struct up_server *s) {
+  uint64_t connect_ms = s->pool->gconf->connect_timeout_ms;
+  uint64_t rest_ms = connect_ms < TURNAROUND_MS ? connect_ms : TURNAROUND_MS;
+  s->retry_at_us = gw_now_us() + rest_ms * 1000;
+  add_timer(&s->retry_timer, rest_ms);
+  return rest_ms;
+}
+
 static void connect_failed(struct up_server *s, const char *why) {
   if (resting(s)) return; /* another attempt of the same round failed first: one rest, one count */
   struct up_pool *p = s->pool;
-  uint64_t rest_ms = p->gconf->connect_timeout_ms < TURNAROUND_MS ? p->gconf->connect_timeout_ms
-                                                                   : TURNAROUND_MS;
-  s->retry_at_us = gw_now_us() + rest_ms * 1000;
-  struct timeval rest = {(time_t)(rest_ms / 1000), (suseconds_t)(rest_ms % 1000) * 1000};
-  evtimer_add(&s->retry_timer, &rest);
-  uint64_t wait_ms = rest_ms + p->gconf->connect_timeout_ms;
-  struct timeval wait = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
+  uint64_t wait_ms = begin_rest(s) + p->gconf->connect_timeout_ms; /* the rest, then an attempt */
   char msg[192];
   snprintf(msg, sizeof msg, "upstream %s: %s", s->name, why);
   TAILQ_HEAD(, xchg) failing = TAILQ_HEAD_INITIALIZER(failing);
@@ -600,7 +597,7 @@ static void connect_failed(struct up_server *s, const char *why) {
     x->attempts++; /* the one that failed; the next comes after the rest */
     x->last_status = 502;
     snprintf(x->last_why, sizeof x->last_why, "%.*s", (int)sizeof x->last_why - 1, msg);
-    event_add(&x->timer, &wait);
+    add_timer(&x->timer, wait_ms);
   }
   /* Taken out first: a retry may queue the request again. */
   while ((x = TAILQ_FIRST(&failing)) != NULL) {
