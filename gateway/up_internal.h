@@ -64,8 +64,8 @@ struct up_server {
   uint32_t workers_said;     /* the processes it announced in the latest; 0: none */
   uint32_t conn_rr;          /* rotates ties between equally busy connections */
   uint64_t requests;
-  uint64_t retry_at_us;      /* an attempt to connect just failed: the next waits till then */
-  struct event retry_timer;  /* then wakes the requests waiting for it */
+  bool resting;              /* an attempt to connect just failed: the next waits for */
+  struct event retry_timer;  /* this, which then wakes the requests waiting for it */
   TAILQ_HEAD(, up_conn) conns;
   TAILQ_ENTRY(up_server) link;
 };

@@ -73,10 +73,7 @@ static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   struct up_server *s = arg;
-  /* The rest is over, even if the clock says a hair before: libevent's
-   * timers run on a coarse clock, and a kick that still found the server
-   * resting opened nothing, and nothing kicked again. */
-  s->retry_at_us = 0;
+  s->resting = false;
   kick(s->pool);
 }
 
@@ -276,11 +273,8 @@ static bool files_short;
 
 void up_note_files_short(void) { files_short = true; }
 
-/* Between a failed attempt to connect and the next (connect_failed). */
-static bool resting(const struct up_server *s) { return gw_now_us() < s->retry_at_us; }
-
 static void open_conns(struct up_server *s) {
-  if (s->pool->retired || resting(s)) return;
+  if (s->pool->retired || s->resting) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -295,7 +289,7 @@ static void open_conns(struct up_server *s) {
  * until they time out. One opens at a time; each brings the peer's
  * SETTINGS_MAX_CONCURRENT_STREAMS of room. */
 static void open_overflow_conn(struct up_server *s) {
-  if (s->pool->retired || resting(s)) return;
+  if (s->pool->retired || s->resting) return;
   uint32_t open = 0;
   struct up_conn *c;
   TAILQ_FOREACH(c, &s->conns, link) {
@@ -492,14 +486,13 @@ void up_server_conn_ready(struct up_server *s, struct up_conn *c) {
   kick(s->pool);
 }
 
-/* Another server of the upstream takes requests now, or will once its
- * rest is over. */
-static bool others_in_rotation(const struct up_server *s) {
+/* Another server than s takes requests (x's, if x: not one whose app
+ * failed it). */
+static bool another_usable(const struct up_server *s, const struct xchg *x) {
   uint64_t now = gw_now_us();
-  const struct up_server *o;
+  struct up_server *o;
   TAILQ_FOREACH(o, &s->pool->servers, link) {
-    if (o == s) continue;
-    if (o->state == SRV_UP || (o->state == SRV_EJECTED && now >= o->ejected_until_us)) return true;
+    if (o != s && server_usable(o, now) && !(x && answered_already(x, o))) return true;
   }
   return false;
 }
@@ -514,7 +507,7 @@ static bool others_in_rotation(const struct up_server *s) {
 static void eject(struct up_server *s, const char *why) {
   const struct conf_upstream *cu = s->pool->conf;
   if (cu->max_fails == 0 || ++s->fails < cu->max_fails || s->state != SRV_UP) return;
-  if (!others_in_rotation(s)) {
+  if (!another_usable(s, NULL)) {
     log_debug("upstream %s: server %s not ejected: no other server is in rotation (%s)", cu->name,
               s->name, why);
     return;
@@ -547,16 +540,6 @@ static bool has_working_conn(const struct up_server *s) {
   return false;
 }
 
-/* Another server could take x now. */
-static bool elsewhere(struct up_pool *p, const struct xchg *x, const struct up_server *s) {
-  uint64_t now = gw_now_us();
-  struct up_server *o;
-  TAILQ_FOREACH(o, &p->servers, link) {
-    if (o != s && server_usable(o, now) && !answered_already(x, o)) return true;
-  }
-  return false;
-}
-
 /* An attempt to connect to s failed, and no connection to it works.
  * HAProxy's turn-around: the next attempt waits min(connect_timeout,
  * TURNAROUND_MS). Requests waiting for s go to another server when there
@@ -572,13 +555,13 @@ enum { TURNAROUND_MS = 1000 };
 static uint64_t begin_rest(struct up_server *s) {
   uint64_t connect_ms = s->pool->gconf->connect_timeout_ms;
   uint64_t rest_ms = connect_ms < TURNAROUND_MS ? connect_ms : TURNAROUND_MS;
-  s->retry_at_us = gw_now_us() + rest_ms * 1000;
+  s->resting = true;
   add_timer(&s->retry_timer, rest_ms);
   return rest_ms;
 }
 
 static void connect_failed(struct up_server *s, const char *why) {
-  if (resting(s)) return; /* another attempt of the same round failed first: one rest, one count */
+  if (s->resting) return; /* another attempt of the same round failed first: one rest, one count */
   struct up_pool *p = s->pool;
   uint64_t wait_ms = begin_rest(s) + p->gconf->connect_timeout_ms; /* the rest, then an attempt */
   char msg[192];
@@ -588,7 +571,7 @@ static void connect_failed(struct up_server *s, const char *why) {
   for (x = TAILQ_FIRST(&p->waiting); x; x = next) {
     next = TAILQ_NEXT(x, queue_link);
     if (x->server != s || x->pinned) continue;
-    if (elsewhere(p, x, s) || x->attempts > up_pool_retries(p)) {
+    if (another_usable(s, x) || x->attempts > up_pool_retries(p)) {
       TAILQ_REMOVE(&p->waiting, x, queue_link);
       p->n_waiting--;
       TAILQ_INSERT_TAIL(&failing, x, queue_link);
