@@ -367,10 +367,7 @@ int gateway_serve(struct gw_conf *conf, const struct gw_child *child) {
   if (child) gw.worker_index = child->slot;
   if (gw_loop_init() != 0 || apply_logs(conf) != 0 || setup_dns(conf) != 0) return 1;
   /* Under a master, the master made the tables, one per process. */
-  if (child == NULL && per_ip_prepare(1, conf) != 0) {
-    log_error("cannot map the table of connections per address: %s", strerror(errno));
-    return 1;
-  }
+  if (child == NULL && per_ip_prepare(1, conf) != 0) return 1;
   per_ip_attach(child ? (uint32_t)child->slot : 0);
   struct gw_runtime *rt = runtime_build(conf, NULL, err, sizeof err);
   if (rt == NULL) {

@@ -609,10 +609,7 @@ int master_run(struct gw_conf *conf) {
     log_error("cannot make session-ticket keys: %s", strerror(errno));
     return 1;
   }
-  if (per_ip_prepare(V.n, conf) != 0) {
-    log_error("cannot map the table of connections per address: %s", strerror(errno));
-    return 1;
-  }
+  if (per_ip_prepare(V.n, conf) != 0) return 1;
   if (probe_ports(conf) != 0 || bind_slots(conf) != 0) return 1;
   admin_set_metrics_fetch(fetch_metrics);
   V.gather_timer = evtimer_new(gw.base, on_gather_timeout, NULL);

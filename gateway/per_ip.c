@@ -21,6 +21,7 @@
  * passed. */
 #include "per_ip.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -47,6 +48,11 @@ static struct {
   uint64_t refused;
 } T;
 
+static int cannot_map(void) {
+  log_error("cannot map the table of connections per address: %s", strerror(errno));
+  return -1;
+}
+
 int per_ip_prepare(uint32_t processes, const struct gw_conf *conf) {
   if (T.tables) return 0;
   size_t connections = (size_t)conf->max_connections + conf->quic.max_connections, words = MIN_WORDS;
@@ -55,10 +61,12 @@ int per_ip_prepare(uint32_t processes, const struct gw_conf *conf) {
   int sharing = processes > 1 ? MAP_SHARED : MAP_PRIVATE;
   void *p = mmap(NULL, processes * words * sizeof(uint64_t), PROT_READ | PROT_WRITE,
                  sharing | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) return -1;
+  if (p == MAP_FAILED) return cannot_map();
   if (getrandom(T.key, sizeof T.key, 0) != (ssize_t)sizeof T.key) {
+    int err = errno;
     munmap(p, processes * words * sizeof(uint64_t));
-    return -1;
+    errno = err;
+    return cannot_map();
   }
   T.tables = p;
   T.words = words;

@@ -12,7 +12,7 @@ struct gw_conf;
 
 /* The shared tables for this many gateway processes, each sized for the
  * connections one may hold (TCP and QUIC): made once, before the master
- * forks. 0, or -1 with errno. */
+ * forks. 0, or -1 after logging why. */
 int per_ip_prepare(uint32_t processes, const struct gw_conf *conf);
 /* This process counts in the table of its slot, which it empties first. */
 void per_ip_attach(uint32_t slot);
