@@ -136,7 +136,7 @@ struct quic_conn {
   uint16_t peer_port;
   LIST_HEAD(, h3_strm) streams;
   size_t n_streams;
-  struct token_bucket cancels;     /* requests the client may cancel (h3_stream_reset) */
+  struct token_bucket cancels;     /* requests the client may cancel (h3_stream_close) */
   LIST_ENTRY(quic_conn) link;
   TAILQ_ENTRY(quic_conn) blocked_link;
 };
