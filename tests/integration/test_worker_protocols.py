@@ -359,15 +359,21 @@ def test_a_stopping_worker_says_goaway_in_two_steps():
             goaways = [f for f in first if f[0] == F.GOAWAY]
             assert goaways and goaways[0][3][:4] == b"\x7f\xff\xff\xff", first  # refuses nothing
             ping = next(f for f in first if f[0] == F.PING and not f[1] & F.ACK)
-            # A request the client sent before it read the notice, then the PING's ACK.
+            # A request the client sent before it read the notice, the PING's
+            # ACK, and one more request read in the same turn: the final
+            # GOAWAY (naming stream 3) is queued but not out, and stream 5
+            # must be refused, not run (the gateway would run it again).
             s.sendall(F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 3, get_block("/pid"))
-                      + F.frame(F.PING, F.ACK, 0, ping[3]))
+                      + F.frame(F.PING, F.ACK, 0, ping[3])
+                      + F.frame(F.HEADERS, F.END_STREAM | F.END_HEADERS, 5, get_block("/pid")))
             rest, _ = F.read_frames(s)  # until the worker closes
         final = [f for f in rest if f[0] == F.GOAWAY]
         assert final and int.from_bytes(final[0][3][:4], "big") == 3, rest
         for stream in (1, 3):
             assert any(f[0] == F.HEADERS and f[2] == stream for f in rest), (stream, rest)
             assert not any(f[0] == F.RST_STREAM and f[2] == stream for f in rest), (stream, rest)
+        refused = [f for f in rest if f[2] == 5]
+        assert refused == [(F.RST_STREAM, 0, 5, (7).to_bytes(4, "big"))], rest  # REFUSED_STREAM
     finally:
         w.stop()
 
